@@ -1,0 +1,45 @@
+"""gpuquant: int4 / int8 / int16 tensor quantization with GPU kernels and a NumPy reference.
+
+>>> import numpy as np, gpuquant as gq
+>>> w = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+>>> qt = gq.quantize(w, gq.QuantConfig.int4_per_group(group_size=128))
+>>> qt.data.shape, qt.scale.shape
+((256, 256), (256, 4))
+>>> bool(gq.sqnr(w, qt.dequantize()) > 15)
+True
+"""
+
+from .calibrate import Calibrator, calibrate
+from .config import Granularity, Percentile, QuantConfig, Scheme
+from .dynamic import DynamicQuantizer
+from .errors import (
+    BackendUnavailableError,
+    CalibrationRequiredError,
+    EmptyTensorError,
+    FormatError,
+    InvalidBitWidthError,
+    InvalidCalibrationError,
+    InvalidChannelCountError,
+    InvalidDtypeError,
+    InvalidShapeError,
+    NonFiniteError,
+    QuantizationError,
+    UnsupportedSchemeError,
+)
+from .io import load, save
+from .metrics import mse, sqnr
+from .packing import pack_int4, unpack_int4
+from .qparams import QParams
+from .quantize import quantize
+from .tensor import QuantizedTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
+    "EmptyTensorError", "FormatError", "Granularity", "InvalidBitWidthError",
+    "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
+    "InvalidShapeError", "NonFiniteError", "Percentile", "QParams", "QuantConfig",
+    "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",
+    "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
+]

@@ -1,0 +1,115 @@
+"""NumPy, CuPy and torch arrays: detection, validation and zero-copy conversion.
+
+Nothing here imports torch or CuPy: an array's framework is read off its
+type's module, so ``import gpuquant`` works with only NumPy installed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendUnavailableError, EmptyTensorError, InvalidDtypeError
+
+__all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy",
+           "FLOAT_DTYPES", "bf16_bits_to_f32", "f32_to_bf16_bits"]
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorInfo:
+    """What the caller gave: framework, dtype name, shape and device."""
+
+    framework: str  # "numpy" | "torch" | "cupy"
+    dtype: str
+    shape: tuple[int, ...]
+    device: str  # "cpu", "cuda:0", ...
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device != "cpu"
+
+
+def framework_of(x: Any) -> str:
+    module = type(x).__module__.split(".")[0]
+    if module == "torch":
+        return "torch"
+    if module == "cupy":
+        return "cupy"
+    return "numpy"
+
+
+def dtype_name(x: Any) -> str:
+    return str(x.dtype).replace("torch.", "")
+
+
+def _device(x: Any, framework: str) -> str:
+    if framework == "torch":
+        return str(x.device) if x.device.type != "cpu" else "cpu"
+    if framework == "cupy":
+        return f"cuda:{x.device.id}"
+    return "cpu"
+
+
+def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, TensorInfo]:
+    """Validate an input tensor and describe it. Lists and scalars go through ``np.asarray``."""
+    framework = framework_of(x)
+    if framework == "numpy" and not isinstance(x, np.ndarray):
+        x = np.asarray(x)
+    dtype = dtype_name(x)
+    if require_float and dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(
+            f"{name} has dtype {dtype}; accepted: float16, bfloat16 (torch), float32, float64"
+        )
+    shape = tuple(int(s) for s in x.shape)
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        raise EmptyTensorError(f"{name} is empty (shape {shape}); quantization needs values")
+    if framework == "torch" and getattr(x, "requires_grad", False):
+        x = x.detach()
+    return x, TensorInfo(framework, dtype, shape, _device(x, framework))
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """Widen bfloat16 bit patterns (uint16/int16) to float32, exactly."""
+    return (bits.view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round float32 to bfloat16 (nearest, ties to even; NaN stays NaN) as uint16 bits."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
+    nan = np.isnan(x)
+    return np.where(nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
+
+
+def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:
+    """A NumPy view of a CPU array (bfloat16 is widened to float32, exactly)."""
+    if info.framework == "numpy":
+        return x
+    if info.framework != "torch" or info.on_gpu:
+        raise BackendUnavailableError(
+            f"the NumPy backend cannot read a {info.framework} array on {info.device}; "
+            "gpuquant never moves data between devices: use backend='triton' or copy it to the CPU"
+        )
+    if info.dtype == "bfloat16":
+        import torch
+
+        return bf16_bits_to_f32(x.view(torch.int16).numpy())
+    try:
+        return np.from_dlpack(x)
+    except (TypeError, RuntimeError, BufferError):
+        return x.numpy()
+
+
+def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> Any:
+    """Return a NumPy result in the caller's framework (zero-copy for torch CPU)."""
+    if info.framework == "numpy":
+        return arr
+    import torch
+
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(arr, np.float32)).to(torch.bfloat16)
+    return torch.from_numpy(np.ascontiguousarray(arr))

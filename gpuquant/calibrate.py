@@ -1,0 +1,190 @@
+"""Calibration: from data to per-unit ranges (lo, hi) and qparams.
+
+``calibrate`` handles one tensor. ``Calibrator`` streams many batches with
+min/max: the running min and max are exact over all batches, states save to
+plain dicts and merge across processes (elementwise min/max), so a
+data-parallel job can calibrate on every rank and reduce the states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .arrays import prepare
+from .backends import select
+from .config import Percentile, QuantConfig
+from .errors import (
+    CalibrationRequiredError,
+    InvalidCalibrationError,
+    InvalidShapeError,
+    QuantizationError,
+    UnsupportedSchemeError,
+)
+from .layout import Layout
+from .qparams import QParams
+
+__all__ = ["calibrate", "calibration_range", "Calibrator"]
+
+
+def calibration_range(be, x2, layout: Layout, config: QuantConfig):
+    """float32 (lo, hi) per unit by the config's calibration method."""
+    cal = config.calibration
+    if isinstance(cal, Percentile):
+        return be.percentile(x2, layout, cal.lower, cal.upper, config.ignore_nonfinite)
+    return be.minmax(x2, layout, config.ignore_nonfinite)
+
+
+def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = None) -> QParams:
+    """Per-unit scales and zero points of ``x`` under ``config``, in ``x``'s framework."""
+    config = QuantConfig() if config is None else config
+    x, info = prepare(x)
+    layout = Layout.of(info.shape, config)
+    be = select(info, backend)
+    lo, hi = calibration_range(be, be.native(x, info).reshape(layout.rows, layout.cols),
+                               layout, config)
+    scale, zero_point = be.qparams(lo, hi, config)
+    return QParams(be.wrap(scale, info), be.wrap(zero_point, info))
+
+
+class Calibrator:
+    """Static min/max calibration over many batches.
+
+    >>> cal = Calibrator(QuantConfig.int8_per_channel(axis=-1))
+    >>> for batch in batches:            # doctest: +SKIP
+    ...     cal.update(batch)
+    >>> params = cal.qparams()           # doctest: +SKIP
+
+    With ``momentum=None`` (default) the range is the exact min and max over
+    every batch. With a momentum m in (0, 1] it is a moving average,
+    ``lo += m * (batch_lo - lo)`` per batch after the first (PyTorch's
+    MovingAverageMinMaxObserver). Every batch must give the same qparams
+    shape (channels, groups) and live on the same backend.
+    """
+
+    def __init__(self, config: QuantConfig | None = None, momentum: float | None = None,
+                 backend: str | None = None):
+        self.config = QuantConfig() if config is None else config
+        if isinstance(self.config.calibration, Percentile):
+            raise UnsupportedSchemeError(
+                "Calibrator streams min/max only for now; percentile over many batches needs "
+                "the histogram calibrator: use calibration='minmax'"
+            )
+        if momentum is not None and not (0.0 < float(momentum) <= 1.0):
+            raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")
+        self.momentum = None if momentum is None else float(momentum)
+        self.backend = backend
+        self.batches = 0
+        self._lo: np.ndarray | None = None
+        self._hi: np.ndarray | None = None
+        self._backend_name: str | None = None
+
+    def update(self, batch: Any) -> Calibrator:
+        """Fold one batch into the running range. Returns self."""
+        x, info = prepare(batch, "batch")
+        layout = Layout.of(info.shape, self.config)
+        be = select(info, self.backend)
+        if self._backend_name not in (None, be.name):
+            raise QuantizationError(
+                f"batch lives on backend {be.name!r} but earlier batches were on "
+                f"{self._backend_name!r}; a Calibrator takes batches from one backend"
+            )
+        lo, hi = be.minmax(be.native(x, info).reshape(layout.rows, layout.cols), layout,
+                           self.config.ignore_nonfinite)
+        lo, hi = _host(lo), _host(hi)
+        if self._lo is not None and lo.shape != self._lo.shape:
+            raise InvalidShapeError(
+                f"batch of shape {info.shape} gives qparams of shape {lo.shape}, but earlier "
+                f"batches gave {self._lo.shape}"
+            )
+        self._backend_name = be.name
+        self._fold(lo, hi, 1)
+        return self
+
+    def _fold(self, lo: np.ndarray, hi: np.ndarray, batches: int) -> None:
+        if self._lo is None:
+            self._lo, self._hi = lo.astype(np.float32), hi.astype(np.float32)
+        elif self.momentum is None:
+            self._lo = np.minimum(self._lo, lo)
+            self._hi = np.maximum(self._hi, hi)
+        else:
+            m = np.float32(self.momentum)
+            self._lo = (self._lo + m * (lo - self._lo)).astype(np.float32)
+            self._hi = (self._hi + m * (hi - self._hi)).astype(np.float32)
+        self.batches += batches
+
+    def range(self) -> tuple[np.ndarray, np.ndarray]:
+        """The running float32 (lo, hi) per unit, as NumPy arrays."""
+        if self._lo is None:
+            raise CalibrationRequiredError(
+                "Calibrator.qparams() was called before any update(batch); feed it data first"
+            )
+        return self._lo, self._hi
+
+    def qparams(self) -> QParams:
+        """Scales and zero points of the running range (NumPy arrays)."""
+        from .qparams import compute_qparams
+
+        lo, hi = self.range()
+        cfg = self.config
+        return QParams(*compute_qparams(lo, hi, cfg.qmin, cfg.qmax, cfg.symmetric))
+
+    # ------------------------------------------------------ state and merging
+    def state_dict(self) -> dict[str, Any]:
+        """A dict of plain Python values that :meth:`load_state_dict` restores."""
+        lo, hi = (None, None) if self._lo is None else (self._lo.tolist(), self._hi.tolist())
+        return {"config": self.config.to_dict(), "momentum": self.momentum,
+                "batches": self.batches, "backend": self._backend_name, "lo": lo, "hi": hi}
+
+    def load_state_dict(self, state: dict[str, Any]) -> Calibrator:
+        try:
+            config = QuantConfig.from_dict(state["config"])
+            self.config, self.momentum = config, state["momentum"]
+            self.batches, self._backend_name = int(state["batches"]), state["backend"]
+            lo, hi = state["lo"], state["hi"]
+        except (KeyError, TypeError) as exc:
+            raise QuantizationError(f"not a Calibrator state: missing or bad {exc}") from None
+        self._lo = None if lo is None else np.asarray(lo, np.float32)
+        self._hi = None if hi is None else np.asarray(hi, np.float32)
+        return self
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> Calibrator:
+        return cls(QuantConfig.from_dict(state["config"])).load_state_dict(state)
+
+    def merge(self, other: Calibrator) -> Calibrator:
+        """Fold another calibrator's state into this one (exact for min/max). Returns self."""
+        if other.config != self.config:
+            raise QuantizationError(
+                f"cannot merge calibrators of different configs: {self.config} and {other.config}"
+            )
+        if other._lo is None:
+            return self
+        if self._lo is not None and other._lo.shape != self._lo.shape:
+            raise InvalidShapeError(
+                f"cannot merge qparams of shape {other._lo.shape} into {self._lo.shape}"
+            )
+        if self._lo is None or self.momentum is None:
+            batches = self.batches
+            self._fold(other._lo, other._hi, other.batches)
+            if batches == 0:
+                self._backend_name = other._backend_name
+            return self
+        w = np.float32(other.batches / (self.batches + other.batches))
+        self._lo = (self._lo + w * (other._lo - self._lo)).astype(np.float32)
+        self._hi = (self._hi + w * (other._hi - self._hi)).astype(np.float32)
+        self.batches += other.batches
+        return self
+
+    def __repr__(self) -> str:
+        return f"Calibrator({self.config!r}, momentum={self.momentum}, batches={self.batches})"
+
+
+def _host(a: Any) -> np.ndarray:
+    """Per-unit results to NumPy (tiny arrays; a device sync for GPU inputs)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if hasattr(a, "get"):
+        return a.get()
+    return a.detach().cpu().numpy()

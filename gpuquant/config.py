@@ -1,0 +1,354 @@
+"""Quantization configuration: schemes, granularities, calibration methods.
+
+A :class:`QuantConfig` is immutable and validated on construction, so every
+later stage can trust it. It converts to and from a plain dict of JSON types
+(:meth:`QuantConfig.to_dict`, :meth:`QuantConfig.from_dict`), which is how it
+is stored in safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any, Union
+
+from .errors import (
+    InvalidBitWidthError,
+    InvalidCalibrationError,
+    InvalidShapeError,
+    QuantizationError,
+    UnsupportedSchemeError,
+)
+
+__all__ = ["Scheme", "Granularity", "Percentile", "QuantConfig"]
+
+
+class Scheme(str, enum.Enum):
+    """Integer code formats. ``Scheme("int8")`` and ``Scheme.from_value(8)`` both work."""
+
+    INT4 = "int4"
+    INT8 = "int8"
+    INT16 = "int16"
+
+    @property
+    def bits(self) -> int:
+        return int(self.value[3:])
+
+    def qrange(self, symmetric: bool) -> tuple[int, int]:
+        """(qmin, qmax): signed two's complement when symmetric, else unsigned."""
+        if symmetric:
+            return -(1 << (self.bits - 1)), (1 << (self.bits - 1)) - 1
+        return 0, (1 << self.bits) - 1
+
+    @property
+    def compression_ratio(self) -> float:
+        """Bits of a float32 per bit of code, qparams not counted (8.0 for int4)."""
+        return 32.0 / self.bits
+
+    @classmethod
+    def from_value(cls, value: Any) -> Scheme:
+        if isinstance(value, Scheme):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            name = f"int{value}"
+        elif isinstance(value, str):
+            name = value.strip().lower()
+        else:
+            name = None
+        for member in cls:
+            if member.value == name:
+                return member
+        raise InvalidBitWidthError(
+            f"scheme={value!r} is not supported; accepted: 'int4', 'int8', 'int16' "
+            "(or the bit widths 4, 8, 16)"
+        )
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Granularity(str, enum.Enum):
+    """What one (scale, zero point) pair covers.
+
+    TENSOR: the whole tensor. CHANNEL: each index along ``axis``.
+    GROUP: each run of ``group_size`` elements along the last axis.
+    TOKEN: each row over the last axis (dynamic per-token activations);
+    its qparams have the shape ``x.shape[:-1]``.
+    """
+
+    TENSOR = "tensor"
+    CHANNEL = "channel"
+    GROUP = "group"
+    TOKEN = "token"
+
+    @classmethod
+    def from_value(cls, value: Any) -> Granularity:
+        if isinstance(value, Granularity):
+            return value
+        name = value.strip().lower() if isinstance(value, str) else None
+        if name is not None and name.startswith("per_"):
+            name = name[4:]
+        for member in cls:
+            if member.value == name:
+                return member
+        raise UnsupportedSchemeError(
+            f"granularity={value!r} is not supported; accepted: 'tensor', 'channel', "
+            "'group', 'token'"
+        )
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclasses.dataclass(frozen=True)
+class Percentile:
+    """Percentile calibration: the unit's range is (P_lower, P_upper), in percent.
+
+    Order statistics are interpolated linearly (NumPy's default method), so
+    fractional bounds such as ``upper=99.99`` are meaningful.
+    """
+
+    lower: float = 0.01
+    upper: float = 99.99
+
+    def __post_init__(self) -> None:
+        for name in ("lower", "upper"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidCalibrationError(
+                    f"Percentile {name}={value!r} must be a number in [0, 100]"
+                )
+            if not (0.0 <= value <= 100.0):
+                raise InvalidCalibrationError(
+                    f"Percentile {name}={value!r} is outside [0, 100]"
+                )
+            object.__setattr__(self, name, float(value))
+        if self.lower >= self.upper:
+            raise InvalidCalibrationError(
+                f"Percentile lower={self.lower} must be below upper={self.upper}"
+            )
+
+    def __str__(self) -> str:
+        return f"percentile({self.lower:g}, {self.upper:g})"
+
+
+Calibration = Union[str, Percentile]  # noqa: UP007 - a runtime alias on Python 3.10
+_NAMED_CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+_NOT_YET = ("entropy", "mse")
+_NIBBLE_ORDERS = ("high_first", "low_first")
+
+
+def _as_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
+        raise InvalidShapeError(f"{name}={value!r} must be an integer >= {minimum}")
+    value = int(value)
+    if value < minimum:
+        raise InvalidShapeError(f"{name}={value} must be an integer >= {minimum}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class QuantConfig:
+    """How to quantize a tensor.
+
+    Args:
+        scheme: ``"int4"``, ``"int8"`` or ``"int16"`` (or 4, 8, 16).
+        granularity: ``"tensor"``, ``"channel"``, ``"group"`` or ``"token"``.
+        symmetric: signed codes and a zero point of 0; else unsigned codes and
+            an int32 zero point that makes 0.0 exactly representable.
+        axis: the channel axis (negative counts from the end). Channel only.
+        num_channels: optional expected size of the channel axis, checked
+            against each tensor (``InvalidChannelCountError``). Channel only.
+        group_size: elements per group along the last axis (default 128).
+            The last group of a row may be shorter. Group only.
+        calibration: ``"minmax"``, ``"percentile"`` (= ``Percentile()``) or a
+            :class:`Percentile`. ``"entropy"`` and ``"mse"`` are not available yet.
+        nibble_order: int4 packing: ``"high_first"`` puts the even element in
+            the high nibble (bitsandbytes); ``"low_first"`` is ONNX's order.
+        ignore_nonfinite: calibrate over finite values only, instead of
+            raising ``NonFiniteError`` on NaN or Inf.
+    """
+
+    scheme: Scheme = Scheme.INT8
+    granularity: Granularity = Granularity.TENSOR
+    symmetric: bool = True
+    axis: int = 0
+    num_channels: int | None = None
+    group_size: int | None = None
+    calibration: Calibration = "minmax"
+    nibble_order: str = "high_first"
+    ignore_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("scheme", Scheme.from_value(self.scheme))
+        set_("granularity", Granularity.from_value(self.granularity))
+        set_("symmetric", _as_bool("symmetric", self.symmetric))
+        set_("ignore_nonfinite", _as_bool("ignore_nonfinite", self.ignore_nonfinite))
+        if isinstance(self.axis, bool) or not isinstance(self.axis, int):
+            raise InvalidShapeError(f"axis={self.axis!r} must be an integer")
+        if self.num_channels is not None:
+            set_("num_channels", _as_int("num_channels", self.num_channels, 1))
+        if self.granularity is Granularity.GROUP:
+            size = 128 if self.group_size is None else self.group_size
+            set_("group_size", _as_int("group_size", size, 1))
+        elif self.group_size is not None:
+            raise InvalidShapeError(
+                f"group_size={self.group_size!r} applies only to granularity='group', "
+                f"not {self.granularity.value!r}"
+            )
+        set_("calibration", _as_calibration(self.calibration))
+        if self.nibble_order not in _NIBBLE_ORDERS:
+            raise QuantizationError(
+                f"nibble_order={self.nibble_order!r} is not supported; accepted: "
+                + ", ".join(repr(o) for o in _NIBBLE_ORDERS)
+            )
+
+    # ----------------------------------------------------------------- derived
+    @property
+    def bits(self) -> int:
+        return self.scheme.bits
+
+    @property
+    def qmin(self) -> int:
+        return self.scheme.qrange(self.symmetric)[0]
+
+    @property
+    def qmax(self) -> int:
+        return self.scheme.qrange(self.symmetric)[1]
+
+    @property
+    def code_dtype(self) -> str:
+        """NumPy dtype name of one unpacked code (int4 codes unpack to int8/uint8)."""
+        width = max(self.bits, 8)
+        return f"int{width}" if self.symmetric else f"uint{width}"
+
+    @property
+    def storage_dtype(self) -> str:
+        """dtype of :attr:`QuantizedTensor.data`: uint8 for packed int4."""
+        return "uint8" if self.bits == 4 else self.code_dtype
+
+    @property
+    def compression_ratio(self) -> float:
+        """Nominal ratio against float32, qparams not counted."""
+        return self.scheme.compression_ratio
+
+    # ---------------------------------------------------------------- presets
+    @classmethod
+    def int8_symmetric(cls) -> QuantConfig:
+        return cls(scheme="int8", granularity="tensor", symmetric=True)
+
+    @classmethod
+    def int8_asymmetric(cls) -> QuantConfig:
+        return cls(scheme="int8", granularity="tensor", symmetric=False)
+
+    @classmethod
+    def int8_per_channel(cls, num_channels: int | None = None, axis: int = 0) -> QuantConfig:
+        return cls(scheme="int8", granularity="channel", symmetric=True, axis=axis,
+                   num_channels=num_channels)
+
+    @classmethod
+    def int4_symmetric(cls) -> QuantConfig:
+        return cls(scheme="int4", granularity="tensor", symmetric=True)
+
+    @classmethod
+    def int4_per_channel(cls, num_channels: int | None = None, axis: int = 0) -> QuantConfig:
+        return cls(scheme="int4", granularity="channel", symmetric=True, axis=axis,
+                   num_channels=num_channels)
+
+    @classmethod
+    def int4_per_group(cls, group_size: int = 128, symmetric: bool = False) -> QuantConfig:
+        return cls(scheme="int4", granularity="group", group_size=group_size,
+                   symmetric=symmetric)
+
+    # ----------------------------------------------------------- serialisation
+    def replace(self, **changes: Any) -> QuantConfig:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A dict of JSON types that :meth:`from_dict` turns back into this config."""
+        calibration: Any = self.calibration
+        if isinstance(calibration, Percentile):
+            calibration = {"method": "percentile", "lower": calibration.lower,
+                           "upper": calibration.upper}
+        return {
+            "scheme": self.scheme.value,
+            "granularity": self.granularity.value,
+            "symmetric": self.symmetric,
+            "axis": self.axis,
+            "num_channels": self.num_channels,
+            "group_size": self.group_size,
+            "calibration": calibration,
+            "nibble_order": self.nibble_order,
+            "ignore_nonfinite": self.ignore_nonfinite,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if not isinstance(data, dict):
+            raise QuantizationError(f"QuantConfig.from_dict needs a dict, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise QuantizationError(
+                f"QuantConfig.from_dict: unknown keys {unknown}; accepted: {sorted(known)}"
+            )
+        kwargs = dict(data)
+        calibration = kwargs.get("calibration")
+        if isinstance(calibration, dict):
+            if calibration.get("method") != "percentile":
+                raise InvalidCalibrationError(f"calibration={calibration!r} is not understood")
+            kwargs["calibration"] = Percentile(calibration.get("lower", 0.01),
+                                               calibration.get("upper", 99.99))
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:
+        parts = [f"scheme={self.scheme.value!r}", f"granularity={self.granularity.value!r}",
+                 f"symmetric={self.symmetric}"]
+        if self.granularity is Granularity.CHANNEL:
+            parts.append(f"axis={self.axis}")
+            if self.num_channels is not None:
+                parts.append(f"num_channels={self.num_channels}")
+        if self.granularity is Granularity.GROUP:
+            parts.append(f"group_size={self.group_size}")
+        cal = self.calibration
+        parts.append(f"calibration={cal!r}" if isinstance(cal, str) else f"calibration={cal}")
+        if self.bits == 4:
+            parts.append(f"nibble_order={self.nibble_order!r}")
+        if self.ignore_nonfinite:
+            parts.append("ignore_nonfinite=True")
+        return "QuantConfig(" + ", ".join(parts) + ")"
+
+    def describe(self) -> str:
+        """A short label such as ``int4/group128/asym/minmax``."""
+        gran = self.granularity.value
+        if self.granularity is Granularity.GROUP:
+            gran += str(self.group_size)
+        elif self.granularity is Granularity.CHANNEL:
+            gran += f"(axis={self.axis})"
+        return f"{self.scheme.value}/{gran}/{'sym' if self.symmetric else 'asym'}/{self.calibration}"
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise QuantizationError(f"{name}={value!r} must be True or False")
+
+
+def _as_calibration(value: Any) -> Calibration:
+    if isinstance(value, Percentile):
+        return value
+    name = value.strip().lower() if isinstance(value, str) else None
+    if name == "percentile":
+        return Percentile()
+    if name in _NOT_YET:
+        raise UnsupportedSchemeError(
+            f"calibration={value!r} is not implemented yet; available: 'minmax', "
+            "'percentile' or gq.Percentile(lower, upper)"
+        )
+    if name not in _NAMED_CALIBRATIONS:
+        raise UnsupportedSchemeError(
+            f"calibration={value!r} is not supported; accepted: 'minmax', 'percentile', "
+            "gq.Percentile(lower, upper)"
+        )
+    return name

@@ -1,0 +1,101 @@
+"""int4 nibble packing: two 4-bit codes per uint8 along the last axis.
+
+``high_first`` (the default, bitsandbytes' order) puts the element with the
+even index in the high nibble; ``low_first`` (ONNX, quint4x2) puts it in the
+low nibble. Signed codes are stored as 4-bit two's complement and
+sign-extended on unpack. An odd last dimension pads each row with one zero
+nibble, so the packed shape is ``(..., ceil(K / 2))``; a 0-d tensor packs as
+one element.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import InvalidDtypeError, InvalidShapeError, QuantizationError
+
+__all__ = ["pack_int4", "unpack_int4", "pack_rows", "unpack_rows"]
+
+_ORDERS = ("high_first", "low_first")
+
+
+def _check_order(nibble_order: str) -> None:
+    if nibble_order not in _ORDERS:
+        raise QuantizationError(
+            f"nibble_order={nibble_order!r} is not supported; accepted: 'high_first', 'low_first'"
+        )
+
+
+def pack_rows(codes: np.ndarray, nibble_order: str, out: np.ndarray | None = None) -> np.ndarray:
+    """Pack a 2-D block of int4 codes (int8 or uint8) into bytes along axis 1."""
+    rows, cols = codes.shape
+    nbytes = (cols + 1) // 2
+    if out is None:
+        out = np.empty((rows, nbytes), dtype=np.uint8)
+    u = codes.view(np.uint8)
+    first, second = u[:, 0::2], u[:, 1::2]
+    npair = second.shape[1]
+    if nibble_order == "high_first":
+        np.left_shift(first, 4, out=out)
+        pair = out[:, :npair]
+        pair |= second & np.uint8(0x0F)
+    else:
+        np.bitwise_and(first, np.uint8(0x0F), out=out)
+        pair = out[:, :npair]
+        pair |= np.left_shift(second, 4)
+    return out
+
+
+def unpack_rows(packed: np.ndarray, cols: int, signed: bool, nibble_order: str,
+                out: np.ndarray | None = None) -> np.ndarray:
+    """Unpack a 2-D block of bytes into ``cols`` int4 codes per row (int8 or uint8)."""
+    rows = packed.shape[0]
+    dtype = np.int8 if signed else np.uint8
+    if out is None:
+        out = np.empty((rows, cols), dtype=dtype)
+    # high nibble: arithmetic shift of the int8 view sign-extends, logical of uint8 does not
+    high = np.right_shift(packed.view(dtype), 4)
+    low = np.right_shift(np.left_shift(packed, 4).view(dtype), 4)
+    first, second = (high, low) if nibble_order == "high_first" else (low, high)
+    out[:, 0::2] = first[:, : (cols + 1) // 2]
+    out[:, 1::2] = second[:, : cols // 2]
+    return out
+
+
+def pack_int4(codes, nibble_order: str = "high_first"):
+    """Pack int4 codes (-8..7 or 0..15, any integer dtype) two per byte along the last axis.
+
+    Returns uint8 of shape ``(..., ceil(K / 2))`` (``(1,)`` for a 0-d input).
+    """
+    _check_order(nibble_order)
+    codes = np.asarray(codes)
+    if codes.dtype.kind not in "iu":
+        raise InvalidDtypeError(f"codes must be an integer array, got dtype {codes.dtype}")
+    if codes.size and (codes.min() < -8 or codes.max() > 15):
+        raise QuantizationError(
+            f"codes must lie in -8..7 (signed) or 0..15 (unsigned); got {codes.min()}..{codes.max()}"
+        )
+    shape = codes.shape if codes.ndim else (1,)
+    flat = codes.astype(np.int8).reshape(-1, shape[-1])
+    packed = pack_rows(flat, nibble_order)
+    return packed.reshape(*shape[:-1], packed.shape[-1])
+
+
+def unpack_int4(packed, length: int, signed: bool = True, nibble_order: str = "high_first"):
+    """Inverse of :func:`pack_int4`: ``length`` codes per row, int8 (signed) or uint8."""
+    _check_order(nibble_order)
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8:
+        raise InvalidDtypeError(f"packed must be uint8, got dtype {packed.dtype}")
+    if packed.ndim == 0:
+        raise InvalidShapeError("packed must have at least one dimension")
+    if isinstance(length, bool) or int(length) != length or length < 0:
+        raise InvalidShapeError(f"length={length!r} must be a non-negative integer")
+    length = int(length)
+    if packed.shape[-1] != (length + 1) // 2:
+        raise InvalidShapeError(
+            f"packed has {packed.shape[-1]} bytes per row; length={length} needs {(length + 1) // 2}"
+        )
+    flat = np.ascontiguousarray(packed).reshape(-1, packed.shape[-1])
+    codes = unpack_rows(flat, length, signed, nibble_order)
+    return codes.reshape(*packed.shape[:-1], length)

@@ -1,0 +1,133 @@
+"""QuantizedTensor: packed codes, their qparams and what is needed to undo them."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .arrays import FLOAT_DTYPES, TensorInfo, prepare
+from .config import QuantConfig
+from .errors import InvalidDtypeError
+from .layout import Layout
+
+__all__ = ["QuantizedTensor"]
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8}
+
+
+def _nbytes(a: Any) -> int:
+    if hasattr(a, "nbytes"):
+        return int(a.nbytes)
+    return int(a.numel() * a.element_size())
+
+
+class QuantizedTensor:
+    """Integer codes (int4 packed two per byte) with float32 scales and int32 zero points.
+
+    The arrays stay in the framework and on the device of the input they came
+    from. ``shape`` and ``dtype`` are the original tensor's.
+    """
+
+    def __init__(self, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
+                 dtype: str, config: QuantConfig, info: TensorInfo | None = None):
+        self.data = data
+        self.scale = scale
+        self.zero_point = zero_point
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = dtype
+        self.config = config
+        self._info = info or TensorInfo("numpy", dtype, self.shape, "cpu")
+        self.layout = Layout.of(self.shape, config)
+
+    # ---------------------------------------------------------------- sizes
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def framework(self) -> str:
+        return self._info.framework
+
+    @property
+    def device(self) -> str:
+        return self._info.device
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the packed codes plus the scales and zero points."""
+        return _nbytes(self.data) + _nbytes(self.scale) + _nbytes(self.zero_point)
+
+    @property
+    def original_bytes(self) -> int:
+        return self.numel * _ITEMSIZE[self.dtype]
+
+    @property
+    def compression_ratio(self) -> float:
+        """Bytes of the original tensor (its own dtype) over :attr:`size_bytes`."""
+        return self.original_bytes / self.size_bytes
+
+    # ----------------------------------------------------------- conversion
+    def dequantize(self, dtype: str | None = None, backend: str | None = None):
+        """float(q - zero_point) * scale, in the original framework and device.
+
+        ``dtype`` defaults to the original dtype; "float16", "bfloat16" (torch
+        only), "float32" and "float64" are accepted.
+        """
+        from .backends import select
+
+        out = _output_dtype(dtype, self.dtype, self.framework)
+        data, info = prepare(self.data, "data", require_float=False)
+        be = select(info, backend)
+        data2 = be.native(data, info).reshape(self.layout.rows, -1)
+        scale = be.native(*prepare(self.scale, "scale", require_float=False))
+        zero_point = be.native(*prepare(self.zero_point, "zero_point", require_float=False))
+        compute = "float32" if out == "bfloat16" and be.name == "numpy" else out
+        y2 = be.dequantize(data2, self.layout, self.config, scale, zero_point, compute)
+        return be.wrap(y2.reshape(self.shape), self._info, out)
+
+    def quantization_error(self, x: Any) -> float:
+        """Mean squared error between ``x`` and the dequantized tensor, in float64."""
+        from .metrics import mse
+
+        return mse(x, self.dequantize(dtype="float32"))
+
+    def __repr__(self) -> str:
+        cfg = self.config
+        gran = cfg.granularity.value
+        if cfg.granularity.value == "group":
+            gran += f"({cfg.group_size})"
+        elif gran == "channel":
+            gran += f"(axis={self.layout.axis})"
+        return (f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, scheme={cfg.scheme.value}, "
+                f"granularity={gran}, symmetric={cfg.symmetric}, "
+                f"data={self.config.storage_dtype}{tuple(self.data.shape)}, "
+                f"size_bytes={self.size_bytes}, compression_ratio={self.compression_ratio:.2f}, "
+                f"framework={self.framework}, device={self.device})")
+
+
+def _output_dtype(dtype: Any, original: str, framework: str) -> str:
+    if dtype is None:
+        name = original
+        if framework != "torch" and name == "bfloat16":
+            name = "float32"  # NumPy and CuPy have no bfloat16
+        return name
+    name = str(dtype).replace("torch.", "")
+    if isinstance(dtype, type) and issubclass(dtype, np.generic):
+        name = np.dtype(dtype).name
+    if name not in FLOAT_DTYPES:
+        raise InvalidDtypeError(
+            f"dtype={dtype!r} is not an output dtype; accepted: "
+            + ", ".join(FLOAT_DTYPES)
+        )
+    if name == "bfloat16" and framework != "torch":
+        raise InvalidDtypeError(
+            f"dtype='bfloat16' needs torch tensors; this QuantizedTensor holds {framework} "
+            "arrays, which have no bfloat16: use 'float16' or 'float32'"
+        )
+    return name
