@@ -230,8 +230,8 @@ class NumpyBackend:
             r0, r1, c0, c1 = span
             buf = x2[r0:r1, c0:c1].astype(F32)
             with np.errstate(all="ignore"):
-                self._encode(buf, inv.block(span), zp.block(span) if use_zp else None, span, layout, config, data,
-                             nan_possible)
+                zpb = zp.block(span) if use_zp else None
+                self._encode(buf, inv.block(span), zpb, span, layout, config, data, nan_possible)
 
         run_blocks(one, layout.rows, layout.cols, _align(layout))
         return data
