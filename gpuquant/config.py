@@ -129,7 +129,7 @@ class Percentile:
             )
 
     def __str__(self) -> str:
-        return f"percentile({self.lower:g}, {self.upper:g})"
+        return f"percentile({self.lower:g},{self.upper:g})"
 
 
 Calibration = Union[str, Percentile]  # noqa: UP007 - a runtime alias on Python 3.10
