@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["BLOCK_ELEMENTS", "blocks", "run_blocks"]
 
-BLOCK_ELEMENTS = 1 << 16
+BLOCK_ELEMENTS = 1 << 18
 _PARALLEL_MIN = 1 << 18  # below this many elements threads cost more than they save
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -46,13 +46,21 @@ def _workers() -> int:
 
 def run_blocks(fn: Callable[[tuple[int, int, int, int]], object], rows: int, cols: int,
                align: int = 1, target: int = BLOCK_ELEMENTS) -> list:
-    """Call ``fn`` on every block, on a thread pool when the work is large enough."""
+    """Call ``fn`` on every block; returns the results in block order.
+
+    Each worker takes every n-th block in one task: one task per block would
+    cost more in hand-offs between threads than small blocks take to compute.
+    """
     spans = list(blocks(rows, cols, align, target))
-    workers = _workers()
-    if workers == 1 or len(spans) == 1 or rows * cols < _PARALLEL_MIN:
+    workers = min(_workers(), len(spans))
+    if workers == 1 or rows * cols < _PARALLEL_MIN:
         return [fn(span) for span in spans]
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gpuquant")
-    return list(_pool.map(fn, spans))
+            _pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="gpuquant")
+    shares = list(_pool.map(lambda k: [fn(span) for span in spans[k::workers]], range(workers)))
+    results: list = [None] * len(spans)
+    for k, share in enumerate(shares):
+        results[k::workers] = share
+    return results

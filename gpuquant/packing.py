@@ -32,17 +32,28 @@ def pack_rows(codes: np.ndarray, nibble_order: str, out: np.ndarray | None = Non
     nbytes = (cols + 1) // 2
     if out is None:
         out = np.empty((rows, nbytes), dtype=np.uint8)
+    if cols % 2 == 0 and codes.flags.c_contiguous:
+        # each pair of codes is one little-endian uint16: even element in the low byte
+        pair = codes.view(np.uint16)
+        if nibble_order == "high_first":
+            word = np.left_shift(pair, np.uint16(4))
+            word |= np.right_shift(pair, np.uint16(8)) & np.uint16(0x0F)
+        else:
+            word = pair & np.uint16(0x0F)
+            word |= np.right_shift(pair, np.uint16(4)) & np.uint16(0xF0)
+        np.copyto(out, word, casting="unsafe")  # keeps the low byte
+        return out
     u = codes.view(np.uint8)
     first, second = u[:, 0::2], u[:, 1::2]
     npair = second.shape[1]
     if nibble_order == "high_first":
-        np.left_shift(first, 4, out=out)
+        np.left_shift(first, np.uint8(4), out=out)
         pair = out[:, :npair]
         pair |= second & np.uint8(0x0F)
     else:
         np.bitwise_and(first, np.uint8(0x0F), out=out)
         pair = out[:, :npair]
-        pair |= np.left_shift(second, 4)
+        pair |= np.left_shift(second, np.uint8(4))
     return out
 
 
