@@ -110,6 +110,7 @@ def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> A
         return arr
     import torch
 
+    arr = arr if arr.flags.c_contiguous else arr.copy()  # ascontiguousarray makes 0-d 1-d
     if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(arr, np.float32)).to(torch.bfloat16)
-    return torch.from_numpy(np.ascontiguousarray(arr))
+        return torch.from_numpy(arr.astype(np.float32, copy=False)).to(torch.bfloat16)
+    return torch.from_numpy(arr)

@@ -23,21 +23,27 @@ from .errors import (
     UnsupportedSchemeError,
 )
 from .layout import Layout
+from .nonfinite import raise_ready
 from .qparams import QParams
 
 __all__ = ["calibrate", "calibration_range", "Calibrator"]
 
 
-def calibration_range(be, x2, layout: Layout, config: QuantConfig):
-    """float32 (lo, hi) per unit by the config's calibration method."""
+def calibration_range(be, x2, layout: Layout, config: QuantConfig, defer: bool = False):
+    """float32 (lo, hi) per unit by the config's calibration method.
+
+    ``defer``: a GPU backend may report NaN/Inf later instead of waiting for
+    the device (see gpuquant.nonfinite); the quantize path asks for that.
+    """
     cal = config.calibration
     if isinstance(cal, Percentile):
         return be.percentile(x2, layout, cal.lower, cal.upper, config.ignore_nonfinite)
-    return be.minmax(x2, layout, config.ignore_nonfinite)
+    return be.minmax(x2, layout, config.ignore_nonfinite, defer=defer)
 
 
 def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = None) -> QParams:
     """Per-unit scales and zero points of ``x`` under ``config``, in ``x``'s framework."""
+    raise_ready()
     config = QuantConfig() if config is None else config
     x, info = prepare(x)
     layout = Layout.of(info.shape, config)
@@ -82,6 +88,7 @@ class Calibrator:
 
     def update(self, batch: Any) -> Calibrator:
         """Fold one batch into the running range. Returns self."""
+        raise_ready()
         x, info = prepare(batch, "batch")
         layout = Layout.of(info.shape, self.config)
         be = select(info, self.backend)

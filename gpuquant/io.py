@@ -21,6 +21,7 @@ from .arrays import bf16_bits_to_f32, framework_of
 from .config import QuantConfig
 from .errors import FormatError, QuantizationError
 from .layout import Layout
+from .nonfinite import raise_ready
 from .safetensors_file import BF16, SafetensorsFile, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
@@ -61,6 +62,7 @@ def quantized_metadata(qt: QuantizedTensor) -> dict[str, Any]:
 def save(path: str | os.PathLike, tensors: Mapping[str, Any],
          metadata: Mapping[str, str] | None = None) -> None:
     """Write quantized tensors and plain arrays to one safetensors file, atomically."""
+    raise_ready()
     if not isinstance(tensors, Mapping):
         raise QuantizationError("tensors must be a mapping of name -> QuantizedTensor or array")
     entries: list[tuple[str, str, np.ndarray]] = []

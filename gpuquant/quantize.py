@@ -12,6 +12,7 @@ from .calibrate import calibration_range
 from .config import QuantConfig
 from .errors import InvalidCalibrationError, QuantizationError
 from .layout import Layout
+from .nonfinite import raise_ready
 from .qparams import QParams
 from .tensor import QuantizedTensor
 
@@ -32,6 +33,7 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     Returns:
         A :class:`QuantizedTensor` whose arrays are in ``x``'s framework and device.
     """
+    raise_ready()
     config = QuantConfig() if config is None else config
     if not isinstance(config, QuantConfig):
         raise QuantizationError(f"config must be a gq.QuantConfig, got {type(config).__name__}")
@@ -49,7 +51,7 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
         if fused is not None:
             data, scale, zero_point = fused
         else:
-            lo, hi = calibration_range(be, x2, layout, config)
+            lo, hi = calibration_range(be, x2, layout, config, defer=True)
             scale, zero_point = be.qparams(lo, hi, config)
             data = be.quantize(x2, layout, config, scale, zero_point,
                                nan_possible=config.ignore_nonfinite)

@@ -80,7 +80,9 @@ class QuantizedTensor:
         only), "float32" and "float64" are accepted.
         """
         from .backends import select
+        from .nonfinite import raise_ready
 
+        raise_ready()
         out = _output_dtype(dtype, self.dtype, self.framework)
         data, info = prepare(self.data, "data", require_float=False)
         be = select(info, backend)
@@ -90,6 +92,13 @@ class QuantizedTensor:
         compute = "float32" if out == "bfloat16" and be.name == "numpy" else out
         y2 = be.dequantize(data2, self.layout, self.config, scale, zero_point, compute)
         return be.wrap(y2.reshape(self.shape), self._info, out)
+
+    def check_finite(self) -> None:
+        """Wait for the NaN/Inf checks of GPU quantize calls still in flight; raise
+        NonFiniteError if one found any (see gpuquant.nonfinite). Free on the CPU."""
+        from .nonfinite import wait_all
+
+        wait_all()
 
     def quantization_error(self, x: Any) -> float:
         """Mean squared error between ``x`` and the dequantized tensor, in float64."""

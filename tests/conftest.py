@@ -6,6 +6,22 @@ import pytest
 os.environ.setdefault("GPUQUANT_NUM_THREADS", "2")
 
 
+def _cuda_present() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+CUDA = _cuda_present()
+# Without a GPU the Triton kernels run under the interpreter on torch CPU tensors. The
+# variable must be set before gpuquant.kernels is first imported (triton.jit reads it).
+if not CUDA:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)

@@ -15,10 +15,10 @@ import numpy as np
 from ..layout import Layout
 from .reference import nonfinite_error
 
-__all__ = ["unit_percentiles", "interpolate"]
+__all__ = ["unit_percentiles", "unit_matrices", "interpolate", "ranks"]
 
 
-def _ranks(n: int, p: float) -> tuple[int, int, float]:
+def ranks(n: int, p: float) -> tuple[int, int, float]:
     h = (n - 1) * p / 100.0
     i = math.floor(h)
     return i, min(i + 1, n - 1), h - i
@@ -33,32 +33,45 @@ def interpolate(lower_v: np.ndarray, upper_v: np.ndarray, t: float) -> np.ndarra
 def _select(matrix: np.ndarray, ps: tuple[float, ...]) -> list[np.ndarray]:
     """Percentiles ``ps`` of every row of a float32 matrix of finite values."""
     n = matrix.shape[-1]
-    ranks = [_ranks(n, p) for p in ps]
-    kth = sorted({k for i, j, _ in ranks for k in (i, j)})
+    where = [ranks(n, p) for p in ps]
+    kth = sorted({k for i, j, _ in where for k in (i, j)})
     part = np.partition(matrix, kth, axis=-1)
-    return [interpolate(part[..., i], part[..., j], t) for i, j, t in ranks]
+    return [interpolate(part[..., i], part[..., j], t) for i, j, t in where]
 
 
-def _unit_matrices(x2: np.ndarray, layout: Layout):
-    """Yield (index into the 2-D params array, float32 matrix with one unit per row)."""
+class _NumpyOps:
+    """The two array operations unit_matrices needs, for NumPy (see device_arrays.py)."""
+
+    @staticmethod
+    def astype(a, dtype: str):
+        return a.astype(dtype)
+
+    @staticmethod
+    def moveaxis(a, source: int, destination: int):
+        return np.moveaxis(a, source, destination)
+
+
+def unit_matrices(x2, layout: Layout, ops=_NumpyOps):
+    """Yield (index into the 2-D params array, float32 array with one unit per last-axis row)."""
     mode = layout.mode
+    f32 = "float32"
     if mode == "scalar":
-        yield (), x2.astype(np.float32).reshape(1, -1)
+        yield (), ops.astype(x2, f32).reshape(1, -1)
     elif mode == "col":
-        yield np.s_[:], x2.T.astype(np.float32)
+        yield np.s_[:], ops.astype(x2.T, f32)
     elif mode == "row" and layout.rows_are_units:
-        yield np.s_[:], x2.astype(np.float32)
+        yield np.s_[:], ops.astype(x2, f32)
     elif mode == "row":
         x = x2.reshape(layout.shape)
-        yield np.s_[:], np.moveaxis(x, layout.axis, 0).astype(np.float32).reshape(
+        yield np.s_[:], ops.astype(ops.moveaxis(x, layout.axis, 0), f32).reshape(
             layout.shape[layout.axis], -1)
     else:
         size, full = layout.group_size, layout.cols // layout.group_size
         if full:
-            head = x2[:, : full * size].astype(np.float32).reshape(layout.rows, full, size)
+            head = ops.astype(x2[:, : full * size], f32).reshape(layout.rows, full, size)
             yield np.s_[:, :full], head
         if layout.cols % size:
-            yield np.s_[:, full:], x2[:, full * size:].astype(np.float32)[:, None, :]
+            yield np.s_[:, full:], ops.astype(x2[:, full * size:], f32)[:, None, :]
 
 
 def unit_percentiles(x2: np.ndarray, layout: Layout, lower: float, upper: float,
@@ -67,7 +80,7 @@ def unit_percentiles(x2: np.ndarray, layout: Layout, lower: float, upper: float,
     shape2d = layout.params_2d_shape()
     lo = np.zeros(shape2d, np.float32)
     hi = np.zeros(shape2d, np.float32)
-    for index, matrix in _unit_matrices(x2, layout):
+    for index, matrix in unit_matrices(x2, layout):
         finite = np.isfinite(matrix)
         if finite.all():
             lo_v, hi_v = _select(matrix, (lower, upper))

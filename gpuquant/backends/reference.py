@@ -138,8 +138,12 @@ class NumpyBackend:
         return from_numpy(arr, info, dtype)
 
     # -- calibration ---------------------------------------------------------
-    def minmax(self, x2: np.ndarray, layout: Layout, ignore_nonfinite: bool = False):
-        """float32 (lo, hi) per unit, shaped ``layout.unit_shape``."""
+    def minmax(self, x2: np.ndarray, layout: Layout, ignore_nonfinite: bool = False,
+               defer: bool = False):
+        """float32 (lo, hi) per unit, shaped ``layout.unit_shape``.
+
+        Non-finite data raise here (``defer`` matters only to GPU backends).
+        """
         lo, hi = self._minmax(x2, layout, masked=False)
         if np.all(np.isfinite(lo)) and np.all(np.isfinite(hi)):
             return lo, hi
