@@ -14,9 +14,9 @@ the NumPy reference's bits:
 import triton
 import triton.language as tl
 
-RINT_MAGIC = 12582912.0  # 1.5 * 2^23: adding it leaves rint(v) in the low mantissa bits
-RINT_LIMIT = 4194304.0  # 2^22: the trick is exact below this magnitude
-FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32
+RINT_MAGIC = tl.constexpr(12582912.0)  # 1.5 * 2^23: the sum keeps rint(v) in its low bits
+RINT_LIMIT = tl.constexpr(4194304.0)  # 2^22: the trick is exact below this magnitude
+FLOAT32_TINY = tl.constexpr(1.1754943508222875e-38)  # smallest normal float32
 
 
 @triton.jit
