@@ -46,6 +46,9 @@ class NonFiniteCheck:
         self.shape = tuple(shape)
         self._ops = ops
         self._event = None
+        if defer and ops.is_gpu(counts) and ops.capturing():
+            self._host = None  # inside CUDA-graph capture: nothing may wait or copy out
+            return
         if defer and ops.is_gpu(counts):
             self._host, self._event = ops.async_host_copy(counts)
             with _lock:
@@ -64,6 +67,8 @@ class NonFiniteCheck:
         with _lock:
             if self in _pending:
                 _pending.remove(self)
+        if self._host is None:
+            return
         counts = np.asarray(self._host).reshape(-1)
         total = int(counts.sum(dtype=np.int64))
         if total:

@@ -10,13 +10,15 @@ bit-exactness. Prints one JSON line: {"compiled": n, "problems": [...]}.
 
 import json
 import os
-import re
 import sys
 
 os.environ.pop("TRITON_INTERPRET", None)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
 import torch  # noqa: E402
 import triton  # noqa: E402
+from ptx_checks import problems_in  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -90,19 +92,6 @@ def exercise():
     data, scale, zp = be.calibrate_quantize(x2, layout, cfg)
     be.quantize(x2, layout, cfg, scale, zp)
     be.dequantize(data, layout, cfg, scale, zp, "float16")
-
-
-def problems_in(name, ptx):
-    found = []
-    if re.search(r"\bdiv\.(full|approx)\.f32", ptx):
-        found.append(f"{name}: approximate float division")
-    if re.search(r"\b(fma|mad)\.rn(\.ftz)?\.f32", ptx):
-        found.append(f"{name}: contracted multiply-add")
-    if re.search(r"\b(mul|add|sub)\.f32", ptx):  # without .rn, ptxas may contract into FMA
-        found.append(f"{name}: float arithmetic that ptxas may contract")
-    if re.search(r"\b(mul|add|sub)(\.rn)?\.ftz\.f32", ptx):
-        found.append(f"{name}: arithmetic that flushes subnormals")
-    return found
 
 
 def main():

@@ -35,7 +35,7 @@ def test_all_specialisations_compile_for_sm90():
 
 
 def test_ptx_checks_catch_what_they_look_for():
-    from compile_kernels import problems_in
+    from ptx_checks import problems_in
 
     assert problems_in("k", "div.full.f32 %r1, %r2, %r3;")
     assert problems_in("k", "fma.rn.f32 %r1, %r2, %r3, %r4;")
