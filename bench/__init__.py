@@ -1,0 +1,1 @@
+"""gpuquant's benchmark harness: ``python -m bench --help``."""
