@@ -5,10 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-import numpy as np
-
-import gpuquant as gq
-from gpuquant.demo import synthetic_weights
+from gpuquant.demo import plot_error_vs_bits
 
 
 def _rows(csv_path: str) -> list[dict]:
@@ -36,46 +33,6 @@ def plot_bandwidth(csv_path: str, png: str) -> str:
     ax.set_xlabel("bytes moved (MiB)")
     ax.set_ylabel("GB/s")
     ax.set_title(f"gpuquant on {machine}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return png
-
-
-def error_against_bits() -> dict[str, list[tuple[int, float]]]:
-    """SQNR (dB) of the synthetic demo weights for each calibration and bit width."""
-    weights = synthetic_weights(0)
-    curves: dict[str, list[tuple[int, float]]] = {}
-    for label, calibration in [("minmax", "minmax"), ("percentile 0.1/99.9",
-                                                      gq.Percentile(0.1, 99.9))]:
-        for gran in ("channel", "group"):
-            points = []
-            for scheme in ("int4", "int8", "int16"):
-                cfg = gq.QuantConfig(scheme=scheme, granularity=gran, symmetric=False,
-                                     calibration=calibration)
-                signal = noise = 0.0
-                for w in weights.values():
-                    s, n, _, _ = gq.metrics.error_sums(w, gq.quantize(w, cfg).dequantize())
-                    signal, noise = signal + s, noise + n
-                points.append((cfg.bits, 10 * np.log10(signal / noise)))
-            curves[f"{label}, per {gran}"] = points
-    return curves
-
-
-def plot_error_vs_bits(png: str) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in error_against_bits().items():
-        ax.plot([b for b, _ in points], [s for _, s in points], marker="o", label=label)
-    ax.set_xlabel("bits")
-    ax.set_xticks([4, 8, 16])
-    ax.set_ylabel("SQNR (dB), higher is better")
-    ax.set_title("Error against bits, synthetic transformer weights")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

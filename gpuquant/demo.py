@@ -91,3 +91,43 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"{r['preset']:<18} {r['config']:<48} {r['sqnr_db']:8.2f} "
                      f"{r['max_abs_err']:12.5f} {r['compression']:6.2f} {r['time_ms']:8.1f}")
     return "\n".join(lines)
+
+
+def error_against_bits(seed: int = 0) -> dict[str, list[tuple[int, float]]]:
+    """SQNR (dB) of the synthetic weights for each calibration and bit width."""
+    weights = synthetic_weights(seed)
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for label, calibration in [("minmax", "minmax"), ("percentile 0.1/99.9", Percentile(0.1, 99.9))]:
+        for gran in ("channel", "group"):
+            points = []
+            for scheme in ("int4", "int8", "int16"):
+                cfg = QuantConfig(scheme=scheme, granularity=gran, symmetric=False,
+                                  calibration=calibration)
+                signal = noise = 0.0
+                for w in weights.values():
+                    s, n, _, _ = error_sums(w, quantize(w, cfg).dequantize())
+                    signal, noise = signal + s, noise + n
+                points.append((cfg.bits, float(10 * np.log10(signal / noise))))
+            curves[f"{label}, per {gran}"] = points
+    return curves
+
+
+def plot_error_vs_bits(path: str, seed: int = 0) -> str:
+    """PNG of SQNR against bits for each calibration (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, points in error_against_bits(seed).items():
+        ax.plot([b for b, _ in points], [s for _, s in points], marker="o", label=label)
+    ax.set_xlabel("bits")
+    ax.set_xticks([4, 8, 16])
+    ax.set_ylabel("SQNR (dB), higher is better")
+    ax.set_title("Error against bits, synthetic transformer weights")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -26,7 +26,7 @@ from .safetensors_file import BF16, SafetensorsFile, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",
-           "read_quantized"]
+           "read_quantized", "described_tensors"]
 
 FORMAT_VERSION = "1"
 VERSION_KEY = "gpuquant.format_version"
@@ -85,7 +85,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
     write_safetensors(path, entries, meta)
 
 
-def _described(f: SafetensorsFile) -> dict[str, Any]:
+def described_tensors(f: SafetensorsFile) -> dict[str, Any]:
     meta = f.metadata
     if VERSION_KEY not in meta:
         return {}
@@ -133,7 +133,7 @@ def load(path: str | os.PathLike) -> dict[str, Any]:
     bfloat16. Raises FormatError for truncated, foreign or unknown-version files.
     """
     with SafetensorsFile(path) as f:
-        described = _described(f)
+        described = described_tensors(f)
         out: dict[str, Any] = {}
         owned = set()
         for name, info in described.items():

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import mmap
 import os
 import struct
 import tempfile
@@ -24,7 +23,8 @@ import numpy as np
 
 from .errors import FormatError
 
-__all__ = ["SafetensorsFile", "write_safetensors", "DTYPES", "BF16"]
+__all__ = ["SafetensorsFile", "write_safetensors", "write_safetensors_stream", "DTYPES", "BF16",
+           "tag_of"]
 
 BF16 = "BF16"
 # safetensors dtype tag -> NumPy storage dtype (BF16 is stored as its bits in uint16)
@@ -89,7 +89,6 @@ class SafetensorsFile:
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
             self._entries[name] = self._check_entry(name, entry, data_size)
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ) if size else None
 
     def _check_entry(self, name, entry, data_size):
         try:
@@ -131,20 +130,25 @@ class SafetensorsFile:
         return end - begin
 
     def get(self, name: str) -> np.ndarray:
-        """The tensor as a NumPy array copied out of the file (BF16 as uint16 bits)."""
+        """The tensor read into a new NumPy array (BF16 as uint16 bits).
+
+        Plain reads, not a memory map: only the tensors a caller holds count
+        towards its memory, never the whole file.
+        """
         if name not in self._entries:
             raise self._fail(f"no tensor named {name!r}")
         tag, shape, begin, end = self._entries[name]
-        if begin == end:
-            return np.zeros(shape, DTYPES[tag])
-        raw = np.frombuffer(self._map, dtype=DTYPES[tag], count=math.prod(shape),
-                            offset=self._start + begin)
-        return raw.reshape(shape).astype(DTYPES[tag].newbyteorder("="), copy=True)
+        arr = np.empty(shape, DTYPES[tag])
+        view = memoryview(arr.reshape(-1)).cast("B")
+        done = 0
+        while done < end - begin:
+            n = os.preadv(self._file.fileno(), [view[done:]], self._start + begin + done)
+            if n <= 0:
+                raise self._fail(f"truncated while reading tensor {name!r}")
+            done += n
+        return arr if DTYPES[tag].isnative else arr.astype(DTYPES[tag].newbyteorder("="))
 
     def close(self) -> None:
-        if getattr(self, "_map", None) is not None:
-            self._map.close()
-            self._map = None
         self._file.close()
 
     def __enter__(self) -> SafetensorsFile:
@@ -158,15 +162,30 @@ def write_safetensors(path: str | os.PathLike,
                       tensors: Iterable[tuple[str, str, np.ndarray]],
                       metadata: dict[str, str] | None = None) -> None:
     """Write ``(name, dtype tag, array)`` triples atomically (temporary file, then rename)."""
-    path = os.fspath(path)
     items = list(tensors)
+    write_safetensors_stream(path, [(name, tag, arr.shape) for name, tag, arr in items],
+                             (arr for _, _, arr in items), metadata)
+
+
+def write_safetensors_stream(path: str | os.PathLike,
+                             entries: list[tuple[str, str, tuple[int, ...]]],
+                             arrays: Iterable[np.ndarray],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Write a file whose header is known up front and whose arrays come one at a time.
+
+    ``entries`` are (name, dtype tag, shape) in file order; ``arrays`` yields
+    the matching arrays lazily, so peak memory stays near the largest one.
+    The file appears under ``path`` only once complete (temporary file in the
+    same folder, fsync, rename); on any failure nothing is left behind.
+    """
+    path = os.fspath(path)
     header: dict[str, object] = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     offset = 0
-    for name, tag, arr in items:
-        nbytes = arr.size * DTYPES[tag].itemsize
-        header[name] = {"dtype": tag, "shape": list(arr.shape),
+    for name, tag, shape in entries:
+        nbytes = math.prod(shape) * DTYPES[tag].itemsize
+        header[name] = {"dtype": tag, "shape": list(shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
@@ -177,8 +196,16 @@ def write_safetensors(path: str | os.PathLike,
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))
             f.write(blob)
-            for _, tag, arr in items:
-                f.write(np.ascontiguousarray(arr, dtype=DTYPES[tag]).reshape(-1).data)
+            count = 0
+            for (name, tag, shape), arr in zip(entries, arrays):
+                arr = np.ascontiguousarray(arr, dtype=DTYPES[tag])
+                if tuple(arr.shape) != tuple(shape):
+                    raise FormatError(f"{path}: tensor {name!r} has shape {arr.shape}, "
+                                      f"planned {tuple(shape)}")
+                f.write(arr.reshape(-1).data)
+                count += 1
+            if count != len(entries):
+                raise FormatError(f"{path}: {len(entries) - count} planned tensor(s) missing")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
