@@ -82,7 +82,8 @@ def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
     rounded = (u + (np.uint32(0x7FFF) + ((u >> 16) & np.uint32(1)))) >> 16
     nan = np.isnan(x)
-    return np.where(nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
+    bits = np.where(nan, (u >> 16) | np.uint32(0x40), rounded).astype(np.uint16)
+    return bits.reshape(np.shape(x))
 
 
 def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:

@@ -198,7 +198,8 @@ def write_safetensors_stream(path: str | os.PathLike,
             f.write(blob)
             count = 0
             for (name, tag, shape), arr in zip(entries, arrays):
-                arr = np.ascontiguousarray(arr, dtype=DTYPES[tag])
+                arr = np.asarray(arr, dtype=DTYPES[tag])
+                arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
                 if tuple(arr.shape) != tuple(shape):
                     raise FormatError(f"{path}: tensor {name!r} has shape {arr.shape}, "
                                       f"planned {tuple(shape)}")

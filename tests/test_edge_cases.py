@@ -103,3 +103,16 @@ def test_bfloat16_output_rounds_to_nearest_even():
     y = qt.dequantize(dtype="bfloat16")
     assert y.dtype == torch.bfloat16
     assert torch.equal(y, qt.dequantize(dtype="float32").to(torch.bfloat16))
+
+
+def test_bfloat16_bits_round_trip_and_round_to_nearest_even():
+    from gpuquant.arrays import bf16_bits_to_f32, f32_to_bf16_bits
+
+    torch = pytest.importorskip("torch")
+    x = np.array([1.0, 1.00390625, 1.01171875, -3.3e38, np.inf, np.nan, 1e-40, 0.0],
+                 np.float32)
+    ours = f32_to_bf16_bits(x)
+    ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    np.testing.assert_array_equal(ours[:-3], ref[:-3])
+    assert np.isnan(bf16_bits_to_f32(ours)[5])
+    assert f32_to_bf16_bits(np.float32(2.0)).shape == ()
