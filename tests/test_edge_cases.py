@@ -113,6 +113,6 @@ def test_bfloat16_bits_round_trip_and_round_to_nearest_even():
                  np.float32)
     ours = f32_to_bf16_bits(x)
     ref = torch.from_numpy(x).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    np.testing.assert_array_equal(ours[:-3], ref[:-3])
+    np.testing.assert_array_equal(np.delete(ours, 5), np.delete(ref, 5))  # NaN payloads differ
     assert np.isnan(bf16_bits_to_f32(ours)[5])
     assert f32_to_bf16_bits(np.float32(2.0)).shape == ()
