@@ -10,7 +10,7 @@ True
 """
 
 from .calibrate import Calibrator, calibrate
-from .config import Granularity, Percentile, QuantConfig, Scheme
+from .config import MSE, Entropy, Granularity, Percentile, QuantConfig, Scheme
 from .dynamic import DynamicQuantizer
 from .errors import (
     BackendUnavailableError,
@@ -37,7 +37,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
-    "EmptyTensorError", "FormatError", "Granularity", "InvalidBitWidthError",
+    "EmptyTensorError", "Entropy", "FormatError", "MSE", "Granularity", "InvalidBitWidthError",
     "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
     "InvalidShapeError", "NonFiniteError", "Percentile", "QParams", "QuantConfig",
     "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",

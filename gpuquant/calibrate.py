@@ -14,7 +14,8 @@ import numpy as np
 
 from .arrays import prepare
 from .backends import select
-from .config import Percentile, QuantConfig
+from .backends.array_ops import ops_for
+from .config import MSE, Entropy, Percentile, QuantConfig
 from .errors import (
     CalibrationRequiredError,
     InvalidCalibrationError,
@@ -25,6 +26,7 @@ from .errors import (
 from .layout import Layout
 from .nonfinite import raise_ready
 from .qparams import QParams
+from .searches import first_minimum, kl_best_bins, mse_factors
 
 __all__ = ["calibrate", "calibration_range", "Calibrator"]
 
@@ -38,7 +40,36 @@ def calibration_range(be, x2, layout: Layout, config: QuantConfig, defer: bool =
     cal = config.calibration
     if isinstance(cal, Percentile):
         return be.percentile(x2, layout, cal.lower, cal.upper, config.ignore_nonfinite)
-    return be.minmax(x2, layout, config.ignore_nonfinite, defer=defer)
+    lo, hi = be.minmax(x2, layout, config.ignore_nonfinite, defer=defer)
+    if isinstance(cal, Entropy):
+        return _entropy_range(be, x2, layout, config, lo, hi)
+    if isinstance(cal, MSE):
+        return _mse_range(be, x2, layout, config, lo, hi)
+    return lo, hi
+
+
+def _entropy_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
+    """Clip to the KL threshold T: (-T, T) symmetric, (max(lo, -T), min(hi, T)) otherwise."""
+    ops = ops_for(lo)
+    bins = config.calibration.bins
+    amax = ops.where(ops.abs(lo) > ops.abs(hi), ops.abs(lo), ops.abs(hi))
+    hist = be.abs_histogram(x2, layout, amax, bins).reshape(-1, bins)
+    best = kl_best_bins(ops, hist, 1 << (config.bits - 1))
+    width = ops.astype(amax, "float64").reshape(-1) / bins
+    t = ops.astype(width * ops.astype(best, "float64"), "float32").reshape(layout.unit_shape)
+    if config.symmetric:
+        return -t, t
+    return ops.where(lo > -t, lo, -t), ops.where(hi < t, hi, t)
+
+
+def _mse_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
+    """The shrink factor with the least squared error (ties to the widest range)."""
+    ops = ops_for(lo)
+    factors = mse_factors(config.calibration.candidates)
+    errors = be.mse_errors(x2, layout, lo, hi, factors, config)
+    pick = first_minimum(ops, errors)
+    f = ops.from_host(factors, lo)[pick].reshape(layout.unit_shape)
+    return lo * f, hi * f
 
 
 def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = None) -> QParams:
@@ -72,10 +103,11 @@ class Calibrator:
     def __init__(self, config: QuantConfig | None = None, momentum: float | None = None,
                  backend: str | None = None):
         self.config = QuantConfig() if config is None else config
-        if isinstance(self.config.calibration, Percentile):
+        if self.config.calibration != "minmax":
             raise UnsupportedSchemeError(
-                "Calibrator streams min/max only for now; percentile over many batches needs "
-                "the histogram calibrator: use calibration='minmax'"
+                f"Calibrator streams min/max only for now; calibration="
+                f"{self.config.calibration} over many batches needs the histogram calibrator: "
+                "use calibration='minmax', or gq.calibrate() on one tensor"
             )
         if momentum is not None and not (0.0 < float(momentum) <= 1.0):
             raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")

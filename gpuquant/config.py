@@ -20,7 +20,7 @@ from .errors import (
     UnsupportedSchemeError,
 )
 
-__all__ = ["Scheme", "Granularity", "Percentile", "QuantConfig"]
+__all__ = ["Scheme", "Granularity", "Percentile", "Entropy", "MSE", "QuantConfig"]
 
 
 class Scheme(str, enum.Enum):
@@ -132,9 +132,41 @@ class Percentile:
         return f"percentile({self.lower:g},{self.upper:g})"
 
 
-Calibration = Union[str, Percentile]  # noqa: UP007 - a runtime alias on Python 3.10
+@dataclasses.dataclass(frozen=True)
+class Entropy:
+    """Entropy (KL divergence) calibration, TensorRT's procedure (see gpuquant.searches).
+
+    ``bins``: histogram bins of |x| over [0, amax] (2048 by default, at least 2).
+    """
+
+    bins: int = 2048
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
+            raise InvalidCalibrationError(f"Entropy bins={self.bins!r} must be an integer >= 2")
+
+    def __str__(self) -> str:
+        return "entropy" if self.bins == 2048 else f"entropy({self.bins})"
+
+
+@dataclasses.dataclass(frozen=True)
+class MSE:
+    """MSE search: the range (lo, hi) shrunk by f = 1 - k / candidates, k = 0 .. candidates - 1,
+    keeping the f with the least squared error (ties to the widest range)."""
+
+    candidates: int = 100
+
+    def __post_init__(self) -> None:
+        c = self.candidates
+        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+            raise InvalidCalibrationError(f"MSE candidates={c!r} must be an integer >= 1")
+
+    def __str__(self) -> str:
+        return "mse" if self.candidates == 100 else f"mse({self.candidates})"
+
+
+Calibration = Union[str, Percentile, Entropy, MSE]  # noqa: UP007 - a runtime alias on Python 3.10
 _NAMED_CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
-_NOT_YET = ("entropy", "mse")
 _NIBBLE_ORDERS = ("high_first", "low_first")
 
 
@@ -161,8 +193,9 @@ class QuantConfig:
             against each tensor (``InvalidChannelCountError``). Channel only.
         group_size: elements per group along the last axis (default 128).
             The last group of a row may be shorter. Group only.
-        calibration: ``"minmax"``, ``"percentile"`` (= ``Percentile()``) or a
-            :class:`Percentile`. ``"entropy"`` and ``"mse"`` are not available yet.
+        calibration: ``"minmax"``, ``"percentile"`` (= ``Percentile()``),
+            ``"entropy"`` (= ``Entropy()``, int4/int8 only), ``"mse"`` (= ``MSE()``),
+            or one of those objects with its parameters.
         nibble_order: int4 packing: ``"high_first"`` puts the even element in
             the high nibble (bitsandbytes); ``"low_first"`` is ONNX's order.
         ignore_nonfinite: calibrate over finite values only, instead of
@@ -198,6 +231,11 @@ class QuantConfig:
                 f"not {self.granularity.value!r}"
             )
         set_("calibration", _as_calibration(self.calibration))
+        if isinstance(self.calibration, Entropy) and self.scheme is Scheme.INT16:
+            raise UnsupportedSchemeError(
+                "calibration='entropy' supports int4 and int8 (2^(bits-1) quantized bins); "
+                "for int16 use 'minmax', 'percentile' or 'mse'"
+            )
         if self.nibble_order not in _NIBBLE_ORDERS:
             raise QuantizationError(
                 f"nibble_order={self.nibble_order!r} is not supported; accepted: "
@@ -271,6 +309,10 @@ class QuantConfig:
         if isinstance(calibration, Percentile):
             calibration = {"method": "percentile", "lower": calibration.lower,
                            "upper": calibration.upper}
+        elif isinstance(calibration, Entropy):
+            calibration = {"method": "entropy", "bins": calibration.bins}
+        elif isinstance(calibration, MSE):
+            calibration = {"method": "mse", "candidates": calibration.candidates}
         return {
             "scheme": self.scheme.value,
             "granularity": self.granularity.value,
@@ -296,10 +338,12 @@ class QuantConfig:
         kwargs = dict(data)
         calibration = kwargs.get("calibration")
         if isinstance(calibration, dict):
-            if calibration.get("method") != "percentile":
+            kinds = {"percentile": Percentile, "entropy": Entropy, "mse": MSE}
+            kind = kinds.get(calibration.get("method"))
+            if kind is None:
                 raise InvalidCalibrationError(f"calibration={calibration!r} is not understood")
-            kwargs["calibration"] = Percentile(calibration.get("lower", 0.01),
-                                               calibration.get("upper", 99.99))
+            params = {k: v for k, v in calibration.items() if k != "method"}
+            kwargs["calibration"] = kind(**params)
         return cls(**kwargs)
 
     def __repr__(self) -> str:
@@ -336,19 +380,15 @@ def _as_bool(name: str, value: Any) -> bool:
 
 
 def _as_calibration(value: Any) -> Calibration:
-    if isinstance(value, Percentile):
+    if isinstance(value, (Percentile, Entropy, MSE)):
         return value
     name = value.strip().lower() if isinstance(value, str) else None
-    if name == "percentile":
-        return Percentile()
-    if name in _NOT_YET:
-        raise UnsupportedSchemeError(
-            f"calibration={value!r} is not implemented yet; available: 'minmax', "
-            "'percentile' or gq.Percentile(lower, upper)"
-        )
+    named = {"percentile": Percentile, "entropy": Entropy, "mse": MSE}
+    if name in named:
+        return named[name]()
     if name not in _NAMED_CALIBRATIONS:
         raise UnsupportedSchemeError(
             f"calibration={value!r} is not supported; accepted: 'minmax', 'percentile', "
-            "gq.Percentile(lower, upper)"
+            "'entropy', 'mse', gq.Percentile(lower, upper), gq.Entropy(bins), gq.MSE(candidates)"
         )
     return name

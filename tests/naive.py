@@ -111,3 +111,29 @@ def naive_pack(codes, high_first=True):
             shift = 4 if first == high_first else 0
             out[r, c // 2] |= nib << shift
     return out.reshape(codes.shape[:-1] + (out.shape[1],)) if codes.ndim else out.reshape(1)
+
+
+def naive_kl_best(hist, nq, eps=1e-4):
+    """TensorRT's entropy search, one candidate at a time, as gpuquant.searches states it."""
+    hist = np.asarray(hist, np.int64)
+    bins = hist.size
+    kls = []
+    for i in range(nq, bins + 1):
+        p = hist[:i].astype(np.float64)
+        p[i - 1] += hist[i:].sum()
+        group = (np.arange(i) * nq) // i
+        q = np.zeros(i)
+        for j in range(nq):
+            members = (group == j) & (p > 0)
+            if members.any():
+                q[members] = hist[:i][group == j].sum() / members.sum()
+        if hist[:i].sum() == 0:
+            kls.append(np.inf)
+            continue
+        pn, qn = p / p.sum(), q / hist[:i].sum()
+        qn[(p > 0) & (q == 0)] = eps / hist[:i].sum()
+        nz = pn > 0
+        kls.append(float(np.sum(pn[nz] * np.log(pn[nz] / qn[nz]))))
+    kls = np.array(kls)
+    first = np.flatnonzero(kls <= kls.min() * (1 + 1e-9) + 1e-300)[0]
+    return nq + first, kls

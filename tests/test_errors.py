@@ -94,9 +94,12 @@ def test_unknown_scheme_and_calibrations():
     assert issubclass(gq.InvalidBitWidthError, gq.UnsupportedSchemeError)
     with pytest.raises(gq.UnsupportedSchemeError, match="granularity"):
         gq.QuantConfig(granularity="block")
-    for later in ["entropy", "mse"]:  # never silently treated as min/max
-        with pytest.raises(gq.UnsupportedSchemeError, match="not implemented yet"):
-            gq.QuantConfig(calibration=later)
+    with pytest.raises(gq.UnsupportedSchemeError, match="int4 and int8"):
+        gq.QuantConfig(scheme="int16", calibration="entropy")
+    with pytest.raises(gq.InvalidCalibrationError, match="bins"):
+        gq.Entropy(bins=1)
+    with pytest.raises(gq.InvalidCalibrationError, match="candidates"):
+        gq.MSE(candidates=0)
     with pytest.raises(gq.UnsupportedSchemeError, match="accepted"):
         gq.QuantConfig(calibration="magic")
 

@@ -39,20 +39,11 @@ def _select(matrix: np.ndarray, ps: tuple[float, ...]) -> list[np.ndarray]:
     return [interpolate(part[..., i], part[..., j], t) for i, j, t in where]
 
 
-class _NumpyOps:
-    """The two array operations unit_matrices needs, for NumPy (see device_arrays.py)."""
-
-    @staticmethod
-    def astype(a, dtype: str):
-        return a.astype(dtype)
-
-    @staticmethod
-    def moveaxis(a, source: int, destination: int):
-        return np.moveaxis(a, source, destination)
-
-
-def unit_matrices(x2, layout: Layout, ops=_NumpyOps):
+def unit_matrices(x2, layout: Layout, ops=None):
     """Yield (index into the 2-D params array, float32 array with one unit per last-axis row)."""
+    from .array_ops import NumpyOps
+
+    ops = ops or NumpyOps()
     mode = layout.mode
     f32 = "float32"
     if mode == "scalar":

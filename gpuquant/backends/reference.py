@@ -197,6 +197,44 @@ class NumpyBackend:
 
         return unit_percentiles(x2, layout, lower, upper, ignore_nonfinite)
 
+    def abs_histogram(self, x2: np.ndarray, layout: Layout, amax, bins: int):
+        """int64 counts of |x| per unit over [0, amax] (see gpuquant.searches)."""
+        from ..searches import abs_histogram
+        from .array_ops import NumpyOps
+
+        return abs_histogram(NumpyOps(), x2, layout, amax, bins)
+
+    def mse_errors(self, x2: np.ndarray, layout: Layout, lo, hi, factors: np.ndarray,
+                   config: QuantConfig) -> np.ndarray:
+        """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor.
+
+        The reference takes one pass per candidate over each unit matrix; the
+        GPU backend sums every candidate in one read.
+        """
+        from .order_stats import unit_matrices
+
+        n_cand = len(factors)
+        shape2d = layout.params_2d_shape()
+        lo = np.asarray(lo, F32).reshape(-1, 1)
+        hi = np.asarray(hi, F32).reshape(-1, 1)
+        scale, zp = self.qparams(lo * factors[None, :], hi * factors[None, :], config)
+        with np.errstate(all="ignore"):
+            inv = F32(1) / scale
+        params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp.astype(F32))]
+        errors = np.zeros((*shape2d, n_cand), np.float64)
+        for index, m in unit_matrices(x2, layout):
+            finite = np.isfinite(m)
+            m = np.where(finite, m, F32(0))
+            unit_inv, unit_scale, unit_zp = (p[index] for p in params)
+            for c in range(n_cand):
+                s, z = unit_scale[..., c, None], unit_zp[..., c, None]
+                with np.errstate(all="ignore"):
+                    q = np.clip(np.rint(m * unit_inv[..., c, None]) + z, config.qmin, config.qmax)
+                    deq = (q - z) * s
+                d = deq.astype(np.float64) - m
+                errors[index][..., c] = np.where(finite, d * d, 0.0).sum(axis=-1)
+        return errors.reshape(-1, n_cand)
+
     # -- quantize ------------------------------------------------------------
     def quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale, zero_point,
                  nan_possible: bool = True) -> np.ndarray:

@@ -1,8 +1,10 @@
-"""torch and CuPy behind one small interface, for the Triton launchers.
+"""NumPy, torch and CuPy behind one small interface.
 
-The launchers allocate outputs, do tiny per-unit reductions with the array
-library's own ops, and launch kernels on the array's device and current
-stream. ``ops_for(x)`` gives the adapter of an array's framework.
+The Triton launchers allocate outputs, do tiny per-unit reductions with the
+array library's own ops, and launch kernels on the array's device and
+current stream. The calibration searches (gpuquant.searches) and the unit
+matrices of the order statistics are written once against this interface
+and run on every framework. ``ops_for(x)`` gives the adapter of an array.
 """
 
 from __future__ import annotations
@@ -62,6 +64,28 @@ class TorchOps:
 
     def moveaxis(self, a, source: int, destination: int):
         return self.torch.movedim(a, source, destination)
+
+    # element-wise and scan helpers of the calibration searches
+    def from_host(self, a: np.ndarray, like):
+        return self.torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
+
+    def abs(self, a):
+        return a.abs()
+
+    def floor(self, a):
+        return a.floor()
+
+    def log(self, a):
+        return a.log()
+
+    def cumsum(self, a):
+        return a.cumsum(dim=-1)
+
+    def bincount(self, idx, length: int):
+        return self.torch.bincount(idx, minlength=length)
+
+    def stack(self, arrays):
+        return self.torch.stack(arrays, dim=-1)
 
     def sort(self, a):
         return self.torch.sort(a, dim=-1).values
@@ -170,6 +194,28 @@ class CupyOps(TorchOps):
     def moveaxis(self, a, source: int, destination: int):
         return self.cupy.moveaxis(a, source, destination)
 
+    def from_host(self, a: np.ndarray, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.asarray(a)
+
+    def abs(self, a):
+        return abs(a)
+
+    def floor(self, a):
+        return self.cupy.floor(a)
+
+    def log(self, a):
+        return self.cupy.log(a)
+
+    def cumsum(self, a):
+        return self.cupy.cumsum(a, axis=-1)
+
+    def bincount(self, idx, length: int):
+        return self.cupy.bincount(idx, minlength=length)
+
+    def stack(self, arrays):
+        return self.cupy.stack(arrays, axis=-1)
+
     def sort(self, a):
         return self.cupy.sort(a, axis=-1)
 
@@ -231,8 +277,50 @@ class CupyOps(TorchOps):
         return bool(event.done)
 
 
+class NumpyOps:
+    """NumPy arrays (the reference backend): the subset the shared searches use."""
+
+    name = "numpy"
+
+    def empty(self, shape, dtype: str, like=None):
+        return np.empty(tuple(shape), dtype=dtype)
+
+    def from_host(self, a: np.ndarray, like=None):
+        return a
+
+    def astype(self, a, dtype: str):
+        return np.asarray(a).astype(dtype)
+
+    def moveaxis(self, a, source: int, destination: int):
+        return np.moveaxis(a, source, destination)
+
+    def to_host(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def amin(self, a, axis=None):
+        return a.min(axis=axis)
+
+    abs, floor, log, isfinite, where = (staticmethod(np.abs), staticmethod(np.floor),
+                                        staticmethod(np.log), staticmethod(np.isfinite),
+                                        staticmethod(np.where))
+
+    def cumsum(self, a):
+        return np.cumsum(a, axis=-1)
+
+    def bincount(self, idx, length: int):
+        return np.bincount(idx, minlength=length)
+
+    def take_last(self, a, index):
+        return np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
+
+    def stack(self, arrays):
+        return np.stack(arrays, axis=-1)
+
+
 def ops_for(x: Any):
     module = type(x).__module__.split(".")[0]
     if module == "cupy":
         return CupyOps()
-    return TorchOps()
+    if module == "torch":
+        return TorchOps()
+    return NumpyOps()

@@ -1,0 +1,178 @@
+"""Entropy (KL) and MSE calibration searches, written once for NumPy, torch and CuPy.
+
+Both run on the array's own device through the adapters of
+gpuquant.backends.array_ops, with no Python loop per candidate.
+
+Entropy (TensorRT's procedure). Per unit, a histogram h of |x| over
+[0, amax] with B bins: bin = min(floor(|x| * (B / amax)), B - 1), with
+B / amax one float32 division and one float32 multiply (int64 counts). With
+nq = 2^(bits - 1) quantized bins, for each candidate i = nq .. B:
+
+- P is h[:i] with the mass of h[i:] (the outliers) added to bin i - 1;
+- Q merges the i bins h[:i] (as TensorRT: without the outliers) into nq
+  groups, bin k going to group floor(k * nq / i), and spreads each group's
+  mass evenly over the group's bins where P is non-empty (Q = 0 where P = 0);
+- KL(P || Q) over P / sum(P) and Q / sum(Q), bins with P = 0 contributing 0.
+  A bin where P > 0 but Q = 0 (the last group holds only outliers) takes
+  Q = EPSILON = 1e-4 counts instead; Q is not renormalised for it. A
+  candidate whose h[:i] is empty has KL = inf.
+
+For every candidate at once, with N = sum(P) and M = sum(h[:i]):
+N * KL = sum P log P - N log N + N log M - sum over groups of
+P-mass * log(q), q = group mass / non-empty bins (or EPSILON), from prefix
+sums of h, of [h > 0] and of h log h. The threshold is
+T = float32(i * (amax / B)) (float64 product) for the first i whose KL is
+within a relative 1e-9 of the minimum: that tolerance absorbs the last-ulp
+differences of log and summation order between NumPy and the GPU, so every
+backend picks the same i.
+
+MSE. Candidates shrink (lo, hi) to (lo * f, hi * f), f = float32(1 - k / N),
+k = 0 .. N - 1; each candidate's qparams follow the contract and its error is
+the float64 sum of (dequantize(quantize(x)) - x)^2. The first candidate
+within a relative 1e-9 of the least error wins: ties go to the widest
+range, and f = 1 (min/max) is never beaten by more than that tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .backends.order_stats import unit_matrices
+from .layout import Layout
+
+__all__ = ["abs_histogram", "kl_best_bins", "first_minimum", "mse_factors", "RELATIVE_TIE"]
+
+RELATIVE_TIE = 1e-9
+EPSILON = 1e-4  # counts given to a Q bin that is empty where P is not
+_SEARCH_ELEMENTS = 1 << 24  # (units, candidates, groups) per step of the KL search
+
+
+def abs_histogram(ops, x2, layout: Layout, amax, bins: int):
+    """int64 counts of |x| per unit, shaped params_2d_shape + (bins,); non-finite skipped."""
+    shape2d = layout.params_2d_shape()
+    amax = ops.astype(amax, "float32").reshape(shape2d)
+    counts = None
+    for index, matrix in unit_matrices(x2, layout, ops):
+        lead = matrix.shape[:-1]
+        width = amax[index].reshape(*lead, 1) if lead else amax[index].reshape(1)
+        with np.errstate(all="ignore"):
+            scale = ops.astype(bins / ops.where(width > 0, width, 1.0), "float32")
+            scaled = ops.abs(matrix) * scale
+        finite = ops.isfinite(scaled)
+        idx = ops.astype(ops.floor(ops.where(finite, scaled, 0.0)), "int64")
+        idx = ops.where(idx < bins - 1, idx, bins - 1)
+        units = math.prod(lead)
+        unit = ops.astype(ops.from_host(np.arange(units).reshape(*lead, 1), matrix), "int64")
+        flat = (unit * bins + idx).reshape(-1)[finite.reshape(-1)]
+        part = ops.bincount(flat, units * bins).reshape(*lead, bins)
+        if counts is None:
+            counts = ops.empty(shape2d + (bins,), "int64", matrix)
+        counts[index] = part.reshape(counts[index].shape)
+    return counts
+
+
+def _plogp(ops, p):
+    """p log p with 0 log 0 = 0, for float64 p >= 0."""
+    return ops.where(p > 0, p * ops.log(ops.where(p > 0, p, 1.0)), 0.0)
+
+
+def kl_best_bins(ops, hist, nq: int):
+    """For each unit (rows of ``hist``, (U, B) int64), the candidate i with the least KL."""
+    units, bins = hist.shape
+    cand = np.arange(nq, bins + 1)
+    j = np.arange(nq + 1)
+    edges = -((-j[None, :] * cand[:, None]) // nq)  # ceil(j * i / nq): group starts, (C, nq+1)
+    starts = ops.from_host(edges[:, :-1], hist)
+    ends = ops.from_host(edges[:, 1:], hist)
+    cand_dev = ops.from_host(cand, hist)
+    h = ops.astype(hist, "int64")
+    prefix = _with_zero(ops, ops.cumsum(h))                      # (U, B+1) exact int64
+    nonempty = _with_zero(ops, ops.cumsum(ops.astype(h > 0, "int64")))
+    hf = ops.astype(h, "float64")
+    plogp = _with_zero(ops, ops.cumsum(_plogp(ops, hf)))
+    best = []
+    step = max(1, _SEARCH_ELEMENTS // (len(cand) * nq))
+    for u0 in range(0, units, step):
+        rows = slice(u0, min(units, u0 + step))
+        best.append(_kl_rows(ops, h[rows], prefix[rows], nonempty[rows], plogp[rows],
+                             cand_dev, starts, ends))
+    return best[0] if len(best) == 1 else _concat(ops, best)
+
+
+def _with_zero(ops, scan):
+    """Prefix sums with a leading 0 column: (U, B) -> (U, B + 1)."""
+    lead = scan[:, :1] * 0
+    return _concat(ops, [lead, scan], axis=1)
+
+
+def _concat(ops, parts, axis=0):
+    if ops.name == "torch":
+        return ops.torch.cat(parts, dim=axis)
+    xp = ops.cupy if ops.name == "cupy" else np
+    return xp.concatenate(parts, axis=axis)
+
+
+def _gather(ops, table, index):
+    """table (U, B+1) gathered at index (C, G) for every unit: (U, C, G)."""
+    flat = _take_along(ops, table, _row_index(ops, index.reshape(-1), table))
+    return flat.reshape(table.shape[0], *index.shape)
+
+
+def _take_along(ops, a, idx):
+    if ops.name == "torch":
+        return ops.torch.take_along_dim(a, idx, dim=-1)
+    xp = ops.cupy if ops.name == "cupy" else np
+    return xp.take_along_axis(a, idx, axis=-1)
+
+
+def _kl_rows(ops, h, prefix, nonempty, plogp, cand, starts, ends):
+    total = ops.astype(prefix[:, -1:], "float64")                      # N      (U, 1)
+    at_i = _take_along(ops, prefix, _row_index(ops, cand, h))         # M = H[i] (U, C)
+    last = _take_along(ops, ops.astype(h, "int64"), _row_index(ops, cand - 1, h))
+    outliers = ops.astype(prefix[:, -1:] - at_i, "float64")          # mass beyond bin i-1
+    p_last = ops.astype(last, "float64") + outliers                   # P[i-1]
+    p_log_p = _take_along(ops, plogp, _row_index(ops, cand - 1, h)) + _plogp(ops, p_last)
+    mass = ops.astype(_gather(ops, prefix, ends) - _gather(ops, prefix, starts), "float64")
+    count = ops.astype(_gather(ops, nonempty, ends) - _gather(ops, nonempty, starts), "float64")
+    # the outliers join P's last bin (and so the last group); they make it non-empty
+    p_mass = _add_last(ops, mass, outliers)
+    count = _add_last(ops, count, ops.astype((last == 0) & (outliers > 0), "float64"))
+    q = ops.where(mass > 0, mass / ops.where(count > 0, count, 1.0), EPSILON)
+    p_log_q = ops.where(p_mass > 0, p_mass * ops.log(q), 0.0).sum(-1)
+    m = ops.astype(at_i, "float64")
+    n_log_n = _plogp(ops, total)
+    kl = (p_log_p - n_log_n + total * ops.log(ops.where(m > 0, m, 1.0)) - p_log_q) / \
+        ops.where(total > 0, total, 1.0)
+    kl = ops.where(m > 0, kl, float("inf"))
+    pick = first_minimum(ops, kl)
+    return _take_along(ops, _row_index(ops, cand, h), pick.reshape(-1, 1)).reshape(-1)
+
+
+def _row_index(ops, index, like):
+    """A 1-D index broadcast to one row per unit of ``like``."""
+    units = like.shape[0]
+    row = index.reshape(1, -1)
+    if ops.name == "torch":
+        return row.expand(units, -1)
+    xp = ops.cupy if ops.name == "cupy" else np
+    return xp.broadcast_to(row, (units, row.shape[1]))
+
+
+def _add_last(ops, a, extra):
+    """a[..., -1] += extra (per unit and candidate), out of place."""
+    pad = [a[..., :-1], (a[..., -1] + extra)[..., None]]
+    return _concat(ops, pad, axis=-1)
+
+
+def first_minimum(ops, values):
+    """Index of the first entry within RELATIVE_TIE of each row's minimum."""
+    low = ops.amin(values, axis=-1).reshape(-1, 1)
+    near = values <= low + abs(low) * RELATIVE_TIE
+    return ops.astype(near, "int64").argmax(-1)
+
+
+def mse_factors(candidates: int) -> np.ndarray:
+    """float32 shrink factors 1 - k / N, k = 0 .. N - 1 (computed in float64, rounded)."""
+    return (1.0 - np.arange(candidates, dtype=np.float64) / candidates).astype(np.float32)
