@@ -1,9 +1,9 @@
 """Calibration: from data to per-unit ranges (lo, hi) and qparams.
 
-``calibrate`` handles one tensor. ``Calibrator`` streams many batches with
-min/max: the running min and max are exact over all batches, states save to
-plain dicts and merge across processes (elementwise min/max), so a
-data-parallel job can calibrate on every rank and reduce the states.
+``calibrate`` handles one tensor. ``Calibrator`` streams many batches: exact
+min/max, or growing histograms for percentile, entropy and MSE. States save
+to dicts and merge across processes, so a data-parallel job can calibrate on
+every rank and reduce the states.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from .errors import (
     InvalidCalibrationError,
     InvalidShapeError,
     QuantizationError,
-    UnsupportedSchemeError,
 )
 from .layout import Layout
 from .nonfinite import raise_ready
 from .qparams import QParams
 from .searches import first_minimum, kl_best_bins, mse_factors
+from .streaming import DEFAULT_BINS, HistogramState
 
 __all__ = ["calibrate", "calibration_range", "Calibrator"]
 
@@ -86,40 +86,45 @@ def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = N
 
 
 class Calibrator:
-    """Static min/max calibration over many batches.
+    """Static calibration over many batches.
 
     >>> cal = Calibrator(QuantConfig.int8_per_channel(axis=-1))
     >>> for batch in batches:            # doctest: +SKIP
     ...     cal.update(batch)
     >>> params = cal.qparams()           # doctest: +SKIP
 
-    With ``momentum=None`` (default) the range is the exact min and max over
-    every batch. With a momentum m in (0, 1] it is a moving average,
+    Min/max: with ``momentum=None`` (default) the range is the exact min and
+    max over every batch; with a momentum m in (0, 1] it is a moving average,
     ``lo += m * (batch_lo - lo)`` per batch after the first (PyTorch's
-    MovingAverageMinMaxObserver). Every batch must give the same qparams
-    shape (channels, groups) and live on the same backend.
+    MovingAverageMinMaxObserver).
+
+    Percentile, entropy and MSE keep a histogram per unit whose range grows
+    without dropping counts (gpuquant.streaming states the approximation and
+    its error bound: at most one bin, 2R / bins with R < 2 max|x|).
+
+    Every batch must give the same qparams shape (channels, groups) and live
+    on the same backend. States save to dicts of plain values and NumPy
+    arrays, and merge across processes: exactly for min/max and histograms.
     """
 
     def __init__(self, config: QuantConfig | None = None, momentum: float | None = None,
-                 backend: str | None = None):
+                 backend: str | None = None, bins: int = DEFAULT_BINS):
         self.config = QuantConfig() if config is None else config
-        if self.config.calibration != "minmax":
-            raise UnsupportedSchemeError(
-                f"Calibrator streams min/max only for now; calibration="
-                f"{self.config.calibration} over many batches needs the histogram calibrator: "
-                "use calibration='minmax', or gq.calibrate() on one tensor"
-            )
         if momentum is not None and not (0.0 < float(momentum) <= 1.0):
             raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")
+        if momentum is not None and self.config.calibration != "minmax":
+            raise InvalidCalibrationError("momentum applies to calibration='minmax' only")
         self.momentum = None if momentum is None else float(momentum)
         self.backend = backend
         self.batches = 0
         self._lo: np.ndarray | None = None
         self._hi: np.ndarray | None = None
         self._backend_name: str | None = None
+        self._unit_shape: tuple[int, ...] | None = None
+        self._hist = None if self.config.calibration == "minmax" else HistogramState(bins)
 
     def update(self, batch: Any) -> Calibrator:
-        """Fold one batch into the running range. Returns self."""
+        """Fold one batch into the running state. Returns self."""
         raise_ready()
         x, info = prepare(batch, "batch")
         layout = Layout.of(info.shape, self.config)
@@ -129,15 +134,23 @@ class Calibrator:
                 f"batch lives on backend {be.name!r} but earlier batches were on "
                 f"{self._backend_name!r}; a Calibrator takes batches from one backend"
             )
-        lo, hi = be.minmax(be.native(x, info).reshape(layout.rows, layout.cols), layout,
-                           self.config.ignore_nonfinite)
-        lo, hi = _host(lo), _host(hi)
-        if self._lo is not None and lo.shape != self._lo.shape:
+        if self._unit_shape is not None and layout.unit_shape != self._unit_shape:
             raise InvalidShapeError(
-                f"batch of shape {info.shape} gives qparams of shape {lo.shape}, but earlier "
-                f"batches gave {self._lo.shape}"
+                f"batch of shape {info.shape} gives qparams of shape {layout.unit_shape}, but "
+                f"earlier batches gave {self._unit_shape}"
             )
-        self._backend_name = be.name
+        x2 = be.native(x, info).reshape(layout.rows, layout.cols)
+        lo_dev, hi_dev = be.minmax(x2, layout, self.config.ignore_nonfinite)
+        lo, hi = _host(lo_dev), _host(hi_dev)
+        self._backend_name, self._unit_shape = be.name, layout.unit_shape
+        if self._hist is not None:
+            radius = self._hist.radius_for(np.maximum(np.abs(lo), np.abs(hi)))
+            on_device = ops_for(lo_dev).from_host(
+                radius.astype(np.float32).reshape(layout.unit_shape), lo_dev)
+            counts = be.abs_histogram(x2, layout, on_device, self._hist.bins, signed=True)
+            self._hist.add(_host(counts), lo, hi)
+            self.batches += 1
+            return self
         self._fold(lo, hi, 1)
         return self
 
@@ -154,15 +167,18 @@ class Calibrator:
         self.batches += batches
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
-        """The running float32 (lo, hi) per unit, as NumPy arrays."""
-        if self._lo is None:
+        """The float32 (lo, hi) per unit by the config's method, as NumPy arrays."""
+        if self.batches == 0:
             raise CalibrationRequiredError(
                 "Calibrator.qparams() was called before any update(batch); feed it data first"
             )
+        if self._hist is not None:
+            lo, hi = self._hist.range(self.config)
+            return lo.reshape(self._unit_shape), hi.reshape(self._unit_shape)
         return self._lo, self._hi
 
     def qparams(self) -> QParams:
-        """Scales and zero points of the running range (NumPy arrays)."""
+        """Scales and zero points of the calibrated range (NumPy arrays)."""
         from .qparams import compute_qparams
 
         lo, hi = self.range()
@@ -171,21 +187,28 @@ class Calibrator:
 
     # ------------------------------------------------------ state and merging
     def state_dict(self) -> dict[str, Any]:
-        """A dict of plain Python values that :meth:`load_state_dict` restores."""
+        """A dict of plain Python values (and NumPy arrays for histograms);
+        :meth:`load_state_dict` restores it."""
         lo, hi = (None, None) if self._lo is None else (self._lo.tolist(), self._hi.tolist())
         return {"config": self.config.to_dict(), "momentum": self.momentum,
-                "batches": self.batches, "backend": self._backend_name, "lo": lo, "hi": hi}
+                "batches": self.batches, "backend": self._backend_name,
+                "unit_shape": None if self._unit_shape is None else list(self._unit_shape),
+                "lo": lo, "hi": hi,
+                "histogram": None if self._hist is None else self._hist.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> Calibrator:
         try:
             config = QuantConfig.from_dict(state["config"])
             self.config, self.momentum = config, state["momentum"]
             self.batches, self._backend_name = int(state["batches"]), state["backend"]
-            lo, hi = state["lo"], state["hi"]
+            shape = state["unit_shape"]
+            lo, hi, hist = state["lo"], state["hi"], state["histogram"]
         except (KeyError, TypeError) as exc:
             raise QuantizationError(f"not a Calibrator state: missing or bad {exc}") from None
+        self._unit_shape = None if shape is None else tuple(shape)
         self._lo = None if lo is None else np.asarray(lo, np.float32)
         self._hi = None if hi is None else np.asarray(hi, np.float32)
+        self._hist = None if hist is None else HistogramState.from_state(hist)
         return self
 
     @classmethod
@@ -193,27 +216,29 @@ class Calibrator:
         return cls(QuantConfig.from_dict(state["config"])).load_state_dict(state)
 
     def merge(self, other: Calibrator) -> Calibrator:
-        """Fold another calibrator's state into this one (exact for min/max). Returns self."""
+        """Fold another calibrator's state into this one. Returns self."""
         if other.config != self.config:
             raise QuantizationError(
                 f"cannot merge calibrators of different configs: {self.config} and {other.config}"
             )
-        if other._lo is None:
+        if other.batches == 0:
             return self
-        if self._lo is not None and other._lo.shape != self._lo.shape:
+        if self._unit_shape is not None and other._unit_shape != self._unit_shape:
             raise InvalidShapeError(
-                f"cannot merge qparams of shape {other._lo.shape} into {self._lo.shape}"
+                f"cannot merge qparams of shape {other._unit_shape} into {self._unit_shape}"
             )
-        if self._lo is None or self.momentum is None:
-            batches = self.batches
+        if self.batches == 0:
+            self._backend_name, self._unit_shape = other._backend_name, other._unit_shape
+        if self._hist is not None:
+            self._hist.merge(other._hist)
+            self.batches += other.batches
+        elif self._lo is None or self.momentum is None:
             self._fold(other._lo, other._hi, other.batches)
-            if batches == 0:
-                self._backend_name = other._backend_name
-            return self
-        w = np.float32(other.batches / (self.batches + other.batches))
-        self._lo = (self._lo + w * (other._lo - self._lo)).astype(np.float32)
-        self._hi = (self._hi + w * (other._hi - self._hi)).astype(np.float32)
-        self.batches += other.batches
+        else:
+            w = np.float32(other.batches / (self.batches + other.batches))
+            self._lo = (self._lo + w * (other._lo - self._lo)).astype(np.float32)
+            self._hi = (self._hi + w * (other._hi - self._hi)).astype(np.float32)
+            self.batches += other.batches
         return self
 
     def __repr__(self) -> str:

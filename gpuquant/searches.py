@@ -49,20 +49,27 @@ EPSILON = 1e-4  # counts given to a Q bin that is empty where P is not
 _SEARCH_ELEMENTS = 1 << 24  # (units, candidates, groups) per step of the KL search
 
 
-def abs_histogram(ops, x2, layout: Layout, amax, bins: int):
-    """int64 counts of |x| per unit, shaped params_2d_shape + (bins,); non-finite skipped."""
+def abs_histogram(ops, x2, layout: Layout, amax, bins: int, signed: bool = False):
+    """int64 counts per unit, shaped params_2d_shape + (bins,); non-finite values skipped.
+
+    Unsigned (entropy): |x| over [0, amax], bin = min(floor(|x| * (bins / amax)), bins - 1).
+    Signed (Calibrator histograms): x over [-amax, amax], bin = floor((x + amax) *
+    (bins / (2 amax))) clipped to [0, bins - 1]. float32 arithmetic, one rounding a step.
+    """
     shape2d = layout.params_2d_shape()
     amax = ops.astype(amax, "float32").reshape(shape2d)
     counts = None
     for index, matrix in unit_matrices(x2, layout, ops):
         lead = matrix.shape[:-1]
         width = amax[index].reshape(*lead, 1) if lead else amax[index].reshape(1)
+        span = width + width if signed else width
         with np.errstate(all="ignore"):
-            scale = ops.astype(bins / ops.where(width > 0, width, 1.0), "float32")
-            scaled = ops.abs(matrix) * scale
+            scale = ops.astype(bins / ops.where(span > 0, span, 1.0), "float32")
+            scaled = (matrix + width if signed else ops.abs(matrix)) * scale
         finite = ops.isfinite(scaled)
         idx = ops.astype(ops.floor(ops.where(finite, scaled, 0.0)), "int64")
         idx = ops.where(idx < bins - 1, idx, bins - 1)
+        idx = ops.where(idx > 0, idx, 0)
         units = math.prod(lead)
         unit = ops.astype(ops.from_host(np.arange(units).reshape(*lead, 1), matrix), "int64")
         flat = (unit * bins + idx).reshape(-1)[finite.reshape(-1)]

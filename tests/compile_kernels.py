@@ -25,6 +25,7 @@ from triton.compiler import ASTSource  # noqa: E402
 import gpuquant as gq  # noqa: E402
 from gpuquant.backends import triton as launchers  # noqa: E402
 from gpuquant.layout import Layout  # noqa: E402
+from gpuquant.searches import mse_factors  # noqa: E402
 
 PTR = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64",
        "int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int32": "i32",
@@ -85,6 +86,9 @@ def exercise():
                     be.minmax(x2, layout, ignore_nonfinite=True)
                     for out in ("float32", "float16", "bfloat16"):
                         be.dequantize(data, layout, cfg, scale, zp, out)
+                    if dtype == torch.float16:
+                        lo, hi = be.minmax(x2, layout, ignore_nonfinite=True)
+                        be.mse_errors(x2, layout, lo, hi, mse_factors(100), cfg)
     cfg = gq.QuantConfig(scheme="int4", nibble_order="low_first", ignore_nonfinite=True,
                          granularity="group", group_size=128)
     layout = Layout.of((64, 256), cfg)

@@ -18,6 +18,7 @@ pytest.importorskip("triton")
 pytest.importorskip("torch")
 
 KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "fused_segment_kernel",
+           "mse_sweep_kernel",
            "qparams_kernel", "quantize_tile_kernel", "reciprocal_kernel", "segment_minmax_kernel"}
 
 

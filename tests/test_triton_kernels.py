@@ -145,3 +145,37 @@ def test_zero_d_and_one_element(rng):
         x = value.to(DEVICE)
         for cfg in (gq.QuantConfig.int4_symmetric(), gq.QuantConfig.int8_asymmetric()):
             assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+
+
+@pytest.mark.parametrize("kw", [dict(granularity="tensor"), dict(granularity="channel", axis=0),
+                                dict(granularity="channel", axis=-1),
+                                dict(granularity="group", group_size=32)])
+@pytest.mark.parametrize("cal", [gq.Entropy(256), gq.MSE(12)], ids=str)
+def test_entropy_and_mse_match_reference(rng, kw, cal):
+    x = tensor(rng, (6, 96), torch.float16)
+    x[1, 5] = 30.0
+    for scheme in ("int4", "int8"):
+        cfg = gq.QuantConfig(scheme=scheme, symmetric=scheme == "int8", calibration=cal, **kw)
+        assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+
+
+def test_mse_with_ignored_nonfinite_matches_reference(rng):
+    x = tensor(rng, (4, 64), torch.float32)
+    x[0, 3] = float("nan")
+    x[2, 9] = float("-inf")
+    cfg = gq.QuantConfig(granularity="channel", calibration="mse", ignore_nonfinite=True)
+    assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+    ent = cfg.replace(calibration="entropy")
+    assert_same(gq.quantize(x, ent, backend="triton"), reference(x, ent))
+
+
+def test_streamed_calibrator_matches_reference(rng):
+    batches = [tensor(rng, (32, 24), torch.float32) * (i + 1) for i in range(3)]
+    for cal in ("minmax", gq.Percentile(1, 99), gq.Entropy(), gq.MSE(16)):
+        cfg = gq.QuantConfig(granularity="channel", axis=-1, calibration=cal)
+        gpu, cpu = gq.Calibrator(cfg, backend="triton"), gq.Calibrator(cfg, backend="numpy")
+        for b in batches:
+            gpu.update(b)
+            cpu.update(b.cpu())
+        for a, b in zip(gpu.qparams(), cpu.qparams()):
+            np.testing.assert_array_equal(a, b)

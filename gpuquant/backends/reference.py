@@ -197,12 +197,14 @@ class NumpyBackend:
 
         return unit_percentiles(x2, layout, lower, upper, ignore_nonfinite)
 
-    def abs_histogram(self, x2: np.ndarray, layout: Layout, amax, bins: int):
-        """int64 counts of |x| per unit over [0, amax] (see gpuquant.searches)."""
+    def abs_histogram(self, x2: np.ndarray, layout: Layout, amax, bins: int,
+                      signed: bool = False):
+        """int64 counts per unit of |x| over [0, amax] (or x over [-amax, amax]);
+        see gpuquant.searches."""
         from ..searches import abs_histogram
         from .array_ops import NumpyOps
 
-        return abs_histogram(NumpyOps(), x2, layout, amax, bins)
+        return abs_histogram(NumpyOps(), x2, layout, amax, bins, signed)
 
     def mse_errors(self, x2: np.ndarray, layout: Layout, lo, hi, factors: np.ndarray,
                    config: QuantConfig) -> np.ndarray:

@@ -234,11 +234,11 @@ class TritonBackend:
         ops, x2 = self._view(x2, layout)
         return unit_percentiles(ops, x2, layout, lower, upper, ignore_nonfinite)
 
-    def abs_histogram(self, x2, layout: Layout, amax, bins: int):
+    def abs_histogram(self, x2, layout: Layout, amax, bins: int, signed: bool = False):
         from ..searches import abs_histogram
 
         ops, x2 = self._view(x2, layout)
-        return abs_histogram(ops, x2, layout, amax, bins)
+        return abs_histogram(ops, x2, layout, amax, bins, signed)
 
     def mse_errors(self, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
         """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""

@@ -1,0 +1,190 @@
+"""Histograms that grow their range: percentile, entropy and MSE over many batches.
+
+Each unit keeps int64 counts of its values over [-R, R] in ``bins`` equal bins
+(4096 by default), R a power of two. When a batch reaches beyond R, R
+doubles: pairs of neighbouring bins merge, so no count is ever dropped, and
+two states merge exactly by doubling the narrower to the wider R and adding
+counts. The exact min and max of every unit are kept beside the counts.
+
+The approximation: values are known only to their bin. With bin width
+w = 2R / bins and R < 2 * max|x| (R doubles only when needed):
+- a percentile interpolates (as the exact contract does) between estimates
+  of the two order statistics around its rank, each taken as evenly spread
+  within its bin and so within w of the truth; the result, clamped to the
+  exact [min, max], is within w < 4 max|x| / bins (0.1 % of max|x| at 4096
+  bins);
+- entropy runs the same KL search on the folded |x| histogram (bins / 2
+  bins over [0, R]), so its threshold is a multiple of w: within w of the
+  single-tensor search on a histogram of that width;
+- MSE evaluates each candidate on the bin centres weighted by their counts:
+  the estimate of each candidate's squared error is off by at most the
+  within-bin spread, n * w^2 / 4 for n values, for every candidate alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backends.array_ops import NumpyOps
+from .config import MSE, Entropy, Percentile, QuantConfig
+from .errors import InvalidShapeError
+from .qparams import compute_qparams
+from .searches import first_minimum, kl_best_bins, mse_factors
+
+__all__ = ["HistogramState", "DEFAULT_BINS"]
+
+DEFAULT_BINS = 4096
+
+
+def _pow2_at_least(values: np.ndarray) -> np.ndarray:
+    """The smallest power of two >= each value (2^-126 for zero)."""
+    v = np.maximum(np.asarray(values, np.float64), 2.0 ** -126)
+    return np.exp2(np.ceil(np.log2(v)))
+
+
+class HistogramState:
+    """Per-unit counts over a growing symmetric range, plus the exact min and max."""
+
+    def __init__(self, bins: int = DEFAULT_BINS):
+        if bins < 4 or bins % 2:
+            raise InvalidShapeError(f"histogram bins={bins} must be an even number >= 4")
+        self.bins = bins
+        self.counts: np.ndarray | None = None  # (units, bins) int64
+        self.radius: np.ndarray | None = None  # (units,) float64 powers of two
+        self.lo: np.ndarray | None = None
+        self.hi: np.ndarray | None = None
+
+    # ---------------------------------------------------------------- growing
+    def radius_for(self, amax: np.ndarray) -> np.ndarray:
+        """Grow every unit's range to cover amax (merging bins) and return the radii."""
+        need = _pow2_at_least(amax.reshape(-1))
+        if self.radius is None:
+            self.radius = need
+            self.counts = np.zeros((need.size, self.bins), np.int64)
+            return self.radius
+        while np.any(self.radius < need):
+            grow = self.radius < need
+            self.counts[grow] = self._doubled(self.counts[grow])
+            self.radius = np.where(grow, self.radius * 2, self.radius)
+        return self.radius
+
+    def _doubled(self, counts: np.ndarray) -> np.ndarray:
+        """Counts over [-2R, 2R]: neighbouring pairs merge into the middle half."""
+        half = counts.reshape(counts.shape[0], self.bins // 2, 2).sum(axis=-1)
+        out = np.zeros_like(counts)
+        out[:, self.bins // 4: self.bins // 4 + self.bins // 2] = half
+        return out
+
+    def add(self, counts: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Add a batch's counts (taken over the current radii) and its exact range."""
+        self.counts += counts.reshape(self.counts.shape)
+        lo, hi = lo.reshape(-1), hi.reshape(-1)
+        self.lo = lo if self.lo is None else np.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else np.maximum(self.hi, hi)
+
+    def merge(self, other: HistogramState) -> None:
+        if other.counts is None:
+            return
+        if self.counts is None:
+            self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                  for k, v in other.__dict__.items()})
+            return
+        if other.counts.shape != self.counts.shape:
+            raise InvalidShapeError(f"cannot merge histograms of shape {other.counts.shape} "
+                                    f"into {self.counts.shape}")
+        counts = other.counts.copy()
+        radius = other.radius.copy()
+        target = np.maximum(self.radius, radius)
+        self.radius_for(target)
+        while np.any(radius < target):
+            grow = radius < target
+            counts[grow] = self._doubled(counts[grow])
+            radius = np.where(grow, radius * 2, radius)
+        self.add(counts, other.lo, other.hi)
+
+    # ---------------------------------------------------------------- reading
+    def _edges(self):
+        width = 2 * self.radius / self.bins
+        return -self.radius, width
+
+    def _order_statistic(self, cum: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Estimated k-th smallest value per unit (0-based integer k): inside its bin, the
+        bin's values are taken as evenly spread, so the estimate is within one bin."""
+        start, width = self._edges()
+        b = np.array([np.searchsorted(c, r, side="right") for c, r in zip(cum, k)])
+        b = np.minimum(b, self.bins - 1)
+        before = np.where(b > 0, np.take_along_axis(cum, np.maximum(b - 1, 0)[:, None], 1)[:, 0],
+                          0)
+        inside = np.maximum(self.counts[np.arange(b.size), b], 1)
+        return start + (b + (k - before + 0.5) / inside) * width
+
+    def percentiles(self, lower: float, upper: float) -> tuple[np.ndarray, np.ndarray]:
+        """The contract's interpolation between estimated order statistics, clamped to
+        the exact [min, max]: both ends within a bin, so the result is too."""
+        cum = np.cumsum(self.counts, axis=1)
+        n = cum[:, -1]
+        out = []
+        for p in (lower, upper):
+            h = (n - 1) * p / 100.0
+            i = np.floor(h)
+            j = np.minimum(i + 1, n - 1)
+            vi, vj = self._order_statistic(cum, i), self._order_statistic(cum, j)
+            value = vi + (h - i) * (vj - vi)
+            out.append(np.clip(value, self.lo, self.hi).astype(np.float32))
+        return out[0], out[1]
+
+    def entropy_range(self, config: QuantConfig) -> tuple[np.ndarray, np.ndarray]:
+        half = self.bins // 2
+        folded = self.counts[:, half:] + self.counts[:, :half][:, ::-1]
+        best = kl_best_bins(NumpyOps(), folded, 1 << (config.bits - 1))
+        t = (best * (self.radius / half)).astype(np.float32)
+        if config.symmetric:
+            return -t, t
+        return np.maximum(self.lo, -t), np.minimum(self.hi, t)
+
+    def mse_range(self, config: QuantConfig) -> tuple[np.ndarray, np.ndarray]:
+        factors = mse_factors(config.calibration.candidates)
+        start, width = self._edges()
+        centres = (start[:, None] + (np.arange(self.bins) + 0.5) * width[:, None]).astype(
+            np.float32)
+        lo, hi = self.lo[:, None] * factors, self.hi[:, None] * factors
+        scale, zp = compute_qparams(lo, hi, config.qmin, config.qmax, config.symmetric)
+        inv = (np.float32(1) / scale)[:, :, None]
+        z = zp.astype(np.float32)[:, :, None]
+        errors = np.empty(scale.shape)
+        step = max(1, (1 << 24) // (len(factors) * self.bins))
+        for u0 in range(0, centres.shape[0], step):
+            rows = slice(u0, u0 + step)
+            c = centres[rows, None, :]
+            with np.errstate(all="ignore"):
+                q = np.clip(np.rint(c * inv[rows]) + z[rows], config.qmin, config.qmax)
+                deq = (q - z[rows]) * scale[rows, :, None]
+            d = deq.astype(np.float64) - c
+            errors[rows] = (d * d * self.counts[rows, None, :]).sum(-1)
+        pick = first_minimum(NumpyOps(), errors)
+        f = factors[pick]
+        return (self.lo * f).astype(np.float32), (self.hi * f).astype(np.float32)
+
+    def range(self, config: QuantConfig) -> tuple[np.ndarray, np.ndarray]:
+        cal = config.calibration
+        if isinstance(cal, Percentile):
+            return self.percentiles(cal.lower, cal.upper)
+        if isinstance(cal, Entropy):
+            return self.entropy_range(config)
+        if isinstance(cal, MSE):
+            return self.mse_range(config)
+        return self.lo, self.hi
+
+    # ---------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {"bins": self.bins, "counts": self.counts, "radius": self.radius,
+                "lo": self.lo, "hi": self.hi}
+
+    @classmethod
+    def from_state(cls, state: dict) -> HistogramState:
+        h = cls(int(state["bins"]))
+        for key in ("counts", "radius", "lo", "hi"):
+            value = state[key]
+            setattr(h, key, None if value is None else np.array(value, dtype=(
+                np.int64 if key == "counts" else np.float64 if key == "radius" else np.float32)))
+        return h
