@@ -36,9 +36,12 @@ timeout 330 python3 -m pytest -q -m "gpu or not slow" -p no:cacheprovider \
   tests/test_gpu.py tests/test_triton_kernels.py 2>&1 | tee "$out/pytest.log" | tail -25
 tests_rc=${PIPESTATUS[0]}
 
-echo "## benchmark (float16 8192x8192; percentiles at 2^24 and 2^28 elements)"
-timeout 200 python3 -m bench --sizes 8192x8192 --dtypes float16 --out "$out" --repeats 5
-timeout 90 python3 -m bench --ops percentile-tensor --sizes 4096x4096,16384x16384 \
+echo "## benchmark (float16 8192x8192; percentile and entropy at 2^24, percentile at 2^28)"
+ops8k=minmax-channel,minmax-group,quant-int8-channel,quant-int4-g128-sym,quant-int4-g128-asym
+ops8k=$ops8k,dequant-int8-channel,dequant-int4-g128,dynamic-per-token,percentile-channel,mse-channel
+timeout 200 python3 -m bench --ops "$ops8k" --sizes 8192x8192 --dtypes float16 --out "$out" \
+  --repeats 5
+timeout 120 python3 -m bench --ops percentile-tensor,entropy-tensor --sizes 4096x4096,16384x16384 \
   --dtypes float16 --out "$out" --repeats 3 --plots > "$out/summary.txt.part" 2>&1
 cat "$out/summary.txt.part"
 

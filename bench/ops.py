@@ -211,6 +211,12 @@ def build(op: str, x, framework: str) -> Case | None:
             base["numpy.percentile"] = lambda: np.percentile(x, [0.1, 99.9], axis=1)
         return Case(op, lambda: gq.calibrate(x, cfg), read + _params_bytes(rows), base)
 
+    if op in ("entropy-tensor", "mse-channel"):
+        cfg = (gq.QuantConfig(calibration="entropy") if op == "entropy-tensor"
+               else gq.QuantConfig(granularity="channel", calibration="mse"))
+        return Case(op, lambda: gq.calibrate(x, cfg), read + _params_bytes(
+            1 if op == "entropy-tensor" else rows), base)
+
     if op == "percentile-tensor":
         cfg = gq.QuantConfig(calibration=gq.Percentile(0.1, 99.9))
         if on_torch and n <= 1 << 24:
@@ -237,4 +243,4 @@ def _bitsandbytes(base, x, quantize: bool) -> None:
 
 OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-sym",
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
-       "percentile-channel", "percentile-tensor"]
+       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel"]

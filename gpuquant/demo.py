@@ -41,7 +41,7 @@ def synthetic_weights(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def demo_configs() -> list[tuple[str, QuantConfig]]:
-    """Every preset with min/max, plus the calibrations on the int8 and int4 workhorses."""
+    """Every preset with min/max, plus percentile, entropy and MSE on the int8 and int4 ones."""
     presets = [
         ("int8_symmetric", QuantConfig.int8_symmetric()),
         ("int8_asymmetric", QuantConfig.int8_asymmetric()),
@@ -55,6 +55,9 @@ def demo_configs() -> list[tuple[str, QuantConfig]]:
         ("int8_per_channel", QuantConfig.int8_per_channel().replace(calibration=Percentile(0.01, 99.99))),
         ("int4_per_group", QuantConfig.int4_per_group().replace(calibration=Percentile(0.1, 99.9))),
         ("int4_per_channel", QuantConfig.int4_per_channel().replace(calibration=Percentile(0.1, 99.9))),
+        ("int8_symmetric", QuantConfig.int8_symmetric().replace(calibration="entropy")),
+        ("int8_per_channel", QuantConfig.int8_per_channel().replace(calibration="mse")),
+        ("int4_per_group", QuantConfig.int4_per_group().replace(calibration="mse")),
     ]
     return presets + calibrated
 
@@ -97,7 +100,8 @@ def error_against_bits(seed: int = 0) -> dict[str, list[tuple[int, float]]]:
     """SQNR (dB) of the synthetic weights for each calibration and bit width."""
     weights = synthetic_weights(seed)
     curves: dict[str, list[tuple[int, float]]] = {}
-    for label, calibration in [("minmax", "minmax"), ("percentile 0.1/99.9", Percentile(0.1, 99.9))]:
+    for label, calibration in [("minmax", "minmax"), ("percentile 0.1/99.9", Percentile(0.1, 99.9)),
+                               ("mse", "mse")]:
         for gran in ("channel", "group"):
             points = []
             for scheme in ("int4", "int8", "int16"):

@@ -66,7 +66,7 @@ def test_demo_prints_every_preset_and_plots(tmp_path):
                    "int4_per_channel", "int4_per_group", "percentile(0.1,99.9)"]:
         assert preset in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("int")]
-    assert len(rows) == 10
+    assert len(rows) == 13
     sqnr = {r.split()[1]: float(r.split()[2]) for r in rows}
     assert sqnr["int16/channel(axis=0)/sym/minmax"] > sqnr["int8/channel(axis=0)/sym/minmax"] > \
         sqnr["int4/channel(axis=0)/sym/minmax"]
