@@ -10,18 +10,21 @@ from .quantize import params_tile
 @triton.jit
 def dequantize_tile_kernel(
     q_ptr, y_ptr, scale_ptr, zp_ptr,
-    n_rows, n_cols, stride_q_row, stride_y_row, units_per_row, group_size,
+    n_rows, n_cols, stride_q_row, stride_y_row, units_per_row, group_size, col_tiles,
     MODE: tl.constexpr, PACKED: tl.constexpr, SIGNED: tl.constexpr, HIGH_FIRST: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """Reads n codes (n / 2 bytes packed) and the params; writes n outputs."""
-    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    col = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    """Reads n codes (n / 2 bytes packed) and the params; writes n outputs.
+    1-D grid of (row tile, column tile), as quantize_tile_kernel."""
+    pid = tl.program_id(0).to(tl.int64)
+    tile_c = pid % col_tiles
+    row = (pid // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    col = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = row < n_rows
     col_ok = col < n_cols
     mask = row_ok[:, None] & col_ok[None, :]
     if PACKED:
-        half = tl.program_id(1).to(tl.int64) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        half = tile_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
         b = tl.load(q_ptr + row[:, None] * stride_q_row + half[None, :],
                     mask=row_ok[:, None] & (half < (n_cols + 1) // 2)[None, :], other=0)
         q = unpack_pairs(b, BLOCK_R, BLOCK_C // 2, SIGNED, HIGH_FIRST)

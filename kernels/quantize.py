@@ -97,7 +97,7 @@ def params_tile(ptr, row, col, row_ok, col_ok, units_per_row, group_size, MODE: 
 @triton.jit
 def quantize_tile_kernel(
     x_ptr, q_ptr, inv_ptr, zp_ptr,
-    n_rows, n_cols, stride_row, stride_q_row, units_per_row, group_size,
+    n_rows, n_cols, stride_row, stride_q_row, units_per_row, group_size, col_tiles,
     MODE: tl.constexpr, QMIN: tl.constexpr, QMAX: tl.constexpr,
     PACK: tl.constexpr, HIGH_FIRST: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
@@ -105,10 +105,13 @@ def quantize_tile_kernel(
     """Quantize (+ pack) a (rows, cols) view with given per-unit 1/scale and zero points.
 
     Reads n elements and n_units params (cached); writes n codes (n / 2 bytes
-    packed). BLOCK_C is even, so packed pairs stay in one tile.
+    packed). BLOCK_C is even, so packed pairs stay in one tile. The grid is
+    1-D (row tile, column tile) flattened: a second grid axis stops at 65535.
     """
-    row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-    col = tl.program_id(1).to(tl.int64) * BLOCK_C + tl.arange(0, BLOCK_C)
+    pid = tl.program_id(0).to(tl.int64)
+    tile_c = pid % col_tiles
+    row = (pid // col_tiles) * BLOCK_R + tl.arange(0, BLOCK_R)
+    col = tile_c * BLOCK_C + tl.arange(0, BLOCK_C)
     row_ok = row < n_rows
     col_ok = col < n_cols
     mask = row_ok[:, None] & col_ok[None, :]
@@ -119,7 +122,7 @@ def quantize_tile_kernel(
     q = tl.where(mask, codes(x, inv, zp, QMIN, QMAX), 0)
     if PACK:
         byte = pack_pairs(q, BLOCK_R, BLOCK_C, HIGH_FIRST)
-        half = tl.program_id(1).to(tl.int64) * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        half = tile_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
         keep = row_ok[:, None] & (half < (n_cols + 1) // 2)[None, :]
         tl.store(q_ptr + row[:, None] * stride_q_row + half[None, :], byte, mask=keep)
     else:

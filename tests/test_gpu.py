@@ -67,6 +67,11 @@ def test_above_2_31_elements():
         ref = gq.quantize(x[part].cpu(), cfg)
         assert torch.equal(qt.data[part].cpu(), ref.data)
         assert torch.equal(qt.scale[part].cpu(), ref.scale)
+    flat = gq.quantize(x.reshape(-1), gq.QuantConfig.int8_symmetric())  # one row of 2^31+
+    tail = x.reshape(-1)[-4096:].cpu()
+    ref = gq.quantize(tail, gq.QuantConfig.int8_symmetric(),
+                      qparams=(flat.scale.cpu(), flat.zero_point.cpu()))
+    assert torch.equal(flat.data[-4096:].cpu(), ref.data)
     per_tensor = gq.quantize(x, gq.QuantConfig.int8_symmetric())
     amax = torch.maximum(x.amin().abs(), x.amax().abs()).float().cpu().numpy()
     assert per_tensor.scale.item() == np.float32(amax) / np.float32(127)

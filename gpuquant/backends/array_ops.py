@@ -67,7 +67,9 @@ class TorchOps:
 
     # element-wise and scan helpers of the calibration searches
     def from_host(self, a: np.ndarray, like):
-        return self.torch.from_numpy(np.ascontiguousarray(a)).to(like.device)
+        a = np.asarray(a)
+        a = a if a.flags.c_contiguous else a.copy()  # ascontiguousarray would make 0-d 1-d
+        return self.torch.from_numpy(a).to(like.device)
 
     def abs(self, a):
         return a.abs()

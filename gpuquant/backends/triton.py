@@ -89,7 +89,7 @@ class TritonBackend:
         arg = ops.kernel_arg
         if layout.mode == "col":
             block_c = _pow2(layout.cols, 128)
-            splits = max(1, min(256, layout.rows // 64))
+            splits = max(1, min(256, layout.rows // 64))  # grid axis 1: at most 65535
             per_split = -(-layout.rows // splits)
             lo, hi = (ops.empty((splits, layout.cols), "float32", x2) for _ in range(2))
             bad = ops.empty((splits, layout.cols), "int32", x2)
@@ -165,10 +165,11 @@ class TritonBackend:
             zp = self._params_2d(ops, ops.astype(zero_point, "int32"), layout)
             data = self._codes_out(ops, x2, layout, config)
             block_r, block_c = _tile_shape(layout.rows, layout.cols)
-            grid = (triton.cdiv(layout.rows, block_r), triton.cdiv(layout.cols, block_c))
+            col_tiles = triton.cdiv(layout.cols, block_c)
+            grid = (triton.cdiv(layout.rows, block_r) * col_tiles,)
             _launch(_q.quantize_tile_kernel, grid, arg(x2), arg(data), arg(inv), arg(zp),
                     layout.rows, layout.cols, ops.row_stride(x2), ops.row_stride(data),
-                    max(1, layout.num_groups), max(1, layout.group_size),
+                    max(1, layout.num_groups), max(1, layout.group_size), col_tiles,
                     MODE=_MODES[layout.mode], QMIN=config.qmin, QMAX=config.qmax,
                     PACK=config.bits == 4, HIGH_FIRST=config.nibble_order == "high_first",
                     BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8 if block_r * block_c >= 4096 else 4)
@@ -216,12 +217,13 @@ class TritonBackend:
         scale = self._params_2d(ops, ops.astype(scale, "float32"), layout)
         zp = self._params_2d(ops, ops.astype(zero_point, "int32"), layout)
         block_r, block_c = _tile_shape(layout.rows, layout.cols)
-        grid = (triton.cdiv(layout.rows, block_r), triton.cdiv(layout.cols, block_c))
+        col_tiles = triton.cdiv(layout.cols, block_c)
+        grid = (triton.cdiv(layout.rows, block_r) * col_tiles,)
         arg = ops.kernel_arg
         with ops.launching(data2):
             _launch(_dq.dequantize_tile_kernel, grid, arg(data2), arg(y), arg(scale), arg(zp),
                     layout.rows, layout.cols, ops.row_stride(data2), layout.cols,
-                    max(1, layout.num_groups), max(1, layout.group_size),
+                    max(1, layout.num_groups), max(1, layout.group_size), col_tiles,
                     MODE=_MODES[layout.mode], PACKED=config.bits == 4, SIGNED=config.symmetric,
                     HIGH_FIRST=config.nibble_order == "high_first",
                     BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8 if block_r * block_c >= 4096 else 4)
