@@ -169,7 +169,7 @@ def run(args) -> list[dict]:
                     row = dict(timestamp=stamp, machine=machine, driver=driver, versions=vers,
                                op=op, impl=impl, framework=device.framework, dtype=dtype,
                                rows=r, cols=c, bytes=case.bytes_moved, ms=round(ms, 4),
-                               p20_ms=round(p20, 4), p80_ms=round(p80, 4), gbps=round(gbps, 2),
+                               p20_ms=round(p20, 4), p80_ms=round(p80, 4), gbps=float(f"{gbps:.4g}"),
                                copy_gbps=round(copy_gbps, 2),
                                frac_of_copy=round(gbps / copy_gbps, 3),
                                x_one_read=round(ms / read_ms, 3), speedup=round(speed, 2))
