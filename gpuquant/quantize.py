@@ -42,7 +42,7 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     be = select(info, backend)
     x2 = be.native(x, info).reshape(layout.rows, layout.cols)
     if qparams is not None:
-        scale, zero_point = _given_qparams(qparams, layout, config, be)
+        scale, zero_point = _given_qparams(qparams, layout, config, be, x, info)
         data = be.quantize(x2, layout, config, scale, zero_point, nan_possible=True)
     else:
         fused = None
@@ -63,8 +63,13 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
                            info.shape, info.dtype, config, info)
 
 
-def _given_qparams(qparams: Any, layout: Layout, config: QuantConfig, be) -> tuple[Any, Any]:
-    """Validate user qparams: shapes always; values too when they are on the CPU."""
+def _given_qparams(qparams: Any, layout: Layout, config: QuantConfig, be, x,
+                   info: TensorInfo) -> tuple[Any, Any]:
+    """Validate user qparams: shapes always; values too when they are on the CPU.
+
+    qparams on the host for data on a GPU (a Calibrator's, say) are copied to
+    the data's device: a few bytes per unit. The other way round is an error.
+    """
     if isinstance(qparams, QParams):
         scale, zero_point = qparams.scale, qparams.zero_point
     else:
@@ -78,6 +83,24 @@ def _given_qparams(qparams: Any, layout: Layout, config: QuantConfig, be) -> tup
     zero_point, zinfo = prepare(zero_point, "qparams.zero_point", require_float=False)
     layout.check_params("qparams.scale", sinfo.shape)
     layout.check_params("qparams.zero_point", zinfo.shape)
+    if info.on_gpu:
+        from .backends.array_ops import ops_for
+
+        ops = ops_for(x)
+        for name, value, vinfo in (("scale", scale, sinfo), ("zero_point", zero_point, zinfo)):
+            if vinfo.device == "cpu":
+                host = np.asarray(value.cpu() if vinfo.framework == "torch" else value)
+                value = ops.from_host(host, x)
+            elif vinfo.device != info.device or vinfo.framework != info.framework:
+                raise QuantizationError(f"qparams.{name} is a {vinfo.framework} array on "
+                                        f"{vinfo.device}; x is on {info.device}")
+            if name == "scale":
+                scale = value
+            else:
+                zero_point = value
+    elif sinfo.on_gpu or zinfo.on_gpu:
+        raise QuantizationError(f"qparams are on the GPU but x is a {info.framework} array on "
+                                "the CPU; gpuquant never moves data between devices")
     scale, zero_point = be.native(scale, sinfo), be.native(zero_point, zinfo)
     if isinstance(scale, np.ndarray):
         scale = scale.astype(np.float32)

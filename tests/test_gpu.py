@@ -170,3 +170,13 @@ def test_cupy_only_process():
                          env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "cupy-only ok" in out.stdout
+
+
+def test_calibrator_qparams_apply_to_gpu_data(big):
+    cfg = gq.QuantConfig.int8_per_channel().replace(calibration=gq.Percentile(1, 99))
+    cal = gq.Calibrator(cfg)
+    for part in big.split(2048, dim=1):
+        cal.update(part)
+    params = cal.qparams()  # NumPy: copied to the GPU by quantize
+    qt = gq.quantize(big, cfg, qparams=params)
+    same(qt, gq.quantize(big.cpu(), cfg, qparams=params))
