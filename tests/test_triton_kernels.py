@@ -179,3 +179,24 @@ def test_streamed_calibrator_matches_reference(rng):
             cpu.update(b.cpu())
         for a, b in zip(gpu.qparams(), cpu.qparams()):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_whole_tensor_percentile_by_radix_selection(rng, monkeypatch):
+    from gpuquant.backends import gpu_percentile
+
+    monkeypatch.setattr(gpu_percentile, "_CHUNK", 1000)  # several chunks, as past 2^30
+    x = tensor(rng, (50, 97), torch.float32)
+    x[0, :7] = 0.0
+    x[1, :5] = -0.0
+    x[2, :9] = x[2, 10]  # duplicates
+    x[3, 0] = -float(np.finfo(np.float32).max)
+    for p in (gq.Percentile(0, 100), gq.Percentile(0.01, 99.99), gq.Percentile(37.5, 62.5)):
+        cfg = gq.QuantConfig(symmetric=False, calibration=p)
+        assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+    x[4, 4] = float("nan")
+    x[5, 5] = float("inf")
+    cfg = gq.QuantConfig(calibration=gq.Percentile(1, 99), ignore_nonfinite=True)
+    assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+    with pytest.raises(gq.NonFiniteError):
+        gq.calibrate(x, cfg.replace(ignore_nonfinite=False), backend="triton")

@@ -86,6 +86,10 @@ class TorchOps:
     def bincount(self, idx, length: int):
         return self.torch.bincount(idx, minlength=length)
 
+    def bits32(self, a):
+        """float32 values reinterpreted as int32."""
+        return a.view(self.torch.int32)
+
     def stack(self, arrays):
         return self.torch.stack(arrays, dim=-1)
 
@@ -214,6 +218,9 @@ class CupyOps(TorchOps):
 
     def bincount(self, idx, length: int):
         return self.cupy.bincount(idx, minlength=length)
+
+    def bits32(self, a):
+        return a.view(np.int32)
 
     def stack(self, arrays):
         return self.cupy.stack(arrays, axis=-1)

@@ -1,14 +1,25 @@
-"""Exact percentiles per unit on the GPU, from the array library's sort.
+"""Exact percentiles on the GPU: radix selection for a whole tensor, sorting per unit.
 
-torch tensors use ``torch.sort`` and CuPy arrays ``cupy.sort`` (CUB radix
-sort), along the last axis of the same unit matrices the CPU reference
-builds (order_stats.unit_matrices). The interpolation is DESIGN.md 2.3 in
-float64 on the device, rounded to float32: the reference's bits.
+A whole tensor (any size, past 2^31 elements) uses radix selection: each
+float32 maps to an order-preserving 32-bit key; a histogram of the keys'
+high 16 bits finds the bin of each wanted rank, and a histogram of the low
+16 bits of that bin's elements finds the exact key. Two reads of the data
+for each distinct high bin, no sort, and every library call sees at most
+2^30 elements at once (CUB and some torch kernels count in 32 bits).
+
+Per channel and per group, torch tensors use ``torch.sort`` and CuPy arrays
+``cupy.sort`` (CUB radix sort) along the last axis of the same unit matrices
+the CPU reference builds (order_stats.unit_matrices).
+
+Either way the interpolation is DESIGN.md 2.3 in float64, rounded to
+float32: the reference's bits.
 """
 
 from __future__ import annotations
 
 import math
+
+import numpy as np
 
 from ..layout import Layout
 from ..nonfinite import NonFiniteCheck
@@ -22,9 +33,85 @@ def _interpolate(ops, a, b, t):
     return ops.astype(a + t * (ops.astype(b, "float64") - a), "float32")
 
 
+_CHUNK = 1 << 30
+_HALF = 1 << 16
+
+
+def _key_halves(ops, chunk):
+    """(high 16, low 16) bits of the order-preserving key of float32 values, as int64.
+
+    key = 2^31 + m for x >= +0 and 2^31 - 1 - m for x <= -0 (m: the magnitude bits).
+    """
+    bits = ops.astype(ops.bits32(chunk), "int64")
+    m = bits & 0x7FFFFFFF
+    negative = bits < 0
+    high = ops.where(negative, 32767 - (m >> 16), 32768 + (m >> 16))
+    low = ops.where(negative, 65535 - (m & 0xFFFF), m & 0xFFFF)
+    return high, low
+
+
+def _value_of(key: int) -> float:
+    bits = key - (1 << 31) if key >= 1 << 31 else ((1 << 31) - 1 - key) | (1 << 31)
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+def _select(ops, flat, finite_only: bool, wanted: list[int]) -> dict[int, float]:
+    """The exact order statistics ``wanted`` (0-based ranks) of a flat float32 array."""
+    chunks = [flat[i: i + _CHUNK] for i in range(0, flat.shape[0], _CHUNK)]
+
+    def histogram(select_high=None):
+        total = None
+        for chunk in chunks:
+            high, low = _key_halves(ops, chunk)
+            keep = ops.isfinite(chunk) if finite_only else None
+            if select_high is not None:
+                match = high == select_high
+                keep = match if keep is None else keep & match
+                values = low
+            else:
+                values = high
+            if keep is not None:
+                values = values[keep]
+            counts = ops.to_host(ops.bincount(values, _HALF)).astype(np.int64)
+            total = counts if total is None else total + counts
+        return np.cumsum(total)
+
+    high_cum = histogram()
+    found = {}
+    for rank in sorted(set(wanted)):
+        b = int(np.searchsorted(high_cum, rank, side="right"))
+        within = rank - (int(high_cum[b - 1]) if b else 0)
+        low_cum = histogram(select_high=b)
+        low = int(np.searchsorted(low_cum, within, side="right"))
+        found[rank] = _value_of((b << 16) | low)
+    return found
+
+
+def _tensor_percentiles(ops, x2, layout: Layout, lower, upper, ignore_nonfinite):
+    flat = ops.astype(x2, "float32").reshape(-1)
+    finite = ops.isfinite(flat)
+    n = int(ops.to_host(ops.count(finite)))
+    if not ignore_nonfinite:
+        NonFiniteCheck(flat.shape[0] - ops.count(finite), layout.shape, ops, defer=False)
+    if n == 0:
+        return np.float32(0), np.float32(0)
+    where = [ranks(n, p) for p in (lower, upper)]
+    found = _select(ops, flat, ignore_nonfinite, [k for i, j, _ in where for k in (i, j)])
+    out = []
+    for i, j, t in where:
+        a = found[i]
+        out.append(np.float32(a + t * (found[j] - a)))
+    return out[0], out[1]
+
+
 def unit_percentiles(ops, x2, layout: Layout, lower: float, upper: float,
                      ignore_nonfinite: bool = False):
     """float32 (P_lower, P_upper) per unit, shaped ``layout.unit_shape``."""
+    if layout.mode == "scalar":
+        lo, hi = _tensor_percentiles(ops, x2, layout, lower, upper, ignore_nonfinite)
+        like = x2
+        return (ops.from_host(np.asarray(lo, np.float32), like),
+                ops.from_host(np.asarray(hi, np.float32), like))
     lo = ops.empty(layout.params_2d_shape(), "float32", x2)
     hi = ops.empty(layout.params_2d_shape(), "float32", x2)
     for index, matrix in unit_matrices(x2, layout, ops):
