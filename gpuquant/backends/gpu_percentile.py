@@ -5,7 +5,7 @@ float32 maps to an order-preserving 32-bit key; a histogram of the keys'
 high 16 bits finds the bin of each wanted rank, and a histogram of the low
 16 bits of that bin's elements finds the exact key. Two reads of the data
 for each distinct high bin, no sort, and every library call sees at most
-2^30 elements at once (CUB and some torch kernels count in 32 bits).
+2^28 elements at once (CUB and some torch kernels count in 32 bits).
 
 Per channel and per group, torch tensors use ``torch.sort`` and CuPy arrays
 ``cupy.sort`` (CUB radix sort) along the last axis of the same unit matrices
@@ -33,7 +33,7 @@ def _interpolate(ops, a, b, t):
     return ops.astype(a + t * (ops.astype(b, "float64") - a), "float32")
 
 
-_CHUNK = 1 << 30
+_CHUNK = 1 << 28  # elements a step: a few GiB of int64 temporaries at most
 _HALF = 1 << 16
 
 
@@ -57,11 +57,10 @@ def _value_of(key: int) -> float:
 
 def _select(ops, flat, finite_only: bool, wanted: list[int]) -> dict[int, float]:
     """The exact order statistics ``wanted`` (0-based ranks) of a flat float32 array."""
-    chunks = [flat[i: i + _CHUNK] for i in range(0, flat.shape[0], _CHUNK)]
-
     def histogram(select_high=None):
         total = None
-        for chunk in chunks:
+        for start in range(0, flat.shape[0], _CHUNK):
+            chunk = ops.astype(flat[start: start + _CHUNK], "float32")
             high, low = _key_halves(ops, chunk)
             keep = ops.isfinite(chunk) if finite_only else None
             if select_high is not None:
@@ -88,11 +87,12 @@ def _select(ops, flat, finite_only: bool, wanted: list[int]) -> dict[int, float]
 
 
 def _tensor_percentiles(ops, x2, layout: Layout, lower, upper, ignore_nonfinite):
-    flat = ops.astype(x2, "float32").reshape(-1)
-    finite = ops.isfinite(flat)
-    n = int(ops.to_host(ops.count(finite)))
+    flat = x2.reshape(-1)
+    n_bad = sum(int(ops.to_host(ops.count(~ops.isfinite(flat[i: i + _CHUNK]))))
+                for i in range(0, flat.shape[0], _CHUNK))
+    n = flat.shape[0] - n_bad
     if not ignore_nonfinite:
-        NonFiniteCheck(flat.shape[0] - ops.count(finite), layout.shape, ops, defer=False)
+        NonFiniteCheck(ops.from_host(np.asarray([n_bad]), flat), layout.shape, ops, defer=False)
     if n == 0:
         return np.float32(0), np.float32(0)
     where = [ranks(n, p) for p in (lower, upper)]
