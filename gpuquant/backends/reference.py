@@ -3,7 +3,9 @@
 Every primitive takes the 2-D view ``x2`` of the input (see
 :mod:`gpuquant.layout`) as a NumPy array of float16, float32 or float64 and
 works block by block (:mod:`gpuquant.chunks`): each block is converted to
-float32 once and quantized while it is in cache, on every core.
+float32 once and quantized while it is in cache (L2 or L3), on every core.
+Min/max calibration and quantization are two passes: on a CPU a second read
+costs less than computing qparams block by block (see calibrate_quantize).
 
 Arithmetic (DESIGN.md section 2): q = clamp(rint(x * inv_scale) + zp, qmin,
 qmax) with inv_scale = 1 / scale, each step one float32 rounding; NaN maps
@@ -33,16 +35,12 @@ def _align(layout: Layout) -> int:
     return 2 * layout.group_size if layout.mode == "group" else 2
 
 
-def _group_starts(layout: Layout, c0: int, c1: int) -> np.ndarray:
-    """Offsets of the groups of columns [c0, c1) in a block (c0 is a group boundary)."""
-    return np.arange(0, c1 - c0, layout.group_size)
-
-
 def _reduce_block(xb: np.ndarray, layout: Layout, reduce) -> np.ndarray:
     """Per-unit reduction of one block: scalar, per column, per row or per group.
 
-    ``reduce`` is np.minimum or np.maximum; groups use ``reduceat``, which is
-    about twice as fast in NumPy as reducing a (rows, groups, size) view.
+    ``reduce`` is np.minimum or np.maximum. Groups reduce a (rows, groups,
+    size) view plus the short last group: ``reduceat`` is faster on one core
+    but holds the GIL, and the view's reduction runs on both cores.
     """
     mode = layout.mode
     if mode == "scalar":
