@@ -7,9 +7,12 @@ high 16 bits finds the bin of each wanted rank, and a histogram of the low
 for each distinct high bin, no sort, and every library call sees at most
 2^28 elements at once (CUB and some torch kernels count in 32 bits).
 
-Per channel and per group, torch tensors use ``torch.sort`` and CuPy arrays
-``cupy.sort`` (CUB radix sort) along the last axis of the same unit matrices
-the CPU reference builds (order_stats.unit_matrices).
+Per channel and per group, torch tensors use ``torch.sort`` along the last
+axis of the same unit matrices the CPU reference builds
+(order_stats.unit_matrices). CuPy's N-d sort along an axis compares
+elements; :func:`segmented_sort` instead sorts one flat array of composite
+int64 keys (unit index above the value's order-preserving 32 bits), which
+CuPy hands to CUB's radix sort.
 
 Either way the interpolation is DESIGN.md 2.3 in float64, rounded to
 float32: the reference's bits.
@@ -48,6 +51,23 @@ def _key_halves(ops, chunk):
     high = ops.where(negative, 32767 - (m >> 16), 32768 + (m >> 16))
     low = ops.where(negative, 65535 - (m & 0xFFFF), m & 0xFFFF)
     return high, low
+
+
+def order_keys(xp, a):
+    """float32 -> int64 in [0, 2^32), ordered as the values (-0 just below +0)."""
+    bits = a.view(xp.int32).astype(xp.int64)
+    m = bits & 0x7FFFFFFF
+    return xp.where(bits < 0, 0x7FFFFFFF - m, 0x80000000 + m)
+
+
+def segmented_sort(xp, a):
+    """Sort float32 a (..., n) along the last axis with one radix sort of composite keys."""
+    n = a.shape[-1]
+    units = a.size // max(n, 1)
+    unit = (xp.arange(units, dtype=xp.int64) << 32).reshape(*a.shape[:-1], 1)
+    keys = xp.sort((unit | order_keys(xp, a)).reshape(-1)) & 0xFFFFFFFF
+    bits = xp.where(keys >= 0x80000000, keys - 0x80000000, (0x7FFFFFFF - keys) | 0x80000000)
+    return bits.astype(xp.uint32).view(xp.float32).reshape(a.shape)
 
 
 def _value_of(key: int) -> float:
