@@ -232,3 +232,28 @@ def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch
         assert cli.main(["quantize", str(src), "-o", str(out), "--device", "cpu", "--quiet"]) == 1
         assert not out.exists()
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".gpuquant-")]
+
+
+@pytest.mark.parametrize("flags,calibration", [
+    (["--calibration", "percentile", "--percentile", "1", "99"], gq.Percentile(1, 99)),
+    (["--calibration", "entropy"], gq.Entropy()),
+    (["--calibration", "mse"], gq.MSE()),
+])
+def test_quantize_calibrations(tmp_path, single, flags, calibration):
+    q = tmp_path / "q.safetensors"
+    out = run("quantize", str(single), "-o", str(q), "--device", "cpu", "--quiet", *flags)
+    assert out.returncode == 0, out.stderr
+    key = "model.layers.0.attn.q_proj.weight"
+    stored = gq.load(q)[key]
+    assert stored.config.calibration == calibration
+    with SafetensorsFile(single) as f:
+        ref = gq.quantize(f.get(key), gq.QuantConfig.int8_per_channel().replace(
+            calibration=calibration))
+    np.testing.assert_array_equal(stored.data, ref.data)
+    np.testing.assert_array_equal(stored.scale, ref.scale)
+
+
+def test_percentile_flag_needs_percentile_calibration(tmp_path, single):
+    out = run("quantize", str(single), "-o", str(tmp_path / "q.safetensors"), "--percentile",
+              "1", "99")
+    assert out.returncode == 2 and "--calibration percentile" in out.stderr
