@@ -200,3 +200,11 @@ def test_whole_tensor_percentile_by_radix_selection(rng, monkeypatch):
     assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
     with pytest.raises(gq.NonFiniteError):
         gq.calibrate(x, cfg.replace(ignore_nonfinite=False), backend="triton")
+
+
+def test_nonfinite_report_names_the_unit(rng):
+    x = tensor(rng, (4, 6, 8), torch.float32)
+    x[1, 2, 7] = float("nan")  # channel 2 on axis 1 (rows share channels), channel 7 on axis -1
+    for axis, unit in ((1, 2), (-1, 7), (0, 1)):
+        with pytest.raises(gq.NonFiniteError, match=f"1 non-finite.*unit {unit} "):
+            gq.quantize(x, gq.QuantConfig.int8_per_channel(axis=axis), backend="triton")

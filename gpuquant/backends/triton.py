@@ -84,7 +84,7 @@ class TritonBackend:
         return layout.rows * per_row, per_row, chunk
 
     def _reduce(self, ops, x2, layout: Layout):
-        """Per-slot finite (lo, hi) and non-finite counts, one read of the data."""
+        """Per-unit finite (lo, hi) and non-finite counts, one read of the data."""
         stride = ops.row_stride(x2)
         arg = ops.kernel_arg
         if layout.mode == "col":
@@ -96,7 +96,7 @@ class TritonBackend:
             grid = (triton.cdiv(layout.cols, block_c), splits)
             _launch(_mm.column_minmax_kernel, grid, arg(x2), arg(lo), arg(hi), arg(bad),
                     layout.rows, layout.cols, stride, per_split, BLOCK_R=32, BLOCK_C=block_c)
-            return ops.amin(lo, 0), ops.amax(hi, 0), bad
+            return ops.amin(lo, 0), ops.amax(hi, 0), bad.sum(0)
         units, per_row, seg = self._segments(layout)
         block_l = _pow2(seg, 2048)
         block_u = max(1, min(64, _TILE // block_l))
@@ -106,10 +106,11 @@ class TritonBackend:
                 arg(hi), arg(bad), units, per_row, seg, layout.cols, stride,
                 BLOCK_U=block_u, BLOCK_L=block_l)
         if layout.mode == "scalar":
-            return ops.amin(lo), ops.amax(hi), bad
+            return ops.amin(lo), ops.amax(hi), bad.sum()
         if layout.mode == "row" and not layout.rows_are_units:
             lo = layout.units_from_rows(lo, ops.amin)
             hi = layout.units_from_rows(hi, ops.amax)
+            bad = layout.units_from_rows(bad, lambda a, axis: a.sum(axis))
         return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape), bad
 
     def minmax(self, x2, layout: Layout, ignore_nonfinite: bool = False, defer: bool = False):
