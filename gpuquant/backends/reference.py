@@ -223,16 +223,21 @@ class NumpyBackend:
         params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp.astype(F32))]
         errors = np.zeros((*shape2d, n_cand), np.float64)
         for index, m in unit_matrices(x2, layout):
-            finite = np.isfinite(m)
-            m = np.where(finite, m, F32(0))
+            m = np.where(np.isfinite(m), m, F32(0))  # a zero quantizes and dequantizes to 0
+            m64 = m.astype(np.float64)
+            buf, diff = np.empty_like(m), np.empty_like(m64)
             unit_inv, unit_scale, unit_zp = (p[index] for p in params)
             for c in range(n_cand):
                 s, z = unit_scale[..., c, None], unit_zp[..., c, None]
                 with np.errstate(all="ignore"):
-                    q = np.clip(np.rint(m * unit_inv[..., c, None]) + z, config.qmin, config.qmax)
-                    deq = (q - z) * s
-                d = deq.astype(np.float64) - m
-                errors[index][..., c] = np.where(finite, d * d, 0.0).sum(axis=-1)
+                    np.multiply(m, unit_inv[..., c, None], out=buf)
+                    np.rint(buf, out=buf)
+                    np.add(buf, z, out=buf)
+                    np.clip(buf, config.qmin, config.qmax, out=buf)
+                    np.subtract(buf, z, out=buf)
+                    np.multiply(buf, s, out=buf)  # float32(q - zp) * scale
+                np.subtract(buf, m64, out=diff)
+                errors[index][..., c] = np.einsum("...j,...j->...", diff, diff)
         return errors.reshape(-1, n_cand)
 
     # -- quantize ------------------------------------------------------------
