@@ -247,8 +247,4 @@ class Calibrator:
 
 def _host(a: Any) -> np.ndarray:
     """Per-unit results to NumPy (tiny arrays; a device sync for GPU inputs)."""
-    if isinstance(a, np.ndarray):
-        return a
-    if hasattr(a, "get"):
-        return a.get()
-    return a.detach().cpu().numpy()
+    return ops_for(a).to_host(a)
