@@ -161,8 +161,13 @@ def run(args) -> list[dict]:
                 if args.memory and device.framework == "numpy":
                     print(f"{op:<22} peak extra memory {peak_extra(case.ours) / _nbytes(x):.2f}x "
                           "the input")
-                impls = [("gpuquant", ours)] + [(name, device.time(fn, args.repeats))
-                                                for name, fn in case.baselines.items()]
+                impls = [("gpuquant", ours)]
+                for name, fn in case.baselines.items():
+                    try:
+                        impls.append((name, device.time(fn, args.repeats)))
+                    except Exception as exc:  # noqa: BLE001 - a peer failing costs its row only
+                        print(f"{op:<22} baseline {name} failed: {type(exc).__name__}: "
+                              f"{str(exc)[:80]}")
                 for impl, (ms, p20, p80) in impls:
                     gbps = case.bytes_moved / ms / 1e6
                     speed = ms / ours[0] if impl != "gpuquant" else 1.0

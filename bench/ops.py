@@ -152,7 +152,7 @@ def build(op: str, x, framework: str) -> Case | None:
             try:
                 import torch
 
-                xt = torch.from_numpy(x)
+                xt = torch.from_numpy(x).float()
                 scale = torch.from_numpy(np.abs(x).max(axis=1).astype(np.float64) / 127)
                 zp = torch.zeros(rows, dtype=torch.int64)
                 base["torch.quantize_per_channel"] = \
