@@ -155,6 +155,8 @@ class NumpyBackend:
         def one(span):
             r0, r1, c0, c1 = span
             xb = x2[r0:r1, c0:c1]
+            if xb.dtype == np.float16:  # NumPy reduces float16 in software: widen first (3x)
+                xb = xb.astype(F32)
             if masked:
                 finite = np.isfinite(xb)
                 return (span, _reduce_block(np.where(finite, xb, np.inf), layout, np.minimum),
