@@ -50,16 +50,10 @@ echo "## summary ($(( $(date +%s) - start )) s)"
 {
   echo "GPU tests: $( [ "$tests_rc" = 0 ] && echo PASS || echo "FAIL (rc $tests_rc)" ) - $(tail -1 "$out/pytest.log")"
   python3 - "$out/bench.csv" <<'PY'
-import csv, sys
+import sys
 sys.path.insert(0, ".")
-from bench.harness import summary
-rows = list(csv.DictReader(open(sys.argv[1])))
-for r in rows:
-    for k in ("bytes", "rows", "cols"):
-        r[k] = int(r[k])
-    for k in ("frac_of_copy", "x_one_read", "speedup"):
-        r[k] = float(r[k])
-print("\n".join(summary(rows)) or "no benchmark rows")
+from bench.harness import load_rows, summary
+print("\n".join(summary(load_rows(sys.argv[1]))) or "no benchmark rows")
 PY
 } | tee "$out/summary.txt"
 rm -f "$out/summary.txt.part"

@@ -221,6 +221,18 @@ def write_csv(rows: list[dict], path: str) -> None:
         writer.writerows(rows)
 
 
+def load_rows(path: str) -> list[dict]:
+    """bench.csv rows with their numbers as numbers (what summary() expects)."""
+    ints = ("rows", "cols", "bytes")
+    floats = ("ms", "p20_ms", "p80_ms", "gbps", "copy_gbps", "frac_of_copy", "x_one_read",
+              "speedup")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        r.update({k: int(r[k]) for k in ints}, **{k: float(r[k]) for k in floats})
+    return rows
+
+
 def summary(rows: list[dict]) -> list[str]:
     """One line per target of the issues: figure and pass/fail (largest size measured)."""
     lines = []

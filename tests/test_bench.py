@@ -33,6 +33,10 @@ def test_quick_cpu_run_writes_rows_and_plots(tmp_path):
     assert (tmp_path / "bandwidth.png").stat().st_size > 1000
     assert (tmp_path / "error_vs_bits.png").stat().st_size > 1000
     assert "copy" in out.stdout
+    from bench.harness import load_rows, summary
+
+    lines = summary(load_rows(str(tmp_path / "bench.csv")))  # what device_check.sh prints
+    assert lines and all(line.split()[0] in ("PASS", "FAIL") for line in lines)
 
 
 def test_bytes_are_counted_per_dtype():
