@@ -236,6 +236,11 @@ class QuantConfig:
                 "calibration='entropy' supports int4 and int8 (2^(bits-1) quantized bins); "
                 "for int16 use 'minmax', 'percentile' or 'mse'"
             )
+        if isinstance(self.calibration, Entropy) and self.calibration.bins < 1 << (self.bits - 1):
+            raise InvalidCalibrationError(
+                f"Entropy bins={self.calibration.bins} is below the {1 << (self.bits - 1)} "
+                f"quantized bins of {self.scheme.value}; use bins >= {1 << (self.bits - 1)}"
+            )
         if self.nibble_order not in _NIBBLE_ORDERS:
             raise QuantizationError(
                 f"nibble_order={self.nibble_order!r} is not supported; accepted: "

@@ -98,6 +98,8 @@ def test_unknown_scheme_and_calibrations():
         gq.QuantConfig(scheme="int16", calibration="entropy")
     with pytest.raises(gq.InvalidCalibrationError, match="bins"):
         gq.Entropy(bins=1)
+    with pytest.raises(gq.InvalidCalibrationError, match="bins >= 128"):
+        gq.QuantConfig(scheme="int8", calibration=gq.Entropy(64))
     with pytest.raises(gq.InvalidCalibrationError, match="candidates"):
         gq.MSE(candidates=0)
     with pytest.raises(gq.UnsupportedSchemeError, match="accepted"):

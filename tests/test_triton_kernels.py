@@ -208,3 +208,30 @@ def test_nonfinite_report_names_the_unit(rng):
     for axis, unit in ((1, 2), (-1, 7), (0, 1)):
         with pytest.raises(gq.NonFiniteError, match=f"1 non-finite.*unit {unit} "):
             gq.quantize(x, gq.QuantConfig.int8_per_channel(axis=axis), backend="triton")
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(shape=st.lists(st.integers(1, 24), min_size=1, max_size=3),
+       scheme=st.sampled_from(["int4", "int8", "int16"]), symmetric=st.booleans(),
+       gran=st.sampled_from(["tensor", "channel", "group", "token"]),
+       group_size=st.integers(1, 20), axis=st.integers(-3, 2),
+       order=st.sampled_from(["high_first", "low_first"]),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32]),
+       seed=st.integers(0, 2**16))
+def test_random_configs_match_reference(shape, scheme, symmetric, gran, group_size, axis, order,
+                                        dtype, seed):
+    kw = {"granularity": gran, "nibble_order": order}
+    if gran == "group":
+        kw["group_size"] = group_size
+    if gran == "channel":
+        kw["axis"] = axis % len(shape)
+    cfg = gq.QuantConfig(scheme=scheme, symmetric=symmetric, **kw)
+    x = tensor(np.random.default_rng(seed), tuple(shape), dtype)
+    got = gq.quantize(x, cfg, backend="triton")
+    assert_same(got, reference(x, cfg))
+    assert torch.equal(got.dequantize(dtype="float32").cpu(), reference(x, cfg).dequantize(
+        dtype="float32"))
