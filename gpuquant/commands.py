@@ -114,6 +114,11 @@ def run_quantize(args) -> dict:
             else:
                 entries.append((key, tag, shape))
                 work.append((key, False))
+        names = [e[0] for e in entries]
+        if len(set(names)) != len(names):
+            clash = sorted({n for n in names if names.count(n) > 1})
+            raise QuantizationError(f"{f.path}: quantized names collide with tensors already "
+                                    f"there: {clash[:5]}; --exclude the tensors behind them")
         return entries, work, described
 
     def produce(f: SafetensorsFile, work):

@@ -257,3 +257,14 @@ def test_percentile_flag_needs_percentile_calibration(tmp_path, single):
     out = run("quantize", str(single), "-o", str(tmp_path / "q.safetensors"), "--percentile",
               "1", "99")
     assert out.returncode == 2 and "--calibration percentile" in out.stderr
+
+
+def test_quantized_names_that_collide_are_refused(tmp_path):
+    src = tmp_path / "clash.safetensors"
+    w = np.ones((4, 8), np.float32)
+    write_safetensors(src, [("a", "F32", w), ("a.scale", "F32", np.ones(4, np.float32))])
+    out = run("quantize", str(src), "-o", str(tmp_path / "q.safetensors"), "--device", "cpu")
+    assert out.returncode == 2 and "collide" in out.stderr
+    ok = run("quantize", str(src), "-o", str(tmp_path / "q.safetensors"), "--device", "cpu",
+             "--exclude", "a")
+    assert ok.returncode == 0, ok.stderr
