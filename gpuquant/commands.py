@@ -33,7 +33,7 @@ from .safetensors_file import DTYPES, SafetensorsFile, tag_of, write_safetensors
 __all__ = ["run_quantize", "run_dequantize", "run_inspect"]
 
 FLOAT_TAGS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
-OUT_TAGS = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+OUT_TAGS = {"float16": "F16", "bfloat16": "BF16", "float32": "F32", "float64": "F64"}
 
 
 class Progress:
