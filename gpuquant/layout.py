@@ -76,10 +76,6 @@ class Layout:
 
     # --------------------------------------------------------------- helpers
     @property
-    def size(self) -> int:
-        return self.rows * self.cols
-
-    @property
     def num_groups(self) -> int:
         return self.unit_shape[-1] if self.mode == "group" else 0
 

@@ -47,9 +47,6 @@ class TorchOps:
     def amax(self, a, axis=None):
         return a.amax() if axis is None else a.amax(dim=axis)
 
-    def sum(self, a):
-        return a.sum()
-
     def broadcast_to(self, a, shape):
         return a.broadcast_to(shape)
 
@@ -89,9 +86,6 @@ class TorchOps:
     def bits32(self, a):
         """float32 values reinterpreted as int32."""
         return a.view(self.torch.int32)
-
-    def stack(self, arrays):
-        return self.torch.stack(arrays, dim=-1)
 
     def sort(self, a):
         return self.torch.sort(a, dim=-1).values
@@ -222,9 +216,6 @@ class CupyOps(TorchOps):
     def bits32(self, a):
         return a.view(np.int32)
 
-    def stack(self, arrays):
-        return self.cupy.stack(arrays, axis=-1)
-
     def sort(self, a):
         from .gpu_percentile import segmented_sort  # CUB radix sort, not a comparison sort
 
@@ -323,9 +314,6 @@ class NumpyOps:
 
     def take_last(self, a, index):
         return np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
-
-    def stack(self, arrays):
-        return np.stack(arrays, axis=-1)
 
 
 def ops_for(x: Any):
