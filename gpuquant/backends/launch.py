@@ -1,0 +1,58 @@
+"""The one place a Triton kernel is launched, and a recorder that replaces it.
+
+Every launcher calls :func:`launch`. Tests and ``python -m bench
+--host-overhead`` wrap a call in :func:`recording`: launches are then
+recorded (kernel name, grid, arguments, constexprs) instead of executed, so
+launch counts, kernel specialisations and the host work around a launch can
+be measured on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+
+__all__ = ["launch", "recording", "Launch", "OPTIONS"]
+
+OPTIONS = {"enable_fp_fusion": False}  # keep x * inv and the rounding adds unfused
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclasses.dataclass
+class Launch:
+    """One recorded launch."""
+
+    kernel: object  # the @triton.jit function
+    grid: tuple
+    args: tuple
+    num_warps: int
+    constexprs: dict
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+_recorder: list | None = None
+
+
+def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
+    """Launch ``kernel`` on ``grid`` (on the current device and stream), or record it."""
+    if _recorder is not None:
+        _recorder.append(Launch(kernel, tuple(grid), args, num_warps, constexprs))
+    elif _INTERPRET:
+        kernel[grid](*args, **constexprs)
+    else:
+        kernel[grid](*args, num_warps=num_warps, **constexprs, **OPTIONS)
+
+
+@contextlib.contextmanager
+def recording():
+    """Record launches instead of running them: ``with recording() as launches: ...``."""
+    global _recorder
+    saved, _recorder = _recorder, []
+    try:
+        yield _recorder
+    finally:
+        _recorder = saved
