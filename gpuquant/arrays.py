@@ -95,6 +95,7 @@ def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:
             f"the NumPy backend cannot read a {info.framework} array on {info.device}; "
             "gpuquant never moves data between devices: use backend='triton' or copy it to the CPU"
         )
+    x = x.detach()  # a tensor that requires grad is read as it is
     if info.dtype == "bfloat16":
         import torch
 

@@ -68,7 +68,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _best_backend() -> tuple[str, object]:
     """("triton", to_device) when a GPU works through CuPy or torch, else ("numpy", None)."""
     try:
-        from .backends.triton import device_converter
+        from .devices import device_converter
 
         convert = device_converter()
         if convert is not None:

@@ -69,7 +69,7 @@ def _device(choice: str) -> Callable[[np.ndarray], Any] | None:
     if choice == "cpu":
         return None
     try:
-        from .backends.triton import device_converter
+        from .devices import device_converter
 
         convert = device_converter()
     except QuantizationError:

@@ -35,8 +35,11 @@ class DynamicQuantizer:
     def per_token(self) -> bool:
         return self.config.granularity.value == "token"
 
-    def __call__(self, x: Any) -> QuantizedTensor:
-        return quantize(x, self.config, backend=self.backend)
+    def __call__(self, x: Any, out: tuple | None = None) -> QuantizedTensor:
+        """Quantize ``x`` with ranges of its own values (per tensor, or per row with
+        ``per_token``). ``out``: preallocated ``(codes, scale, zero_point)`` to write into
+        (see :func:`gq.quantize`). A NaN found by an earlier GPU call is raised here."""
+        return quantize(x, self.config, backend=self.backend, out=out)
 
     quantize = __call__
 

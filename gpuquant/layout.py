@@ -25,6 +25,7 @@ import math
 
 from .config import Granularity, QuantConfig
 from .errors import InvalidChannelCountError, InvalidShapeError
+from .kernels.modes import COL, GROUP, ROW, SCALAR, Mode
 
 __all__ = ["Layout"]
 
@@ -32,7 +33,7 @@ __all__ = ["Layout"]
 @dataclasses.dataclass(frozen=True)
 class Layout:
     shape: tuple[int, ...]
-    mode: str
+    mode: Mode
     rows: int
     cols: int
     unit_shape: tuple[int, ...]
@@ -47,13 +48,13 @@ class Layout:
         rows = math.prod(shape[:-1]) if ndim else 1
         gran = config.granularity
         if gran is Granularity.TENSOR:
-            return cls(shape, "scalar", rows, cols, ())
+            return cls(shape, SCALAR, rows, cols, ())
         if gran is Granularity.TOKEN:
-            return cls(shape, "row", rows, cols, shape[:-1])
+            return cls(shape, ROW, rows, cols, shape[:-1])
         if gran is Granularity.GROUP:
             size = int(config.group_size)
             groups = -(-cols // size)
-            return cls(shape, "group", rows, cols, (*shape[:-1], groups), group_size=size)
+            return cls(shape, GROUP, rows, cols, (*shape[:-1], groups), group_size=size)
         if ndim == 0:
             raise InvalidShapeError(
                 "granularity='channel' needs a tensor of at least 1 dimension; got a 0-d tensor"
@@ -71,13 +72,13 @@ class Layout:
                 f"num_channels={config.num_channels} but the tensor of shape {shape} has "
                 f"{channels} channel(s) along axis {axis}"
             )
-        mode = "col" if axis == ndim - 1 else "row"
+        mode = COL if axis == ndim - 1 else ROW
         return cls(shape, mode, rows, cols, (channels,), axis=axis)
 
     # --------------------------------------------------------------- helpers
     @property
     def num_groups(self) -> int:
-        return self.unit_shape[-1] if self.mode == "group" else 0
+        return self.unit_shape[-1] if self.mode == GROUP else 0
 
     @property
     def num_units(self) -> int:
@@ -86,12 +87,12 @@ class Layout:
     @property
     def rows_are_units(self) -> bool:
         """True when each row of the 2-D view is exactly one unit."""
-        return self.mode == "row" and self.num_units == self.rows
+        return self.mode == ROW and self.num_units == self.rows
 
     def params_2d_shape(self) -> tuple[int, ...]:
         """Shape of qparams as the 2-D kernels index them."""
-        return {"scalar": (), "col": (self.cols,), "row": (self.num_units,),
-                "group": (self.rows, self.num_groups)}[self.mode]
+        return {SCALAR: (), COL: (self.cols,), ROW: (self.num_units,),
+                GROUP: (self.rows, self.num_groups)}[self.mode]
 
     def packed_shape(self, bits: int) -> tuple[int, ...]:
         """Shape of the stored codes: int4 packs two per byte along the last axis."""
@@ -103,6 +104,17 @@ class Layout:
         """(outer, channels, inner): rows as (outer, channel, inner) for a row-mode channel."""
         lead = self.shape[:-1]
         return (math.prod(lead[: self.axis]), lead[self.axis], math.prod(lead[self.axis + 1:]))
+
+    def row_unit(self) -> tuple[int, int]:
+        """(div, mod) with which row r of the 2-D view finds its unit: (r // div) % mod.
+
+        Row mode with a channel axis before the last: rows are (outer, channel,
+        inner) blocks. Every other layout: (1, rows), the row itself.
+        """
+        if self.mode == ROW and not self.rows_are_units:
+            _, channels, inner = self._channel_block()
+            return inner, channels
+        return 1, max(1, self.rows)
 
     def rows_from_units(self, values, xp):
         """Expand per-unit values (row mode) to one value per row of the 2-D view."""

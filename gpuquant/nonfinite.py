@@ -1,33 +1,42 @@
-"""Reporting NaN/Inf in GPU calibration data without stalling the stream.
+"""NaN/Inf in calibration data: found by the kernels, reported without stalling the device.
 
-The min/max kernels count non-finite values in the same pass that reduces
-the data. ``gq.calibrate`` reads the count at once (it returns host-side
-decisions anyway). ``gq.quantize`` on a GPU must not synchronise, so the
-count is copied to pinned host memory asynchronously, behind a CUDA event,
-and checked later:
+On the CPU the NumPy backend raises ``NonFiniteError`` at once. On a GPU the
+min/max kernels note non-finite values, in the same pass that reduces the
+data, on a small int32 board in host-mapped pinned memory (the kernels write
+it through its unified address; no copy, event or sync):
 
-- at the start of every later gpuquant call, without waiting: a finished
-  check with a non-zero count raises ``NonFiniteError`` there, naming the
-  tensor's shape and the first unit (channel, group or row) affected;
-- by ``QuantizedTensor.check_finite()``, which waits for it.
+- ``flags[0]`` counts every non-finite value seen; the host polls only this;
+- each call site (a launch plan's ``slot``) has a count and its first unit
+  (channel, group or row), written with atomic min.
 
-The quantized result itself is well defined either way: ranges come from
-the finite values, NaN codes are the zero point and infinities clamp, as
-with ``ignore_nonfinite=True``. Inside CUDA-graph capture no check is
-recorded: validate inputs before capturing.
+Every gpuquant entry point polls the board first (:func:`entry`), a plain read
+of host memory, and raises for what *earlier* calls found, naming the
+tensor's shape and the first unit: a NaN found by a GPU call is raised by the
+next gpuquant call. ``QuantizedTensor.check_finite()`` waits for the device
+and then polls. Nothing is raised while a CUDA graph is being captured;
+replays write to the same board, so they report too. ``gq.calibrate`` waits
+for its kernels anyway and raises at once.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import threading
 
 import numpy as np
 
 from .errors import NonFiniteError
 
-__all__ = ["NonFiniteCheck", "raise_ready", "wait_all", "nonfinite_message"]
+__all__ = ["entry", "raise_ready", "wait_all", "board_for", "new_slot", "nonfinite_message",
+           "raise_counts"]
 
-_pending: list[NonFiniteCheck] = []
+SLOTS = 4096  # call sites with their own count and first unit; reused round robin
+_INT32_MAX = np.iinfo(np.int32).max
+_boards: list[Board] = []
+_by_framework: dict[str, Board] = {}
+_sites: dict[int, tuple[tuple[int, ...], bool]] = {}  # slot -> (shape, one unit only)
+_slots = itertools.count()
 _lock = threading.Lock()
 
 
@@ -39,54 +48,117 @@ def nonfinite_message(total: int, first_unit: int | None, shape, name: str = "x"
             "calibrate over the finite values only")
 
 
-class NonFiniteCheck:
-    """A pending look at per-unit non-finite counts of one quantize call."""
+class Board:
+    """The flags of one array framework: ``tensor`` goes to the kernels, ``host`` is read."""
 
-    def __init__(self, counts, shape, ops, defer: bool):
-        self.shape = tuple(shape)
-        self._ops = ops
-        self._event = None
-        if defer and ops.is_gpu(counts) and ops.capturing():
-            self._host = None  # inside CUDA-graph capture: nothing may wait or copy out
-            return
-        if defer and ops.is_gpu(counts):
-            self._host, self._event = ops.async_host_copy(counts)
-            with _lock:
-                _pending.append(self)
-        else:
-            self._host = ops.to_host(counts)
-            self.raise_if_bad()
+    def __init__(self, framework: str, tensor, host: np.ndarray, capturing):
+        self.framework, self.tensor, self.host, self.capturing = framework, tensor, host, capturing
+        self.host[:] = 0
+        self.host[2::2] = _INT32_MAX
 
-    def done(self) -> bool:
-        return self._event is None or self._ops.event_done(self._event)
-
-    def raise_if_bad(self) -> None:
-        """Wait for the counts if needed; raise NonFiniteError when any is non-zero."""
-        if self._event is not None:
-            self._event.synchronize()
+    def take(self) -> NonFiniteError | None:
+        """The error for the first call site that found NaN/Inf, clearing the board."""
+        if self.capturing():
+            return None
         with _lock:
-            if self in _pending:
-                _pending.remove(self)
-        if self._host is None:
-            return
-        counts = np.asarray(self._host).reshape(-1)
-        total = int(counts.sum(dtype=np.int64))
-        if total:
-            first = int(np.flatnonzero(counts)[0]) if counts.size > 1 else None
-            raise NonFiniteError(nonfinite_message(total, first, self.shape))
+            counts = self.host[1::2].copy()
+            firsts = self.host[2::2].copy()
+            self.host[:] = 0
+            self.host[2::2] = _INT32_MAX
+        hit = np.flatnonzero(counts)
+        if not hit.size:
+            return None
+        slot = int(hit[0])
+        shape, single = _sites.get(slot, ((), True))
+        first = None if single else int(firsts[slot])
+        return NonFiniteError(nonfinite_message(int(counts[slot]), first, shape))
+
+
+def board_for(x) -> Board:
+    """The board of the framework of array ``x`` (created at the first GPU call)."""
+    framework = type(x).__module__.split(".")[0]
+    board = _by_framework.get(framework)
+    if board is None:
+        with _lock:
+            board = _by_framework.get(framework) or _make_board(framework, x)
+    return board
+
+
+def _make_board(framework: str, x) -> Board:
+    n = 1 + 2 * SLOTS
+    if framework == "cupy":
+        import cupy
+        import cupyx
+
+        host = cupyx.empty_pinned((n,), dtype=np.int32)  # mapped: UVA makes it device-visible
+
+        def capturing():
+            stream = cupy.cuda.get_current_stream()
+            return bool(getattr(stream, "is_capturing", lambda: False)())
+
+        board = Board(framework, host, host, capturing)
+    else:
+        import torch
+
+        pinned = x.device.type == "cuda"  # CPU tensors: the interpreter
+        tensor = torch.zeros(n, dtype=torch.int32, pin_memory=pinned)
+        capturing = torch.cuda.is_current_stream_capturing if pinned else (lambda: False)
+        board = Board(framework, tensor, tensor.numpy(), capturing)
+    _by_framework[framework] = board
+    _boards.append(board)
+    return board
+
+
+def new_slot(shape: tuple[int, ...], num_units: int) -> int:
+    """A call site's slot on the boards, remembering what to name in its report."""
+    slot = next(_slots) % SLOTS
+    _sites[slot] = (tuple(shape), num_units == 1)
+    return slot
 
 
 def raise_ready() -> None:
-    """Raise for the first finished deferred check that found NaN/Inf (never waits)."""
-    with _lock:
-        ready = [c for c in _pending if c.done()]
-    for check in ready:
-        check.raise_if_bad()
+    """Raise what earlier GPU calls found (never waits; a read of host memory)."""
+    for board in _boards:
+        if board.host[0]:
+            error = board.take()
+            if error is not None:
+                raise error
 
 
 def wait_all() -> None:
-    """Wait for every deferred check; raise for the first that found NaN/Inf."""
-    with _lock:
-        pending = list(_pending)
-    for check in pending:
-        check.raise_if_bad()
+    """Wait for every device with a board, then raise what was found."""
+    for board in _boards:
+        if board.framework == "cupy":
+            import cupy
+
+            cupy.cuda.Device().synchronize()
+        elif board.tensor.is_pinned():
+            import torch
+
+            torch.cuda.synchronize()
+    raise_ready()
+
+
+def entry(fn):
+    """Decorate a public entry point: raise pending non-finite reports before any work."""
+
+    @functools.wraps(fn)
+    def checked(*args, **kwargs):
+        for board in _boards:
+            if board.host[0]:
+                error = board.take()
+                if error is not None:
+                    raise error
+        return fn(*args, **kwargs)
+
+    return checked
+
+
+def raise_counts(counts, shape, ops) -> None:
+    """Raise at once for per-unit non-finite counts already on the host or device (calibrate)."""
+    host = counts if isinstance(counts, np.ndarray) else ops.to_host(counts)
+    host = np.asarray(host).reshape(-1)
+    total = int(host.sum(dtype=np.int64))
+    if total:
+        first = int(np.flatnonzero(host)[0]) if host.size > 1 else None
+        raise NonFiniteError(nonfinite_message(total, first, shape))

@@ -52,7 +52,7 @@ def compute_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool, xp=np):
         else:
             lo = xp.minimum(lo, f32(0))
             hi = xp.maximum(hi, f32(0))
-            scale = (hi - lo) / f32(qmax - qmin)
+            scale = (hi * f32(0.5) - lo * f32(0.5)) / f32((qmax - qmin) * 0.5)  # no overflow
         bad = ~(xp.isfinite(scale) & (scale >= FLOAT32_TINY))
         scale = xp.where(bad, f32(1.0), scale).astype(f32)
         if symmetric:

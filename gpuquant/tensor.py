@@ -11,6 +11,7 @@ from .arrays import FLOAT_DTYPES, TensorInfo, prepare
 from .config import QuantConfig
 from .errors import InvalidDtypeError
 from .layout import Layout
+from .nonfinite import entry
 
 __all__ = ["QuantizedTensor"]
 
@@ -40,6 +41,16 @@ class QuantizedTensor:
         self.config = config
         self._info = info or TensorInfo("numpy", dtype, self.shape, "cpu")
         self.layout = Layout.of(self.shape, config)
+        self._plan = None
+
+    @classmethod
+    def _trusted(cls, data: Any, scale: Any, zero_point: Any, plan) -> QuantizedTensor:
+        """What gq.quantize made under ``plan`` (gpuquant.plan): no checks, no recomputation."""
+        qt = cls.__new__(cls)
+        qt.data, qt.scale, qt.zero_point = data, scale, zero_point
+        qt.shape, qt.dtype, qt.config = plan.info.shape, plan.info.dtype, plan.config
+        qt._info, qt.layout, qt._plan = plan.info, plan.layout, plan
+        return qt
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -73,25 +84,38 @@ class QuantizedTensor:
         return self.original_bytes / self.size_bytes
 
     # ----------------------------------------------------------- conversion
-    def dequantize(self, dtype: str | None = None, backend: str | None = None):
+    @entry
+    def dequantize(self, dtype: str | None = None, backend: str | None = None, out: Any = None):
         """float(q - zero_point) * scale, in the original framework and device.
 
         ``dtype`` defaults to the original dtype; "float16", "bfloat16" (torch
-        only), "float32" and "float64" are accepted.
+        only), "float32" and "float64" are accepted. ``out``: a preallocated
+        contiguous output of the original shape and that dtype (a CUDA graph's
+        static buffer, say). A NaN found by an earlier GPU call is raised here.
         """
-        from .backends import select
-        from .nonfinite import raise_ready
+        plan = self._plan
+        if plan is None or backend not in (None, plan.be.name):
+            return self._dequantize_slow(dtype, backend, out)
+        runner = plan.dequantizer(_output_dtype(dtype, self.dtype, self.framework), self.data)
+        if plan.be.name == "numpy" and out is not None:
+            from .plan import copy_into
 
-        raise_ready()
-        out = _output_dtype(dtype, self.dtype, self.framework)
-        data, info = prepare(self.data, "data", require_float=False)
+            return copy_into((out,), (runner(self.data, self.scale, self.zero_point),))[0]
+        return runner(self.data, self.scale, self.zero_point, out)
+
+    def _dequantize_slow(self, dtype, backend, out):
+        """Dequantize without a plan of gq.quantize (loaded or constructed tensors)."""
+        from .backends import select
+        from .plan import copy_into
+
+        info = prepare(self.data, "data", require_float=False)[1]
         be = select(info, backend)
-        data2 = be.native(data, info).reshape(self.layout.rows, -1)
-        scale = be.native(*prepare(self.scale, "scale", require_float=False))
-        zero_point = be.native(*prepare(self.zero_point, "zero_point", require_float=False))
-        compute = "float32" if out == "bfloat16" and be.name == "numpy" else out
-        y2 = be.dequantize(data2, self.layout, self.config, scale, zero_point, compute)
-        return be.wrap(y2.reshape(self.shape), self._info, out)
+        out_dtype = _output_dtype(dtype, self.dtype, self.framework)
+        runner = be.plan_dequantize(self.layout, self.config, self.data, out_dtype)
+        if be.name == "numpy":
+            y = runner(self.data, self.scale, self.zero_point)
+            return y if out is None else copy_into((out,), (y,))[0]
+        return runner(self.data, self.scale, self.zero_point, out)
 
     def check_finite(self) -> None:
         """Wait for the NaN/Inf checks of GPU quantize calls still in flight; raise

@@ -1,29 +1,29 @@
-"""Min/max reductions, with the non-finite count of the same pass.
+"""Min/max reductions over the finite values, reporting NaN/Inf from the same pass.
 
-Each reduction returns, per output slot, the min and max over the *finite*
-values and the number of NaN/Inf values. With a zero count these are the
-plain min and max; otherwise the host either reports the data
-(NonFiniteError) or, with ``ignore_nonfinite``, uses the finite range as is.
-One read of the input serves both.
+Each reduction writes, per output slot, the min and max over the *finite*
+values. With ``CHECK`` the non-finite values it met are noted in the
+host-mapped flags (common.report_nonfinite) with the unit they belong to;
+without it they are skipped (``ignore_nonfinite``). A slot with no finite
+value gets lo = +inf > hi = -inf, which the qparams step reads as (0, 0).
 """
 
 import triton
 import triton.language as tl
 
-from .common import is_finite
+from .common import is_finite, report_nonfinite
 
 
 @triton.jit
 def segment_minmax_kernel(
-    x_ptr, lo_ptr, hi_ptr, bad_ptr,
-    # units are segments of rows: unit u is row u // units_per_row, columns
-    # [(u % units_per_row) * seg_len, + seg_len) clipped to row_len
-    n_units, units_per_row, seg_len, row_len, stride_row,
-    BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
+    x_ptr, lo_ptr, hi_ptr, flags_ptr,
+    # segment u is row u // units_per_row, columns [(u % units_per_row) * seg_len, + seg_len)
+    # clipped to row_len; it belongs to unit (u // unit_div) % unit_mod of the qparams
+    n_units, units_per_row, seg_len, row_len, stride_row, unit_div, unit_mod, slot,
+    CHECK: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    """Per-segment min/max: rows (per token or channel), groups, or chunks of a flat tensor.
+    """Per-segment min/max: rows, groups, or chunks of a tensor.
 
-    Reads each element once: n_units * seg_len loads; writes 3 values a unit.
+    Reads each element once (n loads); writes 2 floats a segment.
     """
     u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     unit_ok = u < n_units
@@ -38,25 +38,27 @@ def segment_minmax_kernel(
         col = l0 + tl.arange(0, BLOCK_L)
         mask = unit_ok[:, None] & (col[None, :] < length[:, None])
         x = tl.load(x_ptr + base[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
-        fin = is_finite(x)
-        lo = tl.minimum(lo, tl.min(tl.where(mask & fin, x, float("inf")), axis=1))
-        hi = tl.maximum(hi, tl.max(tl.where(mask & fin, x, float("-inf")), axis=1))
-        bad += tl.sum((mask & ~fin).to(tl.int32), axis=1)
+        fin = mask & is_finite(x)
+        lo = tl.minimum(lo, tl.min(tl.where(fin, x, float("inf")), axis=1))
+        hi = tl.maximum(hi, tl.max(tl.where(fin, x, float("-inf")), axis=1))
+        if CHECK:
+            bad += tl.sum((mask & ~fin).to(tl.int32), axis=1)
     tl.store(lo_ptr + u, lo, mask=unit_ok)
     tl.store(hi_ptr + u, hi, mask=unit_ok)
-    tl.store(bad_ptr + u, bad, mask=unit_ok)
+    if CHECK:
+        report_nonfinite(flags_ptr, slot, bad, (u // unit_div) % unit_mod)
 
 
 @triton.jit
 def column_minmax_kernel(
-    x_ptr, lo_ptr, hi_ptr, bad_ptr,
-    n_rows, n_cols, stride_row, rows_per_split,
-    BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    x_ptr, lo_ptr, hi_ptr, flags_ptr,
+    n_rows, n_cols, stride_row, rows_per_split, slot,
+    CHECK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Per-column partial min/max over a split of the rows: outputs (splits, n_cols).
 
     Program (c, s) reduces columns [c * BLOCK_C, +BLOCK_C) over rows
-    [s * rows_per_split, +rows_per_split); the host reduces the splits.
+    [s * rows_per_split, +rows_per_split); finalize_qparams_kernel reduces the splits.
     """
     col = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     split = tl.program_id(1)
@@ -71,11 +73,13 @@ def column_minmax_kernel(
         mask = (row < r_end)[:, None] & col_ok[None, :]
         x = tl.load(x_ptr + row[:, None] * stride_row + col[None, :], mask=mask,
                     other=0.0).to(tl.float32)
-        fin = is_finite(x)
-        lo = tl.minimum(lo, tl.min(tl.where(mask & fin, x, float("inf")), axis=0))
-        hi = tl.maximum(hi, tl.max(tl.where(mask & fin, x, float("-inf")), axis=0))
-        bad += tl.sum((mask & ~fin).to(tl.int32), axis=0)
+        fin = mask & is_finite(x)
+        lo = tl.minimum(lo, tl.min(tl.where(fin, x, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(fin, x, float("-inf")), axis=0))
+        if CHECK:
+            bad += tl.sum((mask & ~fin).to(tl.int32), axis=0)
     out = split.to(tl.int64) * n_cols + col
     tl.store(lo_ptr + out, lo, mask=col_ok)
     tl.store(hi_ptr + out, hi, mask=col_ok)
-    tl.store(bad_ptr + out, bad, mask=col_ok)
+    if CHECK:
+        report_nonfinite(flags_ptr, slot, bad, col)

@@ -14,3 +14,11 @@ def problems_in(name, ptx):
     if re.search(r"\b(mul|add|sub)(\.rn)?\.ftz\.f32", ptx):
         found.append(f"{name}: arithmetic that flushes subnormals")
     return found
+
+
+def narrow_code_stores(name, ptx):
+    """Byte-wide global stores: the packed int4 codes of a fast path must go out 32 bits or
+    more at a time (``st.global.b32``, ``.v2``, ``.v4``), never one byte at a time."""
+    if re.search(r"\bst\.global(\.v\d)?\.(b8|u8|s8)\b", ptx):
+        return [f"{name}: byte-wide stores of packed codes"]
+    return []

@@ -1,10 +1,10 @@
-"""NumPy, torch and CuPy behind one small interface.
+"""NumPy, torch and CuPy behind one small interface (``ArrayOps`` in backends/__init__.py).
 
-The Triton launchers allocate outputs, do tiny per-unit reductions with the
-array library's own ops, and launch kernels on the array's device and
-current stream. The calibration searches (gpuquant.searches) and the unit
-matrices of the order statistics are written once against this interface
-and run on every framework. ``ops_for(x)`` gives the adapter of an array.
+The Triton launch plans allocate outputs and launch on the array's device and
+current stream; the calibration searches (gpuquant.searches) are written
+once against this interface and run on every framework. ``ops_for(x)`` gives
+the adapter of an array. The torch and CuPy adapters stand side by side:
+neither inherits from the other.
 """
 
 from __future__ import annotations
@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["ops_for", "TorchOps", "CupyOps"]
+__all__ = ["ops_for", "TorchOps", "CupyOps", "NumpyOps"]
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _c_contiguous_host(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else a.copy()  # ascontiguousarray would make 0-d 1-d
 
 
 class TorchOps:
@@ -27,12 +34,20 @@ class TorchOps:
         import torch
 
         self.torch = torch
+        self._current = torch._C._cuda_getDevice if torch.cuda.is_available() else None
 
+    # -- allocation, views, launches -------------------------------------------------
     def dtype(self, name: str):
         return getattr(self.torch, name)
 
+    def dtype_name(self, a) -> str:
+        return str(a.dtype)[6:]  # "torch.float16" -> "float16"
+
+    def device_of(self, a) -> str:
+        return str(a.device)
+
     def empty(self, shape, dtype: str, like):
-        return self.torch.empty(tuple(shape), dtype=self.dtype(dtype), device=like.device)
+        return self.torch.empty(tuple(shape), dtype=getattr(self.torch, dtype), device=like.device)
 
     def as_2d(self, x, rows: int, cols: int):
         x2 = x.reshape(rows, cols)
@@ -41,6 +56,45 @@ class TorchOps:
     def row_stride(self, x2) -> int:
         return int(x2.stride(0))
 
+    def is_contiguous(self, a) -> bool:
+        return a.is_contiguous()
+
+    def view_as(self, a, dtype: str):
+        """The same memory with another element type (raises when misaligned)."""
+        return a.view(getattr(self.torch, dtype))
+
+    def contiguous(self, a):
+        return a.contiguous()
+
+    def astype(self, a, dtype: str):
+        return a.to(getattr(self.torch, dtype))
+
+    def is_gpu(self, a) -> bool:
+        return a.device.type == "cuda"
+
+    def launching(self, x):
+        """Kernels launch on x's device and torch's current stream there (Triton's default)."""
+        if self._current is None or x.device.type != "cuda" or x.device.index == self._current():
+            return _NO_GUARD
+        return self.torch.cuda.device(x.device)
+
+    def synchronize(self, x) -> None:
+        if x.device.type == "cuda":
+            self.torch.cuda.synchronize(x.device)
+
+    # -- host transfers ----------------------------------------------------------------
+    def from_host(self, a: np.ndarray, like):
+        return self.torch.from_numpy(_c_contiguous_host(a)).to(like.device)
+
+    def to_host(self, a) -> np.ndarray:
+        """One copy to the host (pinned and then one wait for device arrays)."""
+        if a.device.type != "cuda":
+            return a.detach().numpy()
+        host = self.torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
+        host.copy_(a)
+        return host.numpy()
+
+    # -- element-wise, reductions and scans of the calibration searches ----------------
     def amin(self, a, axis=None):
         return a.amin() if axis is None else a.amin(dim=axis)
 
@@ -50,23 +104,8 @@ class TorchOps:
     def broadcast_to(self, a, shape):
         return a.broadcast_to(shape)
 
-    def contiguous(self, a):
-        return a.contiguous()
-
-    def astype(self, a, dtype: str):
-        return a.to(self.dtype(dtype))
-
-    def kernel_arg(self, a):
-        return a
-
     def moveaxis(self, a, source: int, destination: int):
         return self.torch.movedim(a, source, destination)
-
-    # element-wise and scan helpers of the calibration searches
-    def from_host(self, a: np.ndarray, like):
-        a = np.asarray(a)
-        a = a if a.flags.c_contiguous else a.copy()  # ascontiguousarray would make 0-d 1-d
-        return self.torch.from_numpy(a).to(like.device)
 
     def abs(self, a):
         return a.abs()
@@ -104,36 +143,6 @@ class TorchOps:
         """a[..., index[...]] along the last axis, index shaped a.shape[:-1]."""
         return self.torch.take_along_dim(a, index[..., None], dim=-1)[..., 0]
 
-    def is_gpu(self, a) -> bool:
-        return a.device.type == "cuda"
-
-    def to_host(self, a) -> np.ndarray:
-        return a.detach().cpu().numpy()
-
-    def capturing(self) -> bool:
-        return bool(self.torch.cuda.is_current_stream_capturing())
-
-    @contextlib.contextmanager
-    def launching(self, x):
-        """Kernels launch on x's device and torch's current stream there (Triton's default)."""
-        if x.device.type != "cuda":
-            yield
-            return
-        with self.torch.cuda.device(x.device):
-            yield
-
-    def async_host_copy(self, a):
-        """(pinned host copy, event) of a small device array, without waiting for it."""
-        host = self.torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
-        host.copy_(a, non_blocking=True)
-        event = self.torch.cuda.Event()
-        event.record()
-        return host, event
-
-    @staticmethod
-    def event_done(event) -> bool:
-        return bool(event.query())
-
 
 class _CupyArg:
     """What Triton needs of a pointer argument: data_ptr() and a dtype it can name."""
@@ -148,18 +157,55 @@ class _CupyArg:
         return int(self.array.data.ptr)
 
 
-class CupyOps(TorchOps):
+class _CupyLaunch:
+    """Make Triton launch on x's device and on CuPy's current stream.
+
+    Triton asks its driver for the current stream (torch's when torch is
+    imported, else the device's default stream); inside this block it gets
+    CuPy's instead.
+    """
+
+    def __init__(self, cupy, x):
+        self.cupy, self.x = cupy, x
+
+    def __enter__(self):
+        from triton.runtime import driver
+
+        self.active = driver.active
+        stream = self.cupy.cuda.get_current_stream()
+        self.device = self.cupy.cuda.Device(self.x.device.id)
+        self.device.__enter__()
+        self.active.set_current_device(self.x.device.id)
+        self.saved = self.active.get_current_stream
+        self.active.get_current_stream = lambda device=None: stream.ptr
+
+    def __exit__(self, *exc):
+        self.active.get_current_stream = self.saved
+        self.device.__exit__(*exc)
+
+
+class CupyOps:
     """CuPy arrays, on their device and CuPy's current stream, with or without torch."""
 
     name = "cupy"
 
-    def __init__(self):  # noqa: D107 - no torch here
+    def __init__(self):
         import cupy
 
-        self.cupy = cupy
+        from .launch import wrap_arrays_of
 
+        self.cupy = cupy
+        wrap_arrays_of(cupy.ndarray, _CupyArg)
+
+    # -- allocation, views, launches -------------------------------------------------
     def dtype(self, name: str):
         return np.dtype(name)
+
+    def dtype_name(self, a) -> str:
+        return a.dtype.name
+
+    def device_of(self, a) -> str:
+        return f"cuda:{a.device.id}"
 
     def empty(self, shape, dtype: str, like):
         with self.cupy.cuda.Device(like.device.id):
@@ -173,6 +219,43 @@ class CupyOps(TorchOps):
     def row_stride(self, x2) -> int:
         return int(x2.strides[0] // x2.itemsize)
 
+    def is_contiguous(self, a) -> bool:
+        return bool(a.flags.c_contiguous)
+
+    def view_as(self, a, dtype: str):
+        return a.view(np.dtype(dtype))
+
+    def contiguous(self, a):
+        return self.cupy.ascontiguousarray(a)
+
+    def astype(self, a, dtype: str):
+        return a.astype(np.dtype(dtype))
+
+    def is_gpu(self, a) -> bool:
+        return True
+
+    def launching(self, x):
+        return _CupyLaunch(self.cupy, x)
+
+    def synchronize(self, x) -> None:
+        self.cupy.cuda.get_current_stream().synchronize()
+
+    # -- host transfers ----------------------------------------------------------------
+    def from_host(self, a: np.ndarray, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.asarray(a)
+
+    def to_host(self, a) -> np.ndarray:
+        """One copy to pinned host memory and one wait."""
+        import cupyx
+
+        host = cupyx.empty_pinned(a.shape, dtype=a.dtype)
+        stream = self.cupy.cuda.get_current_stream()
+        self.cupy.ascontiguousarray(a).get(stream=stream, out=host)
+        stream.synchronize()
+        return host
+
+    # -- element-wise, reductions and scans of the calibration searches ----------------
     def amin(self, a, axis=None):
         return a.min(axis=axis)
 
@@ -182,21 +265,8 @@ class CupyOps(TorchOps):
     def broadcast_to(self, a, shape):
         return self.cupy.broadcast_to(a, shape)
 
-    def contiguous(self, a):
-        return self.cupy.ascontiguousarray(a)
-
-    def astype(self, a, dtype: str):
-        return a.astype(np.dtype(dtype))
-
-    def kernel_arg(self, a):
-        return _CupyArg(a)
-
     def moveaxis(self, a, source: int, destination: int):
         return self.cupy.moveaxis(a, source, destination)
-
-    def from_host(self, a: np.ndarray, like):
-        with self.cupy.cuda.Device(like.device.id):
-            return self.cupy.asarray(a)
 
     def abs(self, a):
         return abs(a)
@@ -232,51 +302,6 @@ class CupyOps(TorchOps):
 
     def take_last(self, a, index):
         return self.cupy.take_along_axis(a, index[..., None], axis=-1)[..., 0]
-
-    def is_gpu(self, a) -> bool:
-        return True
-
-    def to_host(self, a) -> np.ndarray:
-        return self.cupy.asnumpy(a)
-
-    def capturing(self) -> bool:
-        stream = self.cupy.cuda.get_current_stream()
-        return bool(getattr(stream, "is_capturing", lambda: False)())
-
-    @contextlib.contextmanager
-    def launching(self, x):
-        """Make Triton launch on x's device and on CuPy's current stream.
-
-        Triton asks its driver for the current stream (torch's when torch is
-        imported, else the device's default stream); for the launches inside
-        this block it gets CuPy's instead.
-        """
-        from triton.runtime import driver
-
-        active = driver.active
-        stream = self.cupy.cuda.get_current_stream()
-        saved = active.get_current_stream
-        with self.cupy.cuda.Device(x.device.id):
-            active.set_current_device(x.device.id)
-            active.get_current_stream = lambda device=None: stream.ptr
-            try:
-                yield
-            finally:
-                active.get_current_stream = saved
-
-    def async_host_copy(self, a):
-        import cupyx
-
-        host = cupyx.empty_pinned(a.shape, dtype=a.dtype)
-        stream = self.cupy.cuda.get_current_stream()
-        a.get(stream=stream, out=host)
-        event = self.cupy.cuda.Event()
-        event.record(stream)
-        return host, event
-
-    @staticmethod
-    def event_done(event) -> bool:
-        return bool(event.done)
 
 
 class NumpyOps:
@@ -316,10 +341,14 @@ class NumpyOps:
         return np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
 
 
+_adapters: dict[str, Any] = {}
+
+
 def ops_for(x: Any):
+    """The adapter of an array's framework (one instance each)."""
     module = type(x).__module__.split(".")[0]
-    if module == "cupy":
-        return CupyOps()
-    if module == "torch":
-        return TorchOps()
-    return NumpyOps()
+    ops = _adapters.get(module)
+    if ops is None:
+        ops = {"cupy": CupyOps, "torch": TorchOps}.get(module, NumpyOps)()
+        _adapters[module] = ops
+    return ops

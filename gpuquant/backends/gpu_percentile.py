@@ -25,7 +25,7 @@ import math
 import numpy as np
 
 from ..layout import Layout
-from ..nonfinite import NonFiniteCheck
+from ..nonfinite import raise_counts
 from .order_stats import ranks, unit_matrices
 
 __all__ = ["unit_percentiles"]
@@ -112,7 +112,7 @@ def _tensor_percentiles(ops, x2, layout: Layout, lower, upper, ignore_nonfinite)
                 for i in range(0, flat.shape[0], _CHUNK))
     n = flat.shape[0] - n_bad
     if not ignore_nonfinite:
-        NonFiniteCheck(ops.from_host(np.asarray([n_bad]), flat), layout.shape, ops, defer=False)
+        raise_counts(np.asarray([n_bad]), layout.shape, ops)
     if n == 0:
         return np.float32(0), np.float32(0)
     where = [ranks(n, p) for p in (lower, upper)]
@@ -139,7 +139,7 @@ def unit_percentiles(ops, x2, layout: Layout, lower: float, upper: float,
         n_finite = ops.count(finite)
         n = matrix.shape[-1]
         if not ignore_nonfinite:
-            NonFiniteCheck(n - n_finite, layout.shape, ops, defer=False)
+            raise_counts(n - n_finite, layout.shape, ops)
             s = ops.sort(matrix)
             results = []
             for p in (lower, upper):

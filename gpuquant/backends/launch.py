@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import os
 
-__all__ = ["launch", "recording", "Launch", "OPTIONS"]
+__all__ = ["launch", "recording", "Launch", "OPTIONS", "wrap_arrays_of"]
 
 OPTIONS = {"enable_fp_fusion": False}  # keep x * inv and the rounding adds unfused
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -35,10 +35,18 @@ class Launch:
 
 
 _recorder: list | None = None
+_wrappers: dict[type, object] = {}  # array type -> what Triton takes as a pointer argument
+
+
+def wrap_arrays_of(array_type: type, wrapper) -> None:
+    """Pass arrays of ``array_type`` to kernels as ``wrapper(array)`` (CuPy arrays need one)."""
+    _wrappers[array_type] = wrapper
 
 
 def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
     """Launch ``kernel`` on ``grid`` (on the current device and stream), or record it."""
+    if _wrappers:
+        args = tuple(_wrappers[type(a)](a) if type(a) in _wrappers else a for a in args)
     if _recorder is not None:
         _recorder.append(Launch(kernel, tuple(grid), args, num_warps, constexprs))
     elif _INTERPRET:

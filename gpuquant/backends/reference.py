@@ -314,3 +314,45 @@ class NumpyBackend:
         with np.errstate(all="ignore"):
             run_blocks(one, layout.rows, layout.cols, _align(layout))
         return out
+
+    # -- launch plans (gpuquant.plan caches them and handles out=; here they bind arguments) --
+    def plan_quantize(self, layout: Layout, config: QuantConfig, x):
+        """A runner ``(x, out=None) -> (codes, scale, zero_point)`` with min/max ranges."""
+
+        def run(x, out=None):
+            x2 = x.reshape(layout.rows, layout.cols)
+            lo, hi = self.minmax(x2, layout, config.ignore_nonfinite)
+            scale, zero_point = self.qparams(lo, hi, config)
+            scale, zero_point = scale.reshape(layout.unit_shape), zero_point.reshape(layout.unit_shape)
+            codes = self.quantize(x2, layout, config, scale, zero_point,
+                                  nan_possible=config.ignore_nonfinite)
+            return codes.reshape(layout.packed_shape(config.bits)), scale, zero_point
+
+        return run
+
+    def plan_quantize_given(self, layout: Layout, config: QuantConfig, x):
+        """A runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams."""
+
+        def run(x, scale, zero_point, out=None):
+            codes = self.quantize(x.reshape(layout.rows, layout.cols), layout, config, scale,
+                                  zero_point)
+            return codes.reshape(layout.packed_shape(config.bits))
+
+        return run
+
+    def plan_dequantize(self, layout: Layout, config: QuantConfig, data, out_dtype: str):
+        """A runner ``(codes, scale, zero_point, out=None) -> y`` for arrays on the CPU."""
+        from ..arrays import prepare
+
+        info = prepare(data, "data", require_float=False)[1]
+        compute = "float32" if out_dtype == "bfloat16" else out_dtype  # NumPy has no bfloat16
+
+        def run(data, scale, zero_point, out=None):
+            native = [to_numpy(*prepare(a, name, require_float=False))
+                      for a, name in ((data, "data"), (scale, "scale"), (zero_point, "zero_point"))]
+            y = self.dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
+                                native[2], compute)
+            return from_numpy(y.reshape(layout.shape), info, out_dtype)
+
+        return run
+
