@@ -17,9 +17,9 @@ import pytest
 pytest.importorskip("triton")
 pytest.importorskip("torch")
 
-KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "fused_segment_kernel",
-           "mse_sweep_kernel",
-           "qparams_kernel", "quantize_tile_kernel", "reciprocal_kernel", "segment_minmax_kernel"}
+KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "finalize_qparams_kernel",
+           "fused_units_kernel", "mse_sweep_kernel", "quantize_tile_kernel",
+           "segment_minmax_kernel"}
 
 
 @pytest.mark.slow
@@ -43,3 +43,12 @@ def test_ptx_checks_catch_what_they_look_for():
     assert problems_in("k", "mul.f32 %r1, %r2, %r3;")  # contractible by ptxas
     assert problems_in("k", "add.rn.ftz.f32 %r1, %r2, %r3;")
     assert not problems_in("k", "mul.rn.f32 %r1, %r2, %r3;\n\tdiv.rn.f32 %r4, %r1, %r2;")
+
+
+def test_store_width_check_catches_byte_stores():
+    from ptx_checks import narrow_code_stores
+
+    assert narrow_code_stores("k", "st.global.b8 [%rd1], %rs1;")
+    assert narrow_code_stores("k", "st.global.v2.u8 [%rd1], {%rs1, %rs2};")
+    assert not narrow_code_stores("k", "st.global.v2.b32 [%rd1], {%r1, %r2};")
+    assert not narrow_code_stores("k", "st.global.b32 [%rd1], %r1;")
