@@ -78,7 +78,8 @@ class _Collective:
         self.device = _reduce_device(torch, dist.get_backend(group))
 
     def __call__(self, values: np.ndarray, op: str) -> np.ndarray:
-        tensor = self.torch.from_numpy(np.ascontiguousarray(values)).to(self.device)
+        # a copy: the reduction is in place and must not write into the caller's array
+        tensor = self.torch.from_numpy(np.array(values, copy=True)).to(self.device)
         self.dist.all_reduce(tensor, op=getattr(self.dist.ReduceOp, op), group=self.group)
         return tensor.cpu().numpy()
 
