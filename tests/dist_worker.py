@@ -92,6 +92,9 @@ def main(out: Path) -> None:
         cfg = config("minmax", "channel")
         _record(results, f"{split}/momentum",
                 lambda cfg=cfg, mine=mine: calibrator(cfg, mine, momentum=MOMENTUM).all_reduce())
+    cfg, mine = config("percentile", "channel"), [data[i] for i in SPLITS["empty"][rank]]
+    _record(results, "update_after",  # the rank without batches goes on calibrating
+            lambda: calibrator(cfg, mine).all_reduce().update(data[0]))
     _record(results, "nobody", lambda: gq.Calibrator(config("mse", "channel")).all_reduce())
     if world > 1:
         _disagree(results, rank, data)

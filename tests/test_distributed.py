@@ -115,6 +115,14 @@ def test_all_reduce_of_moving_averages_weighs_ranks_by_batches(ranks, split):
     assert int(got["batches"]) == 4
 
 
+def test_a_rank_without_batches_goes_on_calibrating_after_all_reduce(ranks):
+    got = _case(ranks, "update_after")
+    data = w.batches()
+    single = w.calibrator(w.config("percentile", "channel"), data + data[:1])
+    assert all(np.array_equal(got[k], v) for k, v in w.flat_state(single).items())
+    assert np.array_equal(got["scale"], single.qparams().scale)
+
+
 def test_all_reduce_with_no_data_anywhere_keeps_calibrators_empty(ranks):
     got = _case(ranks, "nobody")
     assert int(got["batches"]) == 0 and "scale" not in got and "error" not in got
