@@ -112,7 +112,8 @@ def _settings_digest(state: dict[str, Any]) -> int:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 2
 
 
-def _agree_on_layout(reduce: _Collective, state: dict[str, Any]) -> tuple[tuple[int, ...], str] | None:
+def _agree_on_layout(reduce: _Collective,
+                     state: dict[str, Any]) -> tuple[tuple[int, ...], str | None] | None:
     """The qparams shape and backend of the ranks with data (None when no rank has any)."""
     has = state["batches"] > 0
     shape = tuple(state["unit_shape"]) if has else None
@@ -143,7 +144,7 @@ def _agree_on_layout(reduce: _Collective, state: dict[str, Any]) -> tuple[tuple[
             f"Calibrator.all_reduce: the ranks' batches give qparams of different shapes (this "
             f"rank: {shape}); every rank must calibrate the same tensor layout"
         )
-    return tuple(dims), BACKENDS[code]
+    return tuple(dims), None if code is None else BACKENDS[code]
 
 
 def _reduce_ends(reduce: _Collective, lo: Any, hi: Any, units: int) -> tuple[np.ndarray, np.ndarray]:
