@@ -244,6 +244,14 @@ class Calibrator:
     def __repr__(self) -> str:
         return f"Calibrator({self.config!r}, momentum={self.momentum}, batches={self.batches})"
 
+    def all_reduce(self, group: Any = None) -> Calibrator:
+        """Merge the states of every rank of a torch.distributed ``group`` (default: the
+        default group) in place; a collective every rank must call. Afterwards every rank
+        holds the state of one process that saw all batches (gpuquant.distributed)."""
+        from .distributed import all_reduce_calibrator
+
+        return all_reduce_calibrator(self, group)
+
 
 def _host(a: Any) -> np.ndarray:
     """Per-unit results to NumPy (tiny arrays; a device sync for GPU inputs)."""
