@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
         f"the Triton backend needs Triton (>= 3.6): pip install 'gpuquant[gpu]' ({exc})"
     ) from None
 
-__all__ = ["TritonBackend", "device_converter", "FUSED_MAX_SEGMENT"]
+__all__ = ["TritonBackend", "FUSED_MAX_SEGMENT"]
 
 FUSED_MAX_SEGMENT = 8192  # longest unit that one fused tile row holds
 _TILE = 4096  # elements per program in the element-wise kernels
@@ -273,21 +273,3 @@ class TritonBackend:
                 errors[index].shape)
         return errors.reshape(-1, n_cand)
 
-
-def device_converter():
-    """A function moving NumPy arrays to the GPU (CuPy first, then torch), or None."""
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            return cupy.asarray
-    except Exception:  # noqa: BLE001 - no CuPy or no device
-        pass
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            return lambda a: torch.from_numpy(a).cuda()
-    except ImportError:
-        pass
-    return None
