@@ -25,9 +25,10 @@ QUANTIZE_DESCRIPTION = """\
 Quantize the weights of a safetensors checkpoint (one file, a folder of shards, or an index).
 
 Defaults: int8, per channel along axis 0, symmetric, min/max calibration.
-The Python API's QuantConfig() defaults to per tensor; this command
-quantizes checkpoints of weight matrices, where one scale per output channel
-(axis 0) costs little and keeps outlier rows from hurting the others.
+The Python API's QuantConfig() is int8 per tensor, symmetric; this command
+quantizes checkpoints of weight matrices, so it defaults to one scale per
+output channel (axis 0), which costs little and keeps an outlier row from
+hurting the others.
 
 Only float tensors (F16, BF16, F32, F64) with 2 or more dimensions are
 quantized. Everything else passes through bit for bit, as does any tensor
@@ -38,7 +39,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Shows each option's default, except where there is none to show."""
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in (action.help or ""):
+        hidden = action.default is None or isinstance(action.default, bool) or \
+            action.default == argparse.SUPPRESS
+        if hidden or "%(default)" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
