@@ -59,9 +59,9 @@ def checked_described(f: SafetensorsFile) -> dict[str, Any]:
     described = described_tensors(f)
     for name, info in described.items():
         try:
-            QuantConfig.from_dict(info["config"])
+            config = QuantConfig.from_dict(info["config"])
             float_tag(str(info["dtype"]))
-            [int(s) for s in info["shape"]]
+            Layout.of(tuple(int(s) for s in info["shape"]), config)
         except (QuantizationError, KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{f.path}: {TENSORS_KEY} entry {name!r} is bad ({exc})") from None
         missing = [name + s for s in SUFFIXES if name + s not in f]

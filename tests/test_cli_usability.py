@@ -192,3 +192,43 @@ def test_demo_plot_shows_the_table_configs_distinguishably(tmp_path, monkeypatch
     styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
     assert len(styles) == len(lines)
     assert len({line.get_marker() for line in lines}) == len(lines)
+
+
+def _fake_cupy(count):
+    import importlib.machinery
+    import types
+
+    class CUDARuntimeError(RuntimeError):
+        pass
+
+    def get_device_count():
+        if count is None:
+            raise CUDARuntimeError("cudaErrorNoDevice")
+        return count
+
+    runtime = types.SimpleNamespace(getDeviceCount=get_device_count,
+                                    CUDARuntimeError=CUDARuntimeError)
+    cupy = types.ModuleType("cupy")
+    cupy.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
+    cupy.cuda = types.SimpleNamespace(runtime=runtime)
+    cupy.asarray = lambda a: ("on the GPU", a)
+    return cupy
+
+
+@pytest.mark.parametrize("count", [None, 0, 2])
+def test_device_auto_asks_cupy_before_torch(monkeypatch, count):
+    from gpuquant import devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(devices.os.path, "exists", lambda path: True)  # a driver is there
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(count))
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now raises ImportError
+    convert = devices.converter_for("auto")
+    if count:
+        assert convert(1) == ("on the GPU", 1)
+    else:
+        assert convert is None
+        with pytest.raises(gq.BackendUnavailableError, match="--device cuda: no working GPU"):
+            devices.converter_for("cuda")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert devices.converter_for("auto") is None
