@@ -20,7 +20,7 @@ import numpy as np
 
 from .arrays import as_float, f32_to_bf16_bits
 from .config import QuantConfig
-from .errors import FormatError, NonFiniteError, QuantizationError
+from .errors import EmptyTensorError, FormatError, NonFiniteError, QuantizationError
 from .io import (
     FORMAT_VERSION,
     SUFFIXES,
@@ -90,6 +90,8 @@ def _file_metadata(f: SafetensorsFile, described: dict[str, Any] | None) -> dict
 def _tensor_error(f: SafetensorsFile, key: str, exc: QuantizationError) -> QuantizationError:
     """The same error, naming the file and tensor, with the CLI's own options as advice."""
     text = str(exc)
+    if isinstance(exc, EmptyTensorError):
+        text += "; --exclude it to pass it through"
     if isinstance(exc, NonFiniteError):
         text = text.replace("pass ignore_nonfinite=True", "pass --ignore-nonfinite") \
             if "ignore_nonfinite=True" in text else text + "; or pass --ignore-nonfinite"
@@ -266,8 +268,14 @@ def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
     if reference is not None:
         ref = reference(key)
         y = read_quantized(f, key, info).dequantize(dtype="float32")
-        signal, noise, max_err, _ = error_sums(ref.astype(np.float32), y)
-        row["sqnr_db"] = math.inf if noise == 0 else 10 * math.log10(signal / noise)
+        try:
+            signal, noise, max_err, _ = error_sums(ref.astype(np.float32), y)
+        except QuantizationError as exc:
+            raise QuantizationError(f"{f.path}: tensor {key!r} against the reference: "
+                                    f"{exc}") from None
+        # as metrics.sqnr: +inf for an exact copy, -inf for noise on a zero signal
+        row["sqnr_db"] = math.inf if noise == 0 else -math.inf if signal == 0 else \
+            10 * math.log10(signal / noise)
         row["max_abs_err"] = max_err
     return row
 

@@ -31,12 +31,13 @@ def test_errors_name_the_tensor(tmp_path):
     w = np.ones((8, 16), np.float32)
     nan = w.copy()
     nan[3, 5] = np.nan
-    cases = {"layers.7.nan.weight": nan, "layers.7.empty.weight": np.ones((0, 16), np.float32)}
-    for name, bad in cases.items():
+    cases = {"layers.7.nan.weight": (nan, "--ignore-nonfinite"),
+             "layers.7.empty.weight": (np.ones((0, 16), np.float32), "--exclude")}
+    for name, (bad, advice) in cases.items():
         src = tmp_path / "in.safetensors"
         write_safetensors(src, [("ok.weight", "F32", w), (name, "F32", bad)])
         out = run("quantize", str(src), "-o", str(tmp_path / "q.safetensors"), "--device", "cpu")
-        _one_error(out, repr(name))
+        _one_error(out, repr(name), advice)
         assert "ignore_nonfinite=True" not in out.stderr
         assert not (tmp_path / "q.safetensors").exists()
     assert "--ignore-nonfinite" in run("quantize", str(src.with_name("x")), "--help").stdout
@@ -136,6 +137,13 @@ def test_inspect_table_summary_and_json(tmp_path):
     assert "channel(axis=0) asym" in table.stdout
     doc = json.loads(run("inspect", str(q), "--reference", str(src), "--json").stdout,
                      parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
+    other = tmp_path / "other.safetensors"
+    write_safetensors(other, [(long + ".weight", "F32", np.ones((48, 32), np.float32)),
+                              (long + ".bias", "F32", np.zeros((32, 48), np.float32))])
+    _one_error(run("inspect", str(q), "--reference", str(other)), repr(long + ".weight"), "shape")
+    write_safetensors(other, [items[0], (long + ".bias", "F32", np.zeros((32, 48), np.float32))])
+    zero = run("inspect", str(q), "--reference", str(other))  # noise on a zero signal: -inf dB
+    assert zero.returncode == 0 and "-inf" in zero.stdout, zero.stderr
     sqnr = sorted(r["sqnr_db"] for r in doc["tensors"])
     assert doc["sqnr_min_db"] == sqnr[0] and doc["sqnr_median_db"] == pytest.approx(sum(sqnr) / 2)
     summary = lines[-1]
