@@ -188,3 +188,18 @@ def test_index_paths_outside_the_folder_are_refused(tmp_path, escape):
                  ["inspect", str(folder)]):
         _one_error(run(*argv), "leaves the index's folder")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("index", [
+    '{"weight_map": {"w": 5}}', '{"weight_map": ["x.safetensors"]}', '{"weight_map": {}}',
+    '[1, 2]', '{"weight_map": {"w": "x.safetensors"}, "metadata": [1]}',
+    '{"weight_map": ' * 100_000 + '{}' + '}' * 100_000, '{"weight_map": {"w": "x\\u0000y"}}',
+])
+def test_malformed_index_is_an_error(tmp_path, index):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    write_safetensors(folder / "x.safetensors", [("w", "F32", np.ones((4, 4), np.float32))])
+    (folder / "model.safetensors.index.json").write_text(index)
+    for argv in (["quantize", str(folder), "-o", str(tmp_path / "out"), "--device", "cpu"],
+                 ["inspect", str(folder)], ["dequantize", str(folder), "-o", str(tmp_path / "o")]):
+        _one_error(run(*argv), "model.safetensors.index.json")
