@@ -132,11 +132,13 @@ MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def plot_error_vs_bits(path: str, seed: int = 0) -> str:
+def plot_error_vs_bits(path: str, seed: int = 0,
+                       curves: dict[str, list[tuple[int, float]]] | None = None) -> str:
     """PNG of SQNR against bits for each config of the table (needs matplotlib).
 
-    Each curve has its own marker and, in turn, line style, and markers are
-    hollow, so curves lying on top of each other stay visible.
+    ``curves`` defaults to ``error_against_bits(seed)``. Each curve has its
+    own marker and, in turn, line style, and markers are hollow, so curves
+    lying on top of each other stay visible.
     """
     import matplotlib
 
@@ -144,7 +146,8 @@ def plot_error_vs_bits(path: str, seed: int = 0) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, (label, points) in enumerate(error_against_bits(seed).items()):
+    curves = error_against_bits(seed) if curves is None else curves
+    for i, (label, points) in enumerate(curves.items()):
         ax.plot([b for b, _ in points], [s for _, s in points], label=label,
                 marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
                 markerfacecolor="none", markersize=7 + (i % 3) * 2, alpha=0.85)

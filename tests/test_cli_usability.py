@@ -186,15 +186,17 @@ def test_the_no_gpu_message_lives_in_one_place():
 def test_demo_plot_shows_the_table_configs_distinguishably(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
+    from gpuquant import demo
     from gpuquant.demo import demo_configs, error_against_bits, family, plot_error_vs_bits, run_demo
 
+    monkeypatch.setattr(demo, "_SHAPES", {"attn.q_proj": (48, 256), "mlp.down_proj": (256, 48)})
     curves = error_against_bits()
     assert set(curves) == {family(cfg) for _, cfg in demo_configs()}
     for row, (_, cfg) in zip(run_demo(backend="numpy"), demo_configs()):
         assert (cfg.bits, row["sqnr_db"]) in curves[family(cfg)]  # the same numbers as the table
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
-    plot_error_vs_bits(str(tmp_path / "p.png"))
+    plot_error_vs_bits(str(tmp_path / "p.png"), curves=curves)
     lines = figures[0].axes[0].get_lines()
     assert sorted(line.get_label() for line in lines) == sorted(curves)
     styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
