@@ -207,7 +207,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_quantize(sub) -> None:
+def _add_quantize(sub) -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a safetensors checkpoint (file or shards)",
                        description=QUANTIZE_DESCRIPTION, formatter_class=HelpFormatter)
     q.add_argument("input", help=".safetensors file, folder of shards, or index .json")
@@ -240,9 +240,10 @@ def _add_quantize(sub) -> None:
                    help="replace the output's files (never the input, nor other files)")
     q.add_argument("--quiet", action="store_true", help="no summary, no progress bar")
     q.set_defaults(func=cmd_quantize)
+    return q
 
 
-def _add_commands(sub) -> None:
+def _add_dequantize(sub) -> argparse.ArgumentParser:
     d = sub.add_parser("dequantize", help="write a plain checkpoint from a quantized one",
                        formatter_class=HelpFormatter)
     d.add_argument("input", help="quantized .safetensors file, folder of shards, or index .json")
@@ -253,7 +254,10 @@ def _add_commands(sub) -> None:
                    help="replace the output's files (never the input, nor other files)")
     d.add_argument("--quiet", action="store_true", help="no summary")
     d.set_defaults(func=cmd_dequantize)
+    return d
 
+
+def _add_inspect(sub) -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="table of tensors, bytes and (with --reference) errors",
                        formatter_class=HelpFormatter)
     i.add_argument("input", help=".safetensors file, folder of shards, or index .json")
@@ -261,7 +265,10 @@ def _add_commands(sub) -> None:
     i.add_argument("--json", action="store_true",
                    help="one JSON document instead of the table (infinite SQNR as null)")
     i.set_defaults(func=cmd_inspect)
+    return i
 
+
+def _add_demo(sub) -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="quantize embedded synthetic weights with every preset",
                           formatter_class=HelpFormatter)
     demo.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -270,15 +277,19 @@ def _add_commands(sub) -> None:
     demo.add_argument("--plot", default="gpuquant-demo.png",
                       help="PNG of error against bits ('' for none)")
     demo.set_defaults(func=cmd_demo)
+    return demo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuquant", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="gpuquant", description="Quantize, dequantize and "
+                                     "inspect safetensors checkpoints.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpuquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_quantize(sub)
-    _add_commands(sub)
+    _add_dequantize(sub)
+    _add_inspect(sub)
+    _add_demo(sub)
     return parser
 
 
