@@ -120,25 +120,33 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-@pytest.mark.parametrize("layout", ["single", "sharded"])
+@pytest.mark.parametrize("layout", ["single", "sharded", "sharded over an existing output"])
 def test_sigterm_removes_the_partial_output(tmp_path, single, layout):
     src = single if layout == "single" else _sharded(tmp_path / "m")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     target = out_dir / ("q.safetensors" if layout == "single" else "q")
+    staged_in = out_dir
+    if layout.endswith("existing output"):
+        target.mkdir()
+        (target / "model.safetensors.index.json").write_text("old")
+        staged_in = target
+    before = sorted(p.relative_to(out_dir) for p in out_dir.rglob("*"))
     proc = subprocess.Popen([sys.executable, "-c", _SLOW_CHILD, "quantize", str(src), "-o",
-                             str(target), "--device", "cpu"], stdout=subprocess.PIPE,
+                             str(target), "--device", "cpu", "--force"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "quantizing\n"  # mid-write, deterministically
-        assert [p for p in out_dir.iterdir() if p.name.startswith(".gpuquant-")]
+        assert [p for p in staged_in.iterdir() if p.name.startswith(".gpuquant-")]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 143
     finally:
         proc.kill()
         proc.wait()
     assert "gpuquant: interrupted" in proc.stderr.read()
-    assert list(out_dir.iterdir()) == []
+    assert sorted(p.relative_to(out_dir) for p in out_dir.rglob("*")) == before
+    if staged_in != out_dir:
+        assert (target / "model.safetensors.index.json").read_text() == "old"
 
 
 def test_shards_with_the_same_file_name_are_refused(tmp_path):
