@@ -14,8 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 
 from .errors import FormatError, QuantizationError
@@ -160,6 +160,17 @@ def check_output(out: str, checkpoint: Checkpoint, force: bool) -> None:
             raise QuantizationError(f"{target}: is a folder; --force replaces only files")
 
 
+def _staging_folder(parent: str) -> str:
+    """A new hidden folder with the umask's permissions (tempfile.mkdtemp's are 0o700)."""
+    while True:
+        path = os.path.join(parent, f".gpuquant-{secrets.token_hex(6)}")
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+
+
 def write_output(out: str, checkpoint: Checkpoint, force: bool,
                  write_shard: Callable[[str, SafetensorsFile, str], dict[str, str]]) -> None:
     """Write every shard through ``write_shard(name, input, output path) -> {key: shard}``.
@@ -175,8 +186,7 @@ def write_output(out: str, checkpoint: Checkpoint, force: bool,
             write_shard(os.path.basename(out), f, out)
         return
     exists = os.path.isdir(out)
-    staging = tempfile.mkdtemp(prefix=".gpuquant-", dir=out if exists else
-                               os.path.dirname(os.path.abspath(out)))
+    staging = _staging_folder(out if exists else os.path.dirname(os.path.abspath(out)))
     try:
         weight_map: dict[str, str] = {}
         total = 0

@@ -211,3 +211,11 @@ def test_malformed_index_is_an_error(tmp_path, index):
     for argv in (["quantize", str(folder), "-o", str(tmp_path / "out"), "--device", "cpu"],
                  ["inspect", str(folder)], ["dequantize", str(folder), "-o", str(tmp_path / "o")]):
         _one_error(run(*argv), "model.safetensors.index.json")
+
+
+def test_a_new_output_folder_has_the_umask_permissions(tmp_path):
+    src = _sharded(tmp_path / "m")
+    out = tmp_path / "out"
+    assert run("quantize", str(src), "-o", str(out), "--device", "cpu", "--quiet").returncode == 0
+    (tmp_path / "probe").mkdir()  # made with the same umask
+    assert out.stat().st_mode & 0o777 == (tmp_path / "probe").stat().st_mode & 0o777
