@@ -83,7 +83,9 @@ def _quantize_config(args: argparse.Namespace):
     calibration = args.calibration
     if calibration == "percentile":
         calibration = Percentile(*args.percentile) if args.percentile else Percentile()
-    group_size = (args.group_size or 128) if args.granularity == "group" else None
+    group_size = None
+    if args.granularity == "group":
+        group_size = 128 if args.group_size is None else args.group_size
     return QuantConfig(scheme=args.scheme, granularity=args.granularity, group_size=group_size,
                        axis=args.axis, symmetric=args.symmetric, calibration=calibration,
                        ignore_nonfinite=args.ignore_nonfinite)

@@ -105,6 +105,10 @@ def test_group_size_needs_group_granularity(tmp_path, single):
     out = run("quantize", str(single), "-o", str(tmp_path / "q.safetensors"), "--group-size", "32")
     _one_error(out, "--group-size needs --granularity group")
     assert not (tmp_path / "q.safetensors").exists()
+    out = run("quantize", str(single), "-o", str(tmp_path / "q.safetensors"), "--granularity",
+              "group", "--group-size", "0")
+    _one_error(out, "group_size")
+    assert not (tmp_path / "q.safetensors").exists()
 
 
 _SLOW_CHILD = """
