@@ -116,3 +116,8 @@ def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> A
     if dtype == "bfloat16":
         return torch.from_numpy(arr.astype(np.float32, copy=False)).to(torch.bfloat16)
     return torch.from_numpy(arr)
+
+
+def as_float(raw: np.ndarray, tag: str) -> np.ndarray:
+    """A tensor read from safetensors as NumPy floats: "BF16" bits widen to float32, exactly."""
+    return bf16_bits_to_f32(raw) if tag == "BF16" else raw

@@ -1,133 +1,337 @@
-"""Checkpoints on disk: one safetensors file, or shards with a model.safetensors.index.json.
+"""The work behind ``gpuquant quantize``, ``dequantize`` and ``inspect`` on whole checkpoints.
 
-The CLI works through this module tensor by tensor: each output file's
-header is planned from shapes alone, then tensors are read lazily (memory
-mapped), converted and written one at a time, so peak memory stays near a
-few times the largest tensor. Every output appears only when complete.
+Each output file's header is planned from shapes alone, then tensors are
+read one at a time, converted and streamed out, so peak memory stays near a
+few times the largest tensor. The stored form of a quantized tensor (names,
+dtypes, metadata) comes from gpuquant.io; nothing here spells it out again.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import fnmatch
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from .errors import FormatError, QuantizationError
-from .safetensors_file import SafetensorsFile
+from .arrays import as_float, f32_to_bf16_bits
+from .config import QuantConfig
+from .errors import EmptyTensorError, FormatError, NonFiniteError, QuantizationError
+from .io import (
+    FORMAT_VERSION,
+    SUFFIXES,
+    TENSORS_KEY,
+    VERSION_KEY,
+    described_tensors,
+    quantized_entries,
+    quantized_metadata,
+    read_quantized,
+)
+from .layout import Layout
+from .metrics import error_sums
+from .quantize import quantize
+from .safetensors_file import BF16, DTYPES, SafetensorsFile, tag_of, write_safetensors_stream
+from .shards import open_checkpoint, write_output
+from .tensor import QuantizedTensor
 
-__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_output"]
+__all__ = ["quantize_checkpoint", "dequantize_checkpoint", "inspect_checkpoint"]
 
-INDEX_NAME = "model.safetensors.index.json"
-
-
-@dataclasses.dataclass
-class Checkpoint:
-    """The shard files of a checkpoint, in order, and the index's own metadata."""
-
-    path: str
-    shards: list[str]
-    sharded: bool
-    index_metadata: dict
-
-    def files(self) -> Iterator[tuple[str, SafetensorsFile]]:
-        """(shard file name, open file) for each shard, one open at a time."""
-        for shard in self.shards:
-            with SafetensorsFile(shard) as f:
-                yield os.path.basename(shard), f
+Step = Callable[[str, int], None]
 
 
-def _read_index(index_path: str) -> tuple[list[str], dict]:
+def float_name(tag: str) -> str | None:
+    """"float16" etc. for a float safetensors tag, None for other tags."""
+    if tag == BF16:
+        return "bfloat16"
+    return DTYPES[tag].name if tag in DTYPES and DTYPES[tag].kind == "f" else None
+
+
+def float_tag(name: str) -> str:
+    return BF16 if name == "bfloat16" else tag_of(np.dtype(name))
+
+
+def checked_described(f: SafetensorsFile) -> dict[str, Any]:
+    """io.described_tensors, refusing metadata that disagrees with the file's tensors."""
+    described = described_tensors(f)
+    for name, info in described.items():
+        try:
+            config = QuantConfig.from_dict(info["config"])
+            float_tag(str(info["dtype"]))
+            Layout.of(tuple(int(s) for s in info["shape"]), config)
+        except (QuantizationError, KeyError, TypeError, ValueError) as exc:
+            raise FormatError(f"{f.path}: {TENSORS_KEY} entry {name!r} is bad ({exc})") from None
+        missing = [name + s for s in SUFFIXES if name + s not in f]
+        if missing:
+            raise FormatError(f"{f.path}: {TENSORS_KEY} describes {name!r} but the file lacks "
+                              f"{missing}; the file is damaged")
+    if VERSION_KEY in f.metadata:
+        stem = len(SUFFIXES[0])
+        for key in f.keys():
+            base = key[:-stem]
+            if key.endswith(SUFFIXES[0]) and base not in described and \
+                    all(base + s in f for s in SUFFIXES):
+                raise FormatError(f"{f.path}: {base!r} is stored quantized but {TENSORS_KEY} "
+                                  "does not describe it; the metadata is damaged")
+    return described
+
+
+def _file_metadata(f: SafetensorsFile, described: dict[str, Any] | None) -> dict[str, str]:
+    meta = {k: v for k, v in f.metadata.items() if not k.startswith("gpuquant.")}
+    if described is not None:
+        meta[VERSION_KEY] = FORMAT_VERSION
+        meta[TENSORS_KEY] = json.dumps(described, separators=(",", ":"))
+    return meta
+
+
+def _tensor_error(f: SafetensorsFile, key: str, exc: QuantizationError) -> QuantizationError:
+    """The same error, naming the file and tensor, with the CLI's own options as advice."""
+    text = str(exc)
+    if isinstance(exc, EmptyTensorError):
+        text += "; --exclude it to pass it through"
+    if isinstance(exc, NonFiniteError):
+        text = text.replace("pass ignore_nonfinite=True", "pass --ignore-nonfinite") \
+            if "ignore_nonfinite=True" in text else text + "; or pass --ignore-nonfinite"
+    return type(exc)(f"{f.path}: tensor {key!r}: {text}")
+
+
+def _planned(f: SafetensorsFile, key: str, config: QuantConfig) -> QuantizedTensor:
+    """A QuantizedTensor of the right shapes and dtypes holding no data (broadcast zeros)."""
+    shape = f.shape(key)
     try:
-        with open(index_path) as f:
-            index = json.load(f)
-        weight_map = index["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not an object")
-    except FileNotFoundError:
-        raise FormatError(f"{index_path}: no such file") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{index_path}: not a safetensors index ({exc})") from None
-    folder = os.path.dirname(os.path.abspath(index_path))
-    shards = [os.path.join(folder, name) for name in dict.fromkeys(sorted(weight_map.values()))]
-    for shard in shards:
-        if not os.path.isfile(shard):
-            raise FormatError(f"{index_path}: shard {os.path.basename(shard)} is missing")
-    return shards, index.get("metadata", {}) or {}
+        layout = Layout.of(shape, config)
+        codes = np.broadcast_to(np.zeros((), config.storage_dtype), layout.packed_shape(config.bits))
+        scale = np.broadcast_to(np.ones((), np.float32), layout.unit_shape)
+        zero_point = np.broadcast_to(np.zeros((), np.int32), layout.unit_shape)
+        return QuantizedTensor(codes, scale, zero_point, shape, float_name(f.dtype_tag(key)),
+                               config)
+    except QuantizationError as exc:
+        raise _tensor_error(f, key, exc) from None
 
 
-def open_checkpoint(path: str) -> Checkpoint:
-    """A .safetensors file, a folder of shards, or a model.safetensors.index.json."""
-    if path.endswith(".json"):
-        shards, meta = _read_index(path)
-        return Checkpoint(path, shards, True, meta)
-    if os.path.isdir(path):
-        index = os.path.join(path, INDEX_NAME)
-        if os.path.isfile(index):
-            shards, meta = _read_index(index)
-            return Checkpoint(path, shards, True, meta)
-        shards = sorted(os.path.join(path, n) for n in os.listdir(path)
-                        if n.endswith(".safetensors"))
-        if not shards:
-            raise FormatError(f"{path}: folder holds no .safetensors file")
-        return Checkpoint(path, shards, True, {})
-    if not os.path.exists(path):
-        raise FormatError(f"{path}: no such file")
-    return Checkpoint(path, [path], False, {})
+def refuse_quantized(f: SafetensorsFile) -> None:
+    described = checked_described(f)
+    if described:
+        schemes = sorted({QuantConfig.from_dict(i["config"]).describe()
+                          for i in described.values()})
+        raise QuantizationError(f"{f.path}: already quantized by gpuquant ({', '.join(schemes[:3])}"
+                                f"{', ...' if len(schemes) > 3 else ''}); quantize the original "
+                                "checkpoint, or dequantize this one first")
 
 
-def check_output(out: str, sharded: bool, force: bool) -> None:
-    """Refuse an existing output without --force, and an output folder that does not exist."""
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise QuantizationError(f"{out}: the output folder {parent} does not exist")
-    if os.path.exists(out) and not force:
-        raise QuantizationError(f"{out}: exists; pass --force to replace it")
-    if os.path.exists(out) and sharded != os.path.isdir(out):
-        kind = "a folder" if sharded else "a file"
-        raise QuantizationError(f"{out}: exists and is not {kind}; choose another output")
+class _Plan:
+    """One output shard: header entries, what to do with each tensor, the metadata."""
+
+    def __init__(self, f: SafetensorsFile, config: QuantConfig, include, exclude):
+        refuse_quantized(f)
+        self.entries: list[tuple[str, str, tuple[int, ...]]] = []
+        self.work: list[tuple[str, list | None]] = []
+        self.described: dict[str, Any] = {}
+        self.grew = 0
+        for key in f.keys():
+            planned = None
+            if float_name(f.dtype_tag(key)) and len(f.shape(key)) >= 2 and \
+                    _selected(key, include, exclude):
+                planned = _planned(f, key, config)
+                if planned.size_bytes > planned.original_bytes:
+                    self.grew, planned = self.grew + 1, None
+            if planned is None:
+                self.entries.append((key, f.dtype_tag(key), f.shape(key)))
+                self.work.append((key, None))
+                continue
+            stored = [(n, tag, a.shape) for n, tag, a in quantized_entries(key, planned)]
+            self.entries += stored
+            self.work.append((key, stored))
+            self.described[key] = quantized_metadata(planned)
+        names = [e[0] for e in self.entries]
+        if len(set(names)) != len(names):
+            clash = sorted({n for n in names if names.count(n) > 1})
+            raise QuantizationError(f"{f.path}: quantized names collide with tensors already "
+                                    f"there: {clash[:5]}; --exclude the tensors behind them")
 
 
-def write_output(out: str, checkpoint: Checkpoint, force: bool,
-                 write_shard: Callable[[str, SafetensorsFile, str], dict[str, str]]) -> None:
-    """Write every shard through ``write_shard(name, input, output path) -> {key: shard}``.
+def _selected(name: str, include: list[str], exclude: list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, g) for g in include) and \
+        not any(fnmatch.fnmatchcase(name, g) for g in exclude)
 
-    A single file is written atomically by write_shard itself. Shards go to a
-    temporary folder beside ``out`` that replaces ``out`` only when every
-    shard and the index are written.
+
+def _quantize_one(f: SafetensorsFile, key: str, raw: np.ndarray, config: QuantConfig,
+                  to_device) -> list[tuple[str, str, np.ndarray]]:
+    x = as_float(raw, f.dtype_tag(key))
+    x = to_device(x) if to_device is not None else x
+    try:
+        qt = quantize(x, config)
+        qt.check_finite()
+    except QuantizationError as exc:
+        raise _tensor_error(f, key, exc) from None
+    return quantized_entries(key, qt)
+
+
+def quantize_checkpoint(src: str, out: str, config: QuantConfig, *, include=None, exclude=None,
+                        to_device=None, force: bool = False, step: Step | None = None) -> dict:
+    """Quantize every selected float tensor of 2+ dimensions; the rest passes through.
+
+    A tensor whose quantized form would be larger than itself is kept as is
+    (counted in ``grew``). Returns counts, byte totals, timings and the
+    ``--include``/``--exclude`` globs that matched nothing.
     """
-    check_output(out, checkpoint.sharded, force)
-    if not checkpoint.sharded:
-        for _, f in checkpoint.files():
-            write_shard(os.path.basename(out), f, out)
-        return
-    parent = os.path.dirname(os.path.abspath(out))
-    staging = tempfile.mkdtemp(prefix=".gpuquant-", dir=parent)
-    try:
-        weight_map: dict[str, str] = {}
-        total = 0
-        for name, f in checkpoint.files():
-            target = os.path.join(staging, name)
-            weight_map.update(write_shard(name, f, target))
-            total += os.path.getsize(target)
-        index = {"metadata": {**checkpoint.index_metadata, "total_size": total},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        with open(os.path.join(staging, INDEX_NAME), "w") as f:
-            json.dump(index, f, indent=2)
-        if os.path.exists(out):
-            shutil.rmtree(out)
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    checkpoint = open_checkpoint(src)
+    include, exclude = include or ["*"], exclude or []
+    plans = [_Plan(f, config, include, exclude) for _, f in checkpoint.files()]
+    stats = {"quantized": 0, "kept": 0, "grew": sum(p.grew for p in plans), "bytes_in": 0,
+             "bytes_out": 0, "read_s": 0.0, "compute_s": 0.0}
+    start = time.perf_counter()
+
+    def produce(f: SafetensorsFile, plan: _Plan):
+        for key, stored in plan.work:
+            t0 = time.perf_counter()
+            raw = f.get(key)
+            t1 = time.perf_counter()
+            stats["read_s"] += t1 - t0
+            stats["bytes_in"] += raw.nbytes
+            arrays = [raw] if stored is None else _quantize_one(f, key, raw, config, to_device)
+            if stored is not None:
+                got = [(n, tag, a.shape) for n, tag, a in arrays]
+                if got != stored:  # the header is already written: never write other bytes
+                    raise QuantizationError(f"{f.path}: tensor {key!r} quantized to {got}, "
+                                            f"planned {stored}")
+                arrays = [a for _, _, a in arrays]
+                stats["compute_s"] += time.perf_counter() - t1
+            stats["quantized" if stored is not None else "kept"] += 1
+            stats["bytes_out"] += sum(a.nbytes for a in arrays)
+            if step is not None:
+                step(key, raw.nbytes)
+            yield from arrays
+
+    plan_of = dict(zip(checkpoint.shards, plans))
+
+    def write_shard(name: str, f: SafetensorsFile, target: str) -> dict[str, str]:
+        plan = plan_of[f.path]
+        write_safetensors_stream(target, plan.entries, produce(f, plan),
+                                 _file_metadata(f, plan.described))
+        return {entry[0]: name for entry in plan.entries}
+
+    write_output(out, checkpoint, force, write_shard)
+    stats["seconds"] = time.perf_counter() - start
+    keys = [k for _, f in checkpoint.files() for k in f.keys()]
+    stats["unmatched_globs"] = [g for g in include + exclude if g != "*" and
+                                not any(fnmatch.fnmatchcase(k, g) for k in keys)]
+    return stats
 
 
-def as_float(raw: np.ndarray, tag: str) -> np.ndarray:
-    """A stored tensor as NumPy floats; bfloat16 bits are widened to float32 (exactly)."""
-    from .arrays import bf16_bits_to_f32
+def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
+                          force: bool = False) -> dict:
+    """Write a plain checkpoint: each quantized tensor in ``dtype`` (default: its original)."""
+    checkpoint = open_checkpoint(src)
+    stats = {"dequantized": 0, "kept": 0}
 
-    return bf16_bits_to_f32(raw) if tag == "BF16" else raw
+    def write_shard(name: str, f: SafetensorsFile, target: str) -> dict[str, str]:
+        described = checked_described(f)
+        owned = {key + s for key in described for s in SUFFIXES}
+        work = [(key, f.dtype_tag(key), f.shape(key), None) for key in f.keys()
+                if key not in owned]
+        for key, info in described.items():
+            want = dtype or info["dtype"]
+            if want not in ("float16", "bfloat16", "float32", "float64"):
+                raise QuantizationError(f"{f.path}: tensor {key!r} was {want}; pass --dtype "
+                                        "float16, bfloat16 or float32")
+            work.append((key, float_tag(want), tuple(info["shape"]), want))
+
+        def produce():
+            for key, _, _, want in work:
+                if want is None:
+                    stats["kept"] += 1
+                    yield f.get(key)
+                    continue
+                y = read_quantized(f, key, described[key]).dequantize(dtype="float32")
+                stats["dequantized"] += 1
+                yield f32_to_bf16_bits(y) if want == "bfloat16" else y.astype(want)
+
+        entries = [(key, tag, shape) for key, tag, shape, _ in work]
+        write_safetensors_stream(target, entries, produce(), _file_metadata(f, None))
+        return {e[0]: name for e in entries}
+
+    write_output(out, checkpoint, force, write_shard)
+    return stats
+
+
+def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
+    config = QuantConfig.from_dict(info["config"])
+    shape = [int(s) for s in info["shape"]]
+    row = {"name": key, "shape": shape, "dtype": info["dtype"], "scheme": config.scheme.value,
+           "granularity": granularity_label(config), "symmetric": config.symmetric,
+           "bytes": sum(f.nbytes(key + s) for s in SUFFIXES),
+           "original_bytes": math.prod(shape) * DTYPES[float_tag(info["dtype"])].itemsize}
+    if reference is not None:
+        ref = reference(key)
+        y = read_quantized(f, key, info).dequantize(dtype="float32")
+        try:
+            signal, noise, max_err, _ = error_sums(ref.astype(np.float32), y)
+        except QuantizationError as exc:
+            raise QuantizationError(f"{f.path}: tensor {key!r} against the reference: "
+                                    f"{exc}") from None
+        # as metrics.sqnr: +inf for an exact copy, -inf for noise on a zero signal
+        row["sqnr_db"] = math.inf if noise == 0 else -math.inf if signal == 0 else \
+            10 * math.log10(signal / noise)
+        row["max_abs_err"] = max_err
+    return row
+
+
+def inspect_checkpoint(src: str, reference_path: str | None = None) -> dict:
+    """One row per tensor (stored bytes, and errors against ``reference_path``) and totals."""
+    checkpoint = open_checkpoint(src)
+    reference = _reference_index(reference_path) if reference_path else None
+    rows = []
+    for _, f in checkpoint.files():
+        described = checked_described(f)
+        owned = {key + s for key in described for s in SUFFIXES}
+        rows += [_quantized_row(f, key, info, reference) for key, info in described.items()]
+        for key in f.keys():
+            if key in owned:
+                continue
+            tag, nbytes = f.dtype_tag(key), f.nbytes(key)
+            row = {"name": key, "shape": list(f.shape(key)), "dtype": float_name(tag) or tag,
+                   "scheme": "-", "granularity": "kept", "symmetric": None, "bytes": nbytes,
+                   "original_bytes": nbytes}
+            if reference is not None:
+                row["identical"] = bool(np.array_equal(reference(key, raw=True), f.get(key)))
+            rows.append(row)
+    before = sum(r["original_bytes"] for r in rows)
+    after = sum(r["bytes"] for r in rows)
+    sqnr = [r["sqnr_db"] for r in rows if "sqnr_db" in r]
+    return {"tensors": rows, "quantized": sum(r["scheme"] != "-" for r in rows),
+            "kept": sum(r["scheme"] == "-" for r in rows),
+            "total_original_bytes": before, "total_bytes": after,
+            "compression_ratio": before / after if after else math.inf,
+            "sqnr_min_db": min(sqnr) if sqnr else None,
+            "sqnr_median_db": statistics.median(sqnr) if sqnr else None}
+
+
+def granularity_label(config: QuantConfig) -> str:
+    gran = config.granularity.value
+    if gran == "group":
+        return f"group{config.group_size}"
+    if gran == "channel":
+        return f"channel(axis={config.axis})"
+    return gran
+
+
+def _reference_index(path: str):
+    """A function name -> the reference tensor (float, or raw bits with raw=True)."""
+    checkpoint = open_checkpoint(path)
+    where = {}
+    for shard, (_, f) in zip(checkpoint.shards, checkpoint.files()):
+        for key in f.keys():
+            where[key] = shard
+
+    def get(key: str, raw: bool = False):
+        if key not in where:
+            raise QuantizationError(f"{path}: the reference has no tensor {key!r}")
+        with SafetensorsFile(where[key]) as f:
+            value = f.get(key)
+            return value if raw else as_float(value, f.dtype_tag(key))
+
+    return get

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .config import Percentile, QuantConfig
+from .errors import UnsupportedSchemeError
 from .metrics import error_sums
 from .quantize import quantize
 
@@ -62,6 +63,19 @@ def demo_configs() -> list[tuple[str, QuantConfig]]:
     return presets + calibrated
 
 
+def _measure(weights: dict[str, Any], cfg: QuantConfig, backend: str | None = None) -> dict:
+    """SQNR over all matrices together, the largest error and the sizes, under one config."""
+    signal = noise = max_err = 0.0
+    orig = packed = 0
+    for w in weights.values():
+        qt = quantize(w, cfg, backend=backend)
+        s, n, m, _ = error_sums(w, qt.dequantize())
+        signal, noise, max_err = signal + s, noise + n, max(max_err, m)
+        orig, packed = orig + qt.original_bytes, packed + qt.size_bytes
+    sqnr = float("inf") if noise == 0 else float(10 * np.log10(signal / noise))
+    return {"sqnr_db": sqnr, "max_abs_err": max_err, "compression": orig / packed}
+
+
 def run_demo(backend: str | None = None, seed: int = 0, to_device: Any = None) -> list[dict]:
     """Quantize every synthetic matrix under every config; one result row per config."""
     weights = synthetic_weights(seed)
@@ -69,20 +83,11 @@ def run_demo(backend: str | None = None, seed: int = 0, to_device: Any = None) -
         weights = {k: to_device(v) for k, v in weights.items()}
     rows = []
     for label, cfg in demo_configs():
-        signal = noise = max_err = 0.0
-        orig = packed = 0
         quantize(weights["attn.q_proj"], cfg, backend=backend)  # warm-up (kernel compile)
         start = time.perf_counter()
-        for w in weights.values():
-            qt = quantize(w, cfg, backend=backend)
-            y = qt.dequantize()
-            s, n, m, _ = error_sums(w, y)
-            signal, noise, max_err = signal + s, noise + n, max(max_err, m)
-            orig, packed = orig + qt.original_bytes, packed + qt.size_bytes
+        measured = _measure(weights, cfg, backend)
         elapsed = time.perf_counter() - start
-        sqnr = float("inf") if noise == 0 else 10 * np.log10(signal / noise)
-        rows.append({"preset": label, "config": cfg.describe(), "sqnr_db": sqnr,
-                     "max_abs_err": max_err, "compression": orig / packed,
+        rows.append({"preset": label, "config": cfg.describe(), **measured,
                      "time_ms": elapsed * 1e3})
     return rows
 
@@ -96,40 +101,60 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def family(cfg: QuantConfig) -> str:
+    """A config's label without its bit width, e.g. ``channel(axis=0)/sym/minmax``."""
+    return cfg.describe().split("/", 1)[1]
+
+
 def error_against_bits(seed: int = 0) -> dict[str, list[tuple[int, float]]]:
-    """SQNR (dB) of the synthetic weights for each calibration and bit width."""
+    """SQNR (dB) against bits for every config of the demo table, at int4, int8 and int16.
+
+    One curve per table config with its bit width varied; a bit width the
+    calibration does not support (entropy at int16) is left out of its curve.
+    """
     weights = synthetic_weights(seed)
     curves: dict[str, list[tuple[int, float]]] = {}
-    for label, calibration in [("minmax", "minmax"), ("percentile 0.1/99.9", Percentile(0.1, 99.9)),
-                               ("mse", "mse")]:
-        for gran in ("channel", "group"):
-            points = []
-            for scheme in ("int4", "int8", "int16"):
-                cfg = QuantConfig(scheme=scheme, granularity=gran, symmetric=False,
-                                  calibration=calibration)
-                signal = noise = 0.0
-                for w in weights.values():
-                    s, n, _, _ = error_sums(w, quantize(w, cfg).dequantize())
-                    signal, noise = signal + s, noise + n
-                points.append((cfg.bits, float(10 * np.log10(signal / noise))))
-            curves[f"{label}, per {gran}"] = points
+    for _, cfg in demo_configs():
+        if family(cfg) in curves:
+            continue
+        points = []
+        for scheme in ("int4", "int8", "int16"):
+            try:
+                varied = cfg.replace(scheme=scheme)
+            except UnsupportedSchemeError:
+                continue
+            points.append((varied.bits, _measure(weights, varied)["sqnr_db"]))
+        curves[family(cfg)] = points
     return curves
 
 
-def plot_error_vs_bits(path: str, seed: int = 0) -> str:
-    """PNG of SQNR against bits for each calibration (needs matplotlib)."""
+MARKERS = ("o", "s", "^", "v", "D", "P", "X", "*", "<", ">", "h", "p")
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def plot_error_vs_bits(path: str, seed: int = 0,
+                       curves: dict[str, list[tuple[int, float]]] | None = None) -> str:
+    """PNG of SQNR against bits for each config of the table (needs matplotlib).
+
+    ``curves`` defaults to ``error_against_bits(seed)``. Each curve has its
+    own marker and, in turn, line style, and markers are hollow, so curves
+    lying on top of each other stay visible.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, points in error_against_bits(seed).items():
-        ax.plot([b for b, _ in points], [s for _, s in points], marker="o", label=label)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    curves = error_against_bits(seed) if curves is None else curves
+    for i, (label, points) in enumerate(curves.items()):
+        ax.plot([b for b, _ in points], [s for _, s in points], label=label,
+                marker=MARKERS[i % len(MARKERS)], linestyle=LINESTYLES[i % len(LINESTYLES)],
+                markerfacecolor="none", markersize=7 + (i % 3) * 2, alpha=0.85)
     ax.set_xlabel("bits")
     ax.set_xticks([4, 8, 16])
     ax.set_ylabel("SQNR (dB), higher is better")
-    ax.set_title("Error against bits, synthetic transformer weights")
+    ax.set_title("Error against bits: the demo table's configs, synthetic weights")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -215,10 +215,10 @@ def test_usage_errors_exit_2():
 
 
 def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch):
-    from gpuquant import cli, commands
+    from gpuquant import checkpoint, cli
 
     calls = {"n": 0}
-    real = commands.quantize
+    real = checkpoint.quantize
 
     def flaky(x, config):
         calls["n"] += 1
@@ -226,7 +226,7 @@ def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch
             raise RuntimeError("device fell off the bus")
         return real(x, config)
 
-    monkeypatch.setattr(commands, "quantize", flaky)
+    monkeypatch.setattr(checkpoint, "quantize", flaky)
     for src, out in ((single, tmp_path / "q.safetensors"), (sharded, tmp_path / "qdir")):
         calls["n"] = 0
         assert cli.main(["quantize", str(src), "-o", str(out), "--device", "cpu", "--quiet"]) == 1
