@@ -1,4 +1,13 @@
-"""Backend registry and selection.
+"""The two interfaces a backend author implements, the registry, and selection.
+
+``Backend`` is what gpuquant.plan and the calibrations call: launch plans
+for the hot operations, and primitives for the calibrations. ``ArrayOps``
+is the array-library adapter (backends/array_ops.py) through which the
+Triton launchers and the shared searches (gpuquant.searches) allocate,
+view and compute on torch, CuPy or NumPy arrays. Every backend sees a
+tensor as the 2-D view of gpuquant.layout.Layout and follows the numerical
+contract of docs/ARCHITECTURE.md bit for bit; tests/test_structure.py
+checks that both backends and all adapters conform.
 
 ``backend=None`` picks where the data lives: NumPy arrays and torch CPU
 tensors use "numpy"; CuPy arrays and torch CUDA tensors use "triton". A
@@ -9,11 +18,107 @@ naming what is missing; data is never moved between devices.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
 
 from ..arrays import TensorInfo
 from ..errors import BackendUnavailableError
 
-__all__ = ["select", "available", "BACKENDS"]
+__all__ = ["select", "available", "BACKENDS", "Backend", "ArrayOps"]
+
+Array = Any  # an array of the backend's framework (NumPy, torch or CuPy)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """A backend: launch plans for the hot path, primitives for the calibrations.
+
+    ``layout`` arguments are gpuquant.layout.Layout, ``config`` QuantConfig;
+    ``x2`` is the (rows, cols) view of the input; per-unit arrays are shaped
+    ``layout.unit_shape``. Runners are built once per input class and called
+    for every input of that class.
+    """
+
+    name: str
+
+    def native(self, x: Array, info: TensorInfo) -> Array:
+        """The caller's array as this backend computes on it (no copy where possible)."""
+
+    def wrap(self, arr: Array, info: TensorInfo, dtype: str | None = None) -> Array:
+        """A result back in the caller's framework (``dtype``: the output dtype to give)."""
+
+    def plan_quantize(self, layout, config, x: Array) -> Callable[..., tuple[Array, Array, Array]]:
+        """Runner ``(x, out=None) -> (codes, scale, zero_point)``: min/max ranges, qparams,
+        codes (int4 packed), written into ``out`` when given."""
+
+    def plan_quantize_given(self, layout, config, x: Array) -> Callable[..., Array]:
+        """Runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams."""
+
+    def plan_dequantize(self, layout, config, data: Array, out_dtype: str) -> Callable[..., Array]:
+        """Runner ``(codes, scale, zero_point, out=None) -> y`` in ``out_dtype``."""
+
+    def minmax(self, x2: Array, layout, ignore_nonfinite: bool = False,
+               defer: bool = False) -> tuple[Array, Array]:
+        """float32 (lo, hi) per unit over the finite values; NaN/Inf raise NonFiniteError
+        unless ignored (``defer``: a GPU backend may raise at the next call instead)."""
+
+    def qparams(self, lo: Array, hi: Array, config) -> tuple[Array, Array]:
+        """(scale float32, zero point int32) of per-unit ranges: gpuquant.qparams' formula."""
+
+    def quantize(self, x2: Array, layout, config, scale: Array, zero_point: Array) -> Array:
+        """Codes of the 2-D view (int4 packed along rows) for per-unit qparams."""
+
+    def dequantize(self, data2: Array, layout, config, scale: Array, zero_point: Array,
+                   out_dtype: str = "float32") -> Array:
+        """float32(q - zero_point) * scale of the 2-D codes, rounded to ``out_dtype``."""
+
+    def percentile(self, x2: Array, layout, lower: float, upper: float,
+                   ignore_nonfinite: bool = False) -> tuple[Array, Array]:
+        """Exact (lower, upper) percentiles per unit, float32 (the contract's interpolation)."""
+
+    def abs_histogram(self, x2: Array, layout, amax: Array, bins: int,
+                      signed: bool = False) -> Array:
+        """int64 per-unit histograms of |x| over [0, amax] (signed: x over [-amax, amax])."""
+
+    def mse_errors(self, x2: Array, layout, lo: Array, hi: Array, factors, config) -> Array:
+        """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor."""
+
+
+@runtime_checkable
+class ArrayOps(Protocol):
+    """One array library (torch, CuPy) as the Triton launchers and the searches use it."""
+
+    name: str
+
+    def empty(self, shape, dtype: str, like: Array) -> Array: ...
+    def dtype_name(self, a: Array) -> str: ...
+    def device_of(self, a: Array) -> str: ...
+    def as_2d(self, x: Array, rows: int, cols: int) -> Array: ...
+    def row_stride(self, x2: Array) -> int: ...
+    def is_contiguous(self, a: Array) -> bool: ...
+    def view_as(self, a: Array, dtype: str) -> Array: ...
+    def contiguous(self, a: Array) -> Array: ...
+    def astype(self, a: Array, dtype: str) -> Array: ...
+    def is_gpu(self, a: Array) -> bool: ...
+    def launching(self, x: Array) -> Any: ...
+    def synchronize(self, x: Array) -> None: ...
+    def from_host(self, a, like: Array) -> Array: ...
+    def to_host(self, a: Array): ...
+    def amin(self, a: Array, axis=None) -> Array: ...
+    def amax(self, a: Array, axis=None) -> Array: ...
+    def broadcast_to(self, a: Array, shape) -> Array: ...
+    def moveaxis(self, a: Array, source: int, destination: int) -> Array: ...
+    def abs(self, a: Array) -> Array: ...
+    def floor(self, a: Array) -> Array: ...
+    def log(self, a: Array) -> Array: ...
+    def cumsum(self, a: Array) -> Array: ...
+    def bincount(self, idx: Array, length: int) -> Array: ...
+    def bits32(self, a: Array) -> Array: ...
+    def sort(self, a: Array) -> Array: ...
+    def isfinite(self, a: Array) -> Array: ...
+    def where(self, cond: Array, a, b) -> Array: ...
+    def count(self, mask: Array) -> Array: ...
+    def take_last(self, a: Array, index: Array) -> Array: ...
 
 BACKENDS = ("numpy", "triton")
 _instances: dict[str, object] = {}

@@ -5,9 +5,10 @@ Every primitive takes the 2-D view ``x2`` of the input (see
 works block by block (:mod:`gpuquant.chunks`): each block is converted to
 float32 once and quantized while it is in cache (L2 or L3), on every core.
 Min/max calibration and quantization are two passes: on a CPU a second read
-costs less than computing qparams block by block (see calibrate_quantize).
+costs less than computing qparams block by block, whose many small NumPy
+calls dominate once the data are in cache.
 
-Arithmetic (DESIGN.md section 2): q = clamp(rint(x * inv_scale) + zp, qmin,
+Arithmetic (docs/ARCHITECTURE.md, the numerical contract): q = clamp(rint(x * inv_scale) + zp, qmin,
 qmax) with inv_scale = 1 / scale, each step one float32 rounding; NaN maps
 to the zero point. Dequantize: float32(q - zp) * scale.
 """
@@ -20,6 +21,7 @@ from ..arrays import TensorInfo, from_numpy, to_numpy
 from ..chunks import run_blocks
 from ..config import QuantConfig
 from ..errors import NonFiniteError
+from ..kernels.modes import COL, GROUP, ROW, SCALAR
 from ..layout import Layout
 from ..packing import pack_rows, unpack_rows
 from ..qparams import compute_qparams
@@ -32,7 +34,7 @@ F32 = np.float32
 # ------------------------------------------------------------------ helpers
 def _align(layout: Layout) -> int:
     """Column blocks start on group boundaries and on even columns (int4 bytes)."""
-    return 2 * layout.group_size if layout.mode == "group" else 2
+    return 2 * layout.group_size if layout.mode == GROUP else 2
 
 
 def _reduce_block(xb: np.ndarray, layout: Layout, reduce) -> np.ndarray:
@@ -43,11 +45,11 @@ def _reduce_block(xb: np.ndarray, layout: Layout, reduce) -> np.ndarray:
     but holds the GIL, and the view's reduction runs on both cores.
     """
     mode = layout.mode
-    if mode == "scalar":
+    if mode == SCALAR:
         return reduce.reduce(xb, axis=None)
-    if mode == "col":
+    if mode == COL:
         return reduce.reduce(xb, axis=0)
-    if mode == "row":
+    if mode == ROW:
         return reduce.reduce(xb, axis=1)
     size = layout.group_size
     full = xb.shape[1] // size
@@ -60,11 +62,11 @@ def _reduce_block(xb: np.ndarray, layout: Layout, reduce) -> np.ndarray:
 def _unit_index(layout: Layout, span) -> tuple:
     """Index of a block's units in the 2-D params array (see Layout.params_2d_shape)."""
     r0, r1, c0, c1 = span
-    if layout.mode == "scalar":
+    if layout.mode == SCALAR:
         return ()
-    if layout.mode == "col":
+    if layout.mode == COL:
         return np.s_[c0:c1]
-    if layout.mode == "row":
+    if layout.mode == ROW:
         return np.s_[r0:r1]
     size = layout.group_size
     return np.s_[r0:r1, c0 // size: -(-c1 // size)]
@@ -82,9 +84,9 @@ class _Params:
     def __init__(self, layout: Layout, values):
         self.layout = layout
         values = np.asarray(values)
-        if layout.mode == "row":
+        if layout.mode == ROW:
             values = layout.rows_from_units(values.reshape(-1), np)
-        elif layout.mode == "group":
+        elif layout.mode == GROUP:
             values = values.reshape(layout.rows, layout.num_groups)
         self.values = values
 
@@ -92,8 +94,8 @@ class _Params:
         """``out = ufunc(a, params of this block)``; ``a`` and ``out`` are (rows_b, cols_b)."""
         layout = self.layout
         values = self.values[_unit_index(layout, span)]
-        if layout.mode != "group":
-            return ufunc(a, values[:, None] if layout.mode == "row" else values, out=out,
+        if layout.mode != GROUP:
+            return ufunc(a, values[:, None] if layout.mode == ROW else values, out=out,
                          dtype=dtype)
         size, rows = layout.group_size, a.shape[0]
         full = a.shape[1] // size
@@ -171,11 +173,11 @@ class NumpyBackend:
     def _combine(parts, layout: Layout):
         """Merge per-block partial results (in the calling thread: no races)."""
         mode = layout.mode
-        if mode == "scalar":
+        if mode == SCALAR:
             lo = np.min([p[1] for p in parts])
             hi = np.max([p[2] for p in parts])
             return np.asarray(lo, F32), np.asarray(hi, F32)
-        size = {"col": layout.cols, "row": layout.rows}.get(mode)
+        size = {COL: layout.cols, ROW: layout.rows}.get(mode)
         shape = (size,) if size is not None else (layout.rows, layout.num_groups)
         lo = np.full(shape, np.inf, F32)
         hi = np.full(shape, -np.inf, F32)
@@ -183,7 +185,7 @@ class NumpyBackend:
             idx = _unit_index(layout, span)
             np.minimum(lo[idx], blo, out=lo[idx])
             np.maximum(hi[idx], bhi, out=hi[idx])
-        if mode == "row":
+        if mode == ROW:
             lo = layout.units_from_rows(lo, np.min)
             hi = layout.units_from_rows(hi, np.max)
         return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
@@ -243,9 +245,14 @@ class NumpyBackend:
         return errors.reshape(-1, n_cand)
 
     # -- quantize ------------------------------------------------------------
-    def quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale, zero_point,
-                 nan_possible: bool = True) -> np.ndarray:
+    def quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale,
+                 zero_point) -> np.ndarray:
         """Codes (int4 packed) of the 2-D view for given per-unit qparams."""
+        return self._quantize(x2, layout, config, scale, zero_point, nan_possible=True)
+
+    def _quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale, zero_point,
+                  nan_possible: bool) -> np.ndarray:
+        """quantize(); ``nan_possible=False`` (data checked finite) skips the NaN scan."""
         with np.errstate(all="ignore"):
             inv = _Params(layout, F32(1) / np.asarray(scale, F32))
         use_zp = not config.symmetric or bool(np.any(zero_point))
@@ -276,15 +283,6 @@ class NumpyBackend:
 
         run_blocks(one, layout.rows, layout.cols, _align(layout))
         return data
-
-    def calibrate_quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig):
-        """Not fused on the CPU: always None, so callers take minmax, qparams, quantize.
-
-        Measured on 8192 x 8192 float32 (bench/cpu_reference.py): a second read
-        of the input costs less than computing qparams block by block, whose
-        many small NumPy calls dominate once the data are in cache.
-        """
-        return None
 
     # -- dequantize ----------------------------------------------------------
     def dequantize(self, data2: np.ndarray, layout: Layout, config: QuantConfig, scale,
@@ -324,8 +322,8 @@ class NumpyBackend:
             lo, hi = self.minmax(x2, layout, config.ignore_nonfinite)
             scale, zero_point = self.qparams(lo, hi, config)
             scale, zero_point = scale.reshape(layout.unit_shape), zero_point.reshape(layout.unit_shape)
-            codes = self.quantize(x2, layout, config, scale, zero_point,
-                                  nan_possible=config.ignore_nonfinite)
+            codes = self._quantize(x2, layout, config, scale, zero_point,
+                                   nan_possible=config.ignore_nonfinite)
             return codes.reshape(layout.packed_shape(config.bits)), scale, zero_point
 
         return run

@@ -15,6 +15,7 @@ import math
 from ..arrays import TensorInfo
 from ..config import QuantConfig
 from ..errors import BackendUnavailableError
+from ..kernels.modes import COL, GROUP, ROW, SCALAR
 from ..layout import Layout
 from ..nonfinite import board_for, new_slot, wait_all
 from .array_ops import ops_for
@@ -81,7 +82,7 @@ class TritonBackend:
         """Per-unit finite (lo, hi), one read of the data; NaN/Inf go to the board."""
         board, slot = board_for(x2).tensor, new_slot(layout.shape, layout.num_units)
         stride = ops.row_stride(x2)
-        if layout.mode == "col":
+        if layout.mode == COL:
             block_c = runners.pow2(layout.cols, 128)
             splits = max(1, min(256, layout.rows // 64))  # grid axis 1: at most 65535
             lo, hi = (ops.empty((splits, layout.cols), "float32", x2) for _ in range(2))
@@ -89,16 +90,16 @@ class TritonBackend:
                    hi, board, layout.rows, layout.cols, stride, triton.cdiv(layout.rows, splits),
                    slot, CHECK=check, BLOCK_R=32, BLOCK_C=block_c)
             return ops.amin(lo, 0), ops.amax(hi, 0)
-        if layout.mode == "group":
+        if layout.mode == GROUP:
             per_row, seg = layout.num_groups, layout.group_size
-        elif layout.mode == "row":
+        elif layout.mode == ROW:
             per_row, seg = 1, layout.cols
         else:
             seg = min(layout.cols, 1 << 16)
             per_row = triton.cdiv(layout.cols, seg)
         segments = layout.rows * per_row
-        unit_div, unit_mod = (1, segments) if layout.mode == "group" else layout.row_unit()
-        if layout.mode == "scalar":
+        unit_div, unit_mod = (1, segments) if layout.mode == GROUP else layout.row_unit()
+        if layout.mode == SCALAR:
             unit_div, unit_mod = 1, 1
         block_l = runners.pow2(seg, 2048)
         block_u = max(1, min(64, _TILE // block_l))
@@ -106,9 +107,9 @@ class TritonBackend:
         launch(_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),), x2, lo, hi, board,
                segments, per_row, seg, layout.cols, stride, unit_div, unit_mod, slot,
                CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l)
-        if layout.mode == "scalar":
+        if layout.mode == SCALAR:
             return ops.amin(lo), ops.amax(hi)
-        if layout.mode == "row" and not layout.rows_are_units:
+        if layout.mode == ROW and not layout.rows_are_units:
             lo = layout.units_from_rows(lo, ops.amin)
             hi = layout.units_from_rows(hi, ops.amax)
         return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
@@ -137,10 +138,6 @@ class TritonBackend:
         runner = runners.GivenQuantize(layout, config, x2)
         return runner(x2, ops.astype(scale, "float32"), ops.astype(zero_point, "int32")).reshape(
             layout.rows, -1)
-
-    def calibrate_quantize(self, x2, layout: Layout, config: QuantConfig):
-        """Min/max calibration + quantize, as the launch plan does it (not cached here)."""
-        return self.plan_quantize(layout, config, x2)(x2)
 
     def dequantize(self, data2, layout: Layout, config: QuantConfig, scale, zero_point,
                    out_dtype: str = "float32"):
