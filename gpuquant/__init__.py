@@ -23,6 +23,7 @@ from .errors import (
     InvalidDtypeError,
     InvalidShapeError,
     NonFiniteError,
+    OutputPathError,
     QuantizationError,
     UnsupportedSchemeError,
 )
@@ -39,7 +40,7 @@ __all__ = [
     "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
     "EmptyTensorError", "Entropy", "FormatError", "MSE", "Granularity", "InvalidBitWidthError",
     "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
-    "InvalidShapeError", "NonFiniteError", "Percentile", "QParams", "QuantConfig",
+    "InvalidShapeError", "NonFiniteError", "OutputPathError", "Percentile", "QParams", "QuantConfig",
     "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",
     "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
 ]

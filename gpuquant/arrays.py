@@ -46,6 +46,11 @@ def dtype_name(x: Any) -> str:
     return str(x.dtype).replace("torch.", "")
 
 
+def array_device(x: Any) -> str:
+    """"cpu", "cuda:N" or (torch) "meta", ... of any array."""
+    return _device(x, framework_of(x))
+
+
 def _device(x: Any, framework: str) -> str:
     if framework == "torch":
         return str(x.device) if x.device.type != "cpu" else "cpu"
@@ -64,6 +69,10 @@ def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, T
         raise InvalidDtypeError(
             f"{name} has dtype {dtype}; accepted: float16, bfloat16 (torch), float32, float64"
         )
+    if framework == "torch" and x.device.type == "meta":
+        raise BackendUnavailableError(
+            f"{name} is a torch tensor on the meta device, which holds no values; "
+            "move it to 'cpu' or 'cuda' first")
     shape = tuple(int(s) for s in x.shape)
     if int(np.prod(shape, dtype=np.int64)) == 0:
         raise EmptyTensorError(f"{name} is empty (shape {shape}); quantization needs values")
@@ -108,6 +117,8 @@ def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:
 def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> Any:
     """Return a NumPy result in the caller's framework (zero-copy for torch CPU)."""
     if info.framework == "numpy":
+        if dtype == "bfloat16":  # NumPy has no bfloat16: float32 values rounded to it
+            return bf16_bits_to_f32(f32_to_bf16_bits(arr))
         return arr
     import torch
 

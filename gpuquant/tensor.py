@@ -7,10 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, TensorInfo, prepare
+from .arrays import FLOAT_DTYPES, TensorInfo, array_device, dtype_name, framework_of, prepare
 from .config import QuantConfig
-from .errors import InvalidDtypeError
+from .errors import (
+    BackendUnavailableError,
+    InvalidCalibrationError,
+    InvalidDtypeError,
+    InvalidShapeError,
+    QuantizationError,
+)
 from .layout import Layout
+from .qparams import FLOAT32_TINY
 
 __all__ = ["QuantizedTensor"]
 
@@ -32,14 +39,38 @@ class QuantizedTensor:
 
     def __init__(self, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
                  dtype: str, config: QuantConfig, info: TensorInfo | None = None):
+        """Validate and hold the parts of a quantized tensor.
+
+        Shapes and dtypes are always checked: ``data`` must have the config's
+        storage dtype and the packed shape of ``shape``, ``scale`` float32 and
+        ``zero_point`` int32 of the unit shape. Values (scales finite, positive
+        and normal, zero points in [qmin, qmax]) are checked for arrays on the
+        CPU only: a GPU array is never synchronised. Raises a QuantizationError
+        subclass naming the argument.
+        """
+        data, scale, zero_point = (_as_array(a) for a in (data, scale, zero_point))
+        shape, dtype, layout, info = check_parts(data, scale, zero_point, shape, dtype, config,
+                                                 info)
+        self._set(data, scale, zero_point, shape, dtype, config, info, layout)
+
+    @classmethod
+    def _trusted(cls, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
+                 dtype: str, config: QuantConfig, info: TensorInfo, layout: Layout
+                 ) -> QuantizedTensor:
+        """For gpuquant's own results: sets the attributes with no check or recomputation."""
+        self = cls.__new__(cls)
+        self._set(data, scale, zero_point, shape, dtype, config, info, layout)
+        return self
+
+    def _set(self, data, scale, zero_point, shape, dtype, config, info, layout) -> None:
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = shape
         self.dtype = dtype
         self.config = config
-        self._info = info or TensorInfo("numpy", dtype, self.shape, "cpu")
-        self.layout = Layout.of(self.shape, config)
+        self._info = info
+        self.layout = layout
 
     # ---------------------------------------------------------------- sizes
     @property
@@ -140,3 +171,78 @@ def _output_dtype(dtype: Any, original: str, framework: str) -> str:
             "arrays, which have no bfloat16: use 'float16' or 'float32'"
         )
     return name
+
+
+# ------------------------------------------------------------- validation
+def _as_array(a: Any) -> Any:
+    if framework_of(a) == "numpy" and not isinstance(a, np.ndarray):
+        try:
+            return np.asarray(a)
+        except (TypeError, ValueError) as exc:
+            raise InvalidDtypeError(f"QuantizedTensor parts must be arrays ({exc})") from None
+    return a
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               and d >= 0 for d in dims):
+        raise InvalidShapeError(f"shape={shape!r} must be a tuple of non-negative integers")
+    return tuple(int(d) for d in dims)
+
+
+def check_parts(data, scale, zero_point, shape, dtype, config, info):
+    """(shape, dtype, layout, info) of valid parts; see QuantizedTensor.__init__."""
+    if not isinstance(config, QuantConfig):
+        raise QuantizationError(f"config must be a gq.QuantConfig, got {type(config).__name__}")
+    shape = _check_shape(shape)
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
+                                + ", ".join(FLOAT_DTYPES))
+    if info is not None and not isinstance(info, TensorInfo):
+        raise QuantizationError(f"info must be a TensorInfo or None, got {type(info).__name__}")
+    layout = Layout.of(shape, config)
+    framework, device = framework_of(data), array_device(data)
+    wanted = {"data": (data, config.storage_dtype, layout.packed_shape(config.bits)),
+              "scale": (scale, "float32", layout.unit_shape),
+              "zero_point": (zero_point, "int32", layout.unit_shape)}
+    for name, (value, want_dtype, want_shape) in wanted.items():
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
+        if (framework_of(value), array_device(value)) != (framework, device):
+            raise QuantizationError(f"{name} is a {framework_of(value)} array on "
+                                    f"{array_device(value)} but data is a {framework} array "
+                                    f"on {device}; keep the parts together")
+        if dtype_name(value) != want_dtype:
+            raise InvalidDtypeError(f"{name} has dtype {dtype_name(value)}; {config.describe()} "
+                                    f"needs {want_dtype}")
+        if tuple(int(d) for d in value.shape) != tuple(want_shape):
+            raise InvalidShapeError(f"{name} has shape {tuple(value.shape)}; shape {shape} under "
+                                    f"{config.describe()} needs {tuple(want_shape)}")
+    if device == "meta":
+        raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
+                                      "holds no values")
+    if device == "cpu":
+        _check_values(_host(scale), _host(zero_point), config)
+    info = info or TensorInfo(framework, dtype, shape, device)
+    return shape, dtype, layout, info
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.detach().numpy() if framework_of(a) == "torch" else np.asarray(a)
+
+
+def _check_values(scale: np.ndarray, zero_point: np.ndarray, config: QuantConfig) -> None:
+    with np.errstate(invalid="ignore"):
+        good = np.isfinite(scale) & (scale >= FLOAT32_TINY)
+    if not good.all():
+        raise InvalidCalibrationError(
+            f"scale must be finite, positive and normal everywhere; got "
+            f"{scale.reshape(-1)[np.flatnonzero(~good.reshape(-1))[0]]!r}")
+    if zero_point.size and (zero_point.min() < config.qmin or zero_point.max() > config.qmax):
+        raise InvalidCalibrationError(
+            f"zero_point must lie in [{config.qmin}, {config.qmax}] for {config.describe()}; "
+            f"got {zero_point.min()} .. {zero_point.max()}")
