@@ -93,6 +93,13 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
 def described_tensors(f: SafetensorsFile) -> dict[str, Any]:
     """NAME -> {"config", "shape", "dtype"} of the file's quantized tensors, every entry
     checked against the stored arrays (FormatError otherwise); {} for a plain file."""
+    described = _described_unchecked(f)
+    for name, info in described.items():
+        _checked_entry(f, name, info)
+    return described
+
+
+def _described_unchecked(f: SafetensorsFile) -> dict[str, Any]:
     meta = f.metadata
     if VERSION_KEY not in meta:
         if TENSORS_KEY in meta:
@@ -110,8 +117,6 @@ def described_tensors(f: SafetensorsFile) -> dict[str, Any]:
                           f"({str(exc)[:200]})") from None
     if not isinstance(described, dict):
         raise FormatError(f"{f.path}: {TENSORS_KEY} metadata must be a JSON object")
-    for name, info in described.items():
-        _checked_entry(f, name, info)
     return described
 
 
@@ -205,7 +210,7 @@ def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) 
     if framework == "torch":
         _check_device(device)
     with SafetensorsFile(path) as f:
-        described = described_tensors(f)
+        described = _described_unchecked(f)  # read_quantized checks each entry
         out: dict[str, Any] = {}
         owned = set()
         for name, info in described.items():

@@ -108,7 +108,9 @@ class QuantizedTensor:
         """float(q - zero_point) * scale, in the original framework and device.
 
         ``dtype`` defaults to the original dtype; "float16", "bfloat16" (torch
-        only), "float32" and "float64" are accepted.
+        only), "float32" and "float64" are accepted. A NumPy QuantizedTensor
+        whose original dtype is bfloat16 (one read by ``gq.load``) returns
+        float32 values rounded to bfloat16 by default, NumPy having no bfloat16.
         """
         from .backends import select
         from .nonfinite import raise_ready
@@ -154,8 +156,10 @@ class QuantizedTensor:
 def _output_dtype(dtype: Any, original: str, framework: str) -> str:
     if dtype is None:
         name = original
-        if framework != "torch" and name == "bfloat16":
-            name = "float32"  # NumPy and CuPy have no bfloat16
+        if framework == "cupy" and name == "bfloat16":
+            name = "float32"  # CuPy has no bfloat16
+        # NumPy has none either: "bfloat16" here makes the NumPy backend compute float32 and
+        # gpuquant.arrays.from_numpy round the values to bfloat16, kept in float32
         return name
     name = str(dtype).replace("torch.", "")
     if isinstance(dtype, type) and issubclass(dtype, np.generic):
