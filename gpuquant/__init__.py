@@ -34,7 +34,16 @@ from .qparams import QParams
 from .quantize import quantize
 from .tensor import QuantizedTensor
 
-__version__ = "0.1.0"
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpuquant")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
