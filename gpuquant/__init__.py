@@ -34,6 +34,7 @@ from .qparams import QParams
 from .quantize import quantize
 from .tensor import QuantizedTensor
 
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
