@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import BackendUnavailableError, EmptyTensorError, InvalidDtypeError
 
-__all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy",
+__all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy", "as_ndarray",
            "FLOAT_DTYPES", "bf16_bits_to_f32", "f32_to_bf16_bits"]
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -63,7 +63,7 @@ def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, T
     """Validate an input tensor and describe it. Lists and scalars go through ``np.asarray``."""
     framework = framework_of(x)
     if framework == "numpy" and not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        x = as_ndarray(x, name)
     dtype = dtype_name(x)
     if require_float and dtype not in FLOAT_DTYPES:
         raise InvalidDtypeError(
@@ -79,6 +79,16 @@ def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, T
     if framework == "torch" and getattr(x, "requires_grad", False):
         x = x.detach()
     return x, TensorInfo(framework, dtype, shape, _device(x, framework))
+
+
+def as_ndarray(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)``, with InvalidDtypeError naming ``name`` where NumPy cannot make an
+    array of it (ragged lists, a meta-device tensor, ...)."""
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise InvalidDtypeError(f"{name} cannot be read as an array: "
+                                f"{str(exc).splitlines()[0][:150]}") from None
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:

@@ -18,7 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, TensorInfo, array_device, bf16_bits_to_f32, framework_of
+from .arrays import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    as_ndarray,
+    bf16_bits_to_f32,
+    framework_of,
+)
 from .config import QuantConfig
 from .errors import BackendUnavailableError, FormatError, QuantizationError
 from .layout import Layout
@@ -41,13 +48,16 @@ def to_host(a: Any) -> tuple[str, np.ndarray]:
     if framework == "torch":
         import torch
 
+        if a.device.type == "meta":
+            raise BackendUnavailableError("a torch tensor on the meta device holds no values to "
+                                          "save")
         a = a.detach().cpu()
         if a.dtype == torch.bfloat16:
             return BF16, a.view(torch.int16).numpy().view(np.uint16)
         a = a.numpy()
     elif framework == "cupy":
         a = a.get()
-    a = np.asarray(a)
+    a = as_ndarray(a, "a tensor to save")
     return tag_of(a.dtype), a
 
 
@@ -68,8 +78,12 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
     ``path`` is a folder), FormatError past MAX_TENSORS stored tensors.
     """
     raise_ready()
+    path = _path(path)
     if not isinstance(tensors, Mapping):
         raise QuantizationError("tensors must be a mapping of name -> QuantizedTensor or array")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise QuantizationError(f"metadata must be a mapping of str -> str or None, got "
+                                f"{type(metadata).__name__}")
     entries: list[tuple[str, str, np.ndarray]] = []
     described: dict[str, Any] = {}
     for name, value in tensors.items():
@@ -201,10 +215,11 @@ def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) 
     Raises FormatError for truncated, foreign, inconsistent or unknown-version
     files, and BackendUnavailableError when torch is asked for but missing.
     """
-    if framework not in ("numpy", "torch"):
+    path = _path(path)
+    if not isinstance(framework, str) or framework not in ("numpy", "torch"):
         raise QuantizationError(f"framework={framework!r} is not supported; accepted: "
                                 "'numpy', 'torch'")
-    if framework == "numpy" and device not in (None, "cpu"):
+    if framework == "numpy" and not (device is None or isinstance(device, str) and device == "cpu"):
         raise QuantizationError(f"device={device!r} needs framework='torch'; NumPy arrays "
                                 "live on the CPU")
     if framework == "torch":
@@ -224,6 +239,13 @@ def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) 
                 else:
                     out[key] = bf16_bits_to_f32(arr) if bf16 else arr
     return out
+
+
+def _path(path: Any) -> str:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise QuantizationError(f"path={path!r} must be a str or os.PathLike") from None
 
 
 def _check_device(device: Any) -> None:

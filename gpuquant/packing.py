@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from .arrays import as_ndarray
 from .errors import InvalidDtypeError, InvalidShapeError, QuantizationError
 
 __all__ = ["pack_int4", "unpack_int4", "pack_rows", "unpack_rows"]
@@ -22,7 +23,7 @@ _ORDERS = ("high_first", "low_first")
 
 
 def _check_order(nibble_order: str) -> None:
-    if nibble_order not in _ORDERS:
+    if not isinstance(nibble_order, str) or nibble_order not in _ORDERS:
         raise QuantizationError(
             f"nibble_order={nibble_order!r} is not supported; accepted: 'high_first', 'low_first'"
         )
@@ -88,7 +89,7 @@ def pack_int4(codes, nibble_order: str = "high_first", signed: bool | None = Non
     _check_order(nibble_order)
     if signed is not None and not isinstance(signed, (bool, np.bool_)):
         raise QuantizationError(f"signed={signed!r} must be True, False or None")
-    codes = np.asarray(codes)
+    codes = as_ndarray(codes, "codes")
     if codes.dtype.kind not in "iu":
         raise InvalidDtypeError(f"codes must be an integer array, got dtype {codes.dtype}")
     if codes.size:
@@ -112,7 +113,7 @@ def pack_int4(codes, nibble_order: str = "high_first", signed: bool | None = Non
 def unpack_int4(packed, length: int, signed: bool = True, nibble_order: str = "high_first"):
     """Inverse of :func:`pack_int4`: ``length`` codes per row, int8 (signed) or uint8."""
     _check_order(nibble_order)
-    packed = np.asarray(packed)
+    packed = as_ndarray(packed, "packed")
     if packed.dtype != np.uint8:
         raise InvalidDtypeError(f"packed must be uint8, got dtype {packed.dtype}")
     if packed.ndim == 0:

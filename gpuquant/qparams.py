@@ -36,12 +36,12 @@ class QParams:
         try:
             scale = _host_array(self.scale)
             zero_point = _host_array(self.zero_point)
+            if scale.size == 0:
+                return f"QParams(shape={shape}, dtype={dtype}, empty)"
+            return (f"QParams(shape={shape}, dtype={dtype}, scale=[{scale.min():.6g} .. "
+                    f"{scale.max():.6g}], zero_points={np.unique(zero_point).size} distinct)")
         except Exception:  # a device array we will not copy, or something odd: no summary
             return f"QParams(shape={shape}, dtype={dtype})"
-        if scale.size == 0:
-            return f"QParams(shape={shape}, dtype={dtype}, empty)"
-        return (f"QParams(shape={shape}, dtype={dtype}, scale=[{scale.min():.6g} .. "
-                f"{scale.max():.6g}], zero_points={np.unique(zero_point).size} distinct)")
 
 
 def _host_array(a: Any) -> np.ndarray:

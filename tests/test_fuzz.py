@@ -94,7 +94,7 @@ def fuzz(examples):
                     suppress_health_check=list(HealthCheck))
 
 
-@fuzz(500)
+@fuzz(1000)
 @given(cases())
 def test_numpy_backend_matches_naive(case):
     raw, dtype, cfg = case
@@ -111,7 +111,7 @@ def _range_overflows(x32, cfg) -> bool:
         return not cfg.symmetric and bool(np.isinf(hi - lo))
 
 
-@fuzz(120)
+@fuzz(300)
 @given(cases(max_size=40, dtypes=("float16", "float32", "bfloat16")))
 def test_triton_interpreter_matches_naive(case):
     torch = pytest.importorskip("torch")

@@ -11,7 +11,8 @@ import pytest
 from conftest import codes_of
 
 import gpuquant as gq
-from gpuquant.streaming import HistogramState, check_calibrator_state, check_momentum
+from gpuquant import streaming
+from gpuquant.streaming import HistogramState
 
 
 # ------------------------------------------------- float64 beyond float32 (item 9)
@@ -186,10 +187,10 @@ def _calibrator_state(calibration="minmax", momentum=None):
 ])
 def test_tampered_minmax_states(edit, match):
     state = _calibrator_state()
-    check_calibrator_state(copy.deepcopy(state))
+    streaming.check_calibrator_state(copy.deepcopy(state))
     edit(state)
     with pytest.raises(gq.InvalidCalibrationError, match=match):
-        check_calibrator_state(state)
+        streaming.check_calibrator_state(state)
 
 
 @pytest.mark.parametrize("edit,match", [
@@ -197,6 +198,8 @@ def test_tampered_minmax_states(edit, match):
     (lambda h: h.update(counts=h["counts"][:, :-2]), "shape"),
     (lambda h: h.update(counts=h["counts"].astype(np.float64) + 0.5), "dtype float64"),
     (lambda h: h.update(counts=h["counts"][:2]), r"radius has shape \(3,\); expected \(2,\)"),
+    (lambda h: h.update({k: h[k][:2] for k in ("counts", "radius", "lo", "hi")}),
+     "histogram units do not match"),
     (lambda h: h.update(radius=h["radius"] * 3), "powers of two"),
     (lambda h: h.update(radius=h["radius"].astype(np.complex128)), "dtype complex128"),
     (lambda h: h.update(lo=h["lo"][:1]), "shape"),
@@ -208,22 +211,22 @@ def test_tampered_minmax_states(edit, match):
 ])
 def test_tampered_histogram_states(edit, match):
     state = _calibrator_state("percentile")
-    check_calibrator_state(copy.deepcopy(state))
+    streaming.check_calibrator_state(copy.deepcopy(state))
     HistogramState.from_state(copy.deepcopy(state["histogram"]))
     edit(state["histogram"])
     with pytest.raises(gq.InvalidCalibrationError, match=match):
-        check_calibrator_state(state)
+        streaming.check_calibrator_state(state)
 
 
 def test_momentum_and_histogram_state_checks():
-    assert check_momentum(None) is None and check_momentum(np.float32(0.5)) == 0.5
+    assert streaming.check_momentum(None) is None and streaming.check_momentum(np.float32(0.5)) == 0.5
     for bad in (0, 2, float("nan"), True, "0.5", [0.5]):
         with pytest.raises(gq.InvalidCalibrationError, match="momentum"):
-            check_momentum(bad)
+            streaming.check_momentum(bad)
     state = _calibrator_state(momentum=0.5)
     state["config"]["calibration"] = {"method": "percentile", "lower": 1.0, "upper": 99.0}
     with pytest.raises(gq.InvalidCalibrationError, match="minmax only"):
-        check_calibrator_state(state)
+        streaming.check_calibrator_state(state)
     with pytest.raises(gq.InvalidShapeError, match="bins"):
         HistogramState("4096")
 
@@ -241,3 +244,47 @@ def test_help_and_docstrings():
 def test_py_typed_and_version():
     assert os.path.exists(os.path.join(os.path.dirname(gq.__file__), "py.typed"))
     assert gq.__version__ == importlib.metadata.version("gpuquant")
+
+
+# ------------------------------------------- anything a user can pass (item 11)
+RAGGED = [[1.0], [1.0, 2.0]]
+
+
+def _saved(tmp_path):
+    path = tmp_path / "v.safetensors"
+    gq.save(path, {"a": np.ones(2, np.float32)})
+    return path
+
+
+@pytest.mark.parametrize("call", [
+    lambda p: gq.quantize(RAGGED), lambda p: gq.calibrate(RAGGED), lambda p: gq.sqnr(RAGGED, RAGGED),
+    lambda p: gq.mse(np.ones(2), RAGGED), lambda p: gq.pack_int4(RAGGED),
+    lambda p: gq.unpack_int4(RAGGED, 2), lambda p: gq.pack_int4([1], nibble_order=np.ones(2)),
+    lambda p: gq.save(p / "x.safetensors", {"a": RAGGED}),
+    lambda p: gq.save(p / "x.safetensors", {"a": np.ones(2)}, metadata=["k"]),
+    lambda p: gq.save(None, {"a": np.ones(2)}), lambda p: gq.load(5),
+    lambda p: gq.load(_saved(p), framework=np.ones(2)),
+    lambda p: gq.load(_saved(p), device=np.ones(2)),
+    lambda p: gq.save(p / "x.safetensors", {"a": np.array(["text"])}),
+    lambda p: gq.save(p / "x.safetensors", {"a": np.ones(2, np.complex64)}),
+], ids=["quantize", "calibrate", "sqnr", "mse", "pack", "unpack", "nibble_order", "save ragged",
+        "save metadata", "save path", "load path", "load framework", "load device", "save text",
+        "save complex"])
+def test_unusable_arguments_raise_gpuquant_errors(tmp_path, call):
+    with pytest.raises(gq.QuantizationError):
+        call(tmp_path)
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".gpuquant-")]
+
+
+def test_meta_tensors_cannot_be_saved_or_packed(tmp_path):
+    torch = pytest.importorskip("torch")
+    meta = torch.ones(3, device="meta")
+    with pytest.raises(gq.BackendUnavailableError, match="meta device"):
+        gq.save(tmp_path / "m.safetensors", {"a": meta})
+    with pytest.raises(gq.InvalidDtypeError, match="codes cannot be read as an array"):
+        gq.pack_int4(meta.to(torch.int8))
+
+
+def test_qparams_repr_never_raises():
+    assert repr(gq.QParams(None, None)).startswith("QParams(shape=()")
+    assert repr(gq.QParams(np.array(["a"]), np.array(["b"]))).startswith("QParams(shape=(1,)")

@@ -6,7 +6,8 @@ from naive import naive_quantize
 from naive import qparams as naive_qparams
 
 import gpuquant as gq
-from gpuquant.qparams import FLOAT32_TINY, check_user_qparams, compute_qparams
+from gpuquant import qparams
+from gpuquant.qparams import FLOAT32_TINY, compute_qparams
 
 F32 = np.float32
 MAX = np.finfo(F32).max
@@ -79,10 +80,10 @@ def test_issue_example_round_trips():
 
 # ----------------------------------------------------------- user qparams
 def test_check_user_qparams_accepts_and_converts():
-    s, z = check_user_qparams(np.array([0.5, 2.0]), np.array([3.0, 200.0]), 0, 255)
+    s, z = qparams.check_user_qparams(np.array([0.5, 2.0]), np.array([3.0, 200.0]), 0, 255)
     assert s.dtype == np.float32 and z.dtype == np.int32
     assert s.tolist() == [0.5, 2.0] and z.tolist() == [3, 200]
-    s, z = check_user_qparams(np.int64(2), np.uint8(7), 0, 15)
+    s, z = qparams.check_user_qparams(np.int64(2), np.uint8(7), 0, 15)
     assert s == 2 and z == 7 and z.dtype == np.int32
 
 
@@ -95,7 +96,7 @@ def test_check_user_qparams_accepts_and_converts():
 ])
 def test_check_user_qparams_refuses_bad_scales(scale, match):
     with pytest.raises(gq.InvalidCalibrationError, match=rf"qparams\.scale.*{match}"):
-        check_user_qparams(scale, np.zeros(scale.shape, np.int32), -128, 127)
+        qparams.check_user_qparams(scale, np.zeros(scale.shape, np.int32), -128, 127)
 
 
 @pytest.mark.parametrize("name,scale,zp", [
@@ -107,7 +108,7 @@ def test_check_user_qparams_refuses_bad_scales(scale, match):
 ])
 def test_check_user_qparams_refuses_bad_dtypes(name, scale, zp):
     with pytest.raises(gq.InvalidDtypeError, match=rf"qparams\.{name} has dtype"):
-        check_user_qparams(scale, zp, 0, 255)
+        qparams.check_user_qparams(scale, zp, 0, 255)
 
 
 @pytest.mark.parametrize("zp,match", [
@@ -117,7 +118,7 @@ def test_check_user_qparams_refuses_bad_dtypes(name, scale, zp):
 ])
 def test_check_user_qparams_refuses_bad_zero_points(zp, match):
     with pytest.raises(gq.InvalidCalibrationError, match=rf"qparams\.zero_point.*{match}"):
-        check_user_qparams(np.ones(zp.shape, F32), zp, 0, 255)
+        qparams.check_user_qparams(np.ones(zp.shape, F32), zp, 0, 255)
 
 
 # ----------------------------------------------------------------- repr
