@@ -124,7 +124,7 @@ class SafetensorsFile:
 
     def _parse(self, raw: bytes) -> dict:
         """The header as a dict, or FormatError: never RecursionError, ValueError, ...."""
-        if not raw.lstrip(b" ").startswith(b"{"):
+        if not raw.startswith(b"{"):  # as the safetensors package requires
             raise self._fail("not a safetensors file: header is not a JSON object")
         if raw.count(b'"data_offsets"') > MAX_TENSORS:  # refuse before building the dicts
             raise self._too_many(raw.count(b'"data_offsets"'))
