@@ -76,7 +76,7 @@ def _as_np(a):
     return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
-def _check_against_naive(qt, x32, cfg):
+def _check_against_naive(qt, x32, cfg, backend=None):
     gran = cfg.granularity.value
     codes, scale, zp = naive_quantize(x32, cfg.bits, cfg.symmetric, gran, cfg.axis,
                                       cfg.group_size)
@@ -86,7 +86,7 @@ def _check_against_naive(qt, x32, cfg):
     assert np.array_equal(got_zp, zp) and got_zp.dtype == np.int32
     want = naive_dequantize(codes, scale, zp, x32.shape, gran, cfg.axis, cfg.group_size)
     with np.errstate(over="ignore"):
-        assert np.array_equal(_as_np(qt.dequantize(dtype="float32")), want)
+        assert np.array_equal(_as_np(qt.dequantize(dtype="float32", backend=backend)), want)
 
 
 def fuzz(examples):
@@ -125,7 +125,7 @@ def test_triton_interpreter_matches_naive(case):
     x = (x if isinstance(x, torch.Tensor) else torch.from_numpy(x)).to(
         "cuda" if CUDA and not INTERPRET else "cpu")
     with np.errstate(over="ignore"):
-        _check_against_naive(gq.quantize(x, cfg, backend="triton"), x32, cfg)
+        _check_against_naive(gq.quantize(x, cfg, backend="triton"), x32, cfg, "triton")
 
 
 # ------------------------------------------------------------ (b) malformed files

@@ -5,6 +5,7 @@ import os
 import struct
 import sys
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -110,6 +111,22 @@ def test_too_many_tensors_are_refused_with_the_limit(tmp_path, monkeypatch):
     with pytest.raises(gq.FormatError, match="at most 10"):
         gq.save(tmp_path / "out.safetensors", {f"t{i}": np.ones(1) for i in range(11)})
     assert safetensors_file.MAX_TENSORS == 10 and gq.safetensors_file.MAX_HEADER_BYTES == 100 << 20
+
+
+def test_a_huge_header_is_refused_before_it_is_parsed(tmp_path):
+    n = safetensors_file.MAX_TENSORS + 1
+    entries = b",".join(b'"t%d":{"dtype":"U8","shape":[0],"data_offsets":[0,0]}' % i
+                        for i in range(n))
+    path = _file(tmp_path, b"{" + entries + b"}")
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(gq.FormatError, match=f"lists {n} tensors.*at most 200000 per file"):
+            gq.load(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.5 * size  # the header bytes once, never a dict per entry (~1.4 kB each)
 
 
 def test_missing_tensor_names_raise_format_error(tmp_path):
