@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from .errors import InvalidCalibrationError
 
 __all__ = ["Percentile", "Entropy", "MSE", "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDATES"]
@@ -11,6 +13,13 @@ __all__ = ["Percentile", "Entropy", "MSE", "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDAT
 MAX_ENTROPY_BINS = 16384  # 8x TensorRT's 2048; the KL search costs O(bins^2) per unit
 MAX_MSE_CANDIDATES = 1000  # 10x the default; each candidate is one pass over the data and
 #                            float64 errors of (units, candidates): 1e9 asked 7.45 GiB
+
+
+def _integer(value) -> int | None:
+    """A Python int of an int or NumPy integer (never a bool); None for anything else."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        return None
+    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +36,8 @@ class Percentile:
     def __post_init__(self) -> None:
         for name in ("lower", "upper"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                    value, (int, float, np.integer, np.floating)):
                 raise InvalidCalibrationError(
                     f"Percentile {name}={value!r} must be a number in [0, 100]"
                 )
@@ -56,11 +66,12 @@ class Entropy:
     bins: int = 2048
 
     def __post_init__(self) -> None:
-        b = self.bins
-        if isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= MAX_ENTROPY_BINS:
+        b = _integer(self.bins)
+        if b is None or not 2 <= b <= MAX_ENTROPY_BINS:
             raise InvalidCalibrationError(
-                f"Entropy bins={b!r} must be an integer in [2, {MAX_ENTROPY_BINS}] "
+                f"Entropy bins={self.bins!r} must be an integer in [2, {MAX_ENTROPY_BINS}] "
                 "(the limit bounds the O(bins^2) KL search)")
+        object.__setattr__(self, "bins", b)
 
     def __str__(self) -> str:
         return "entropy" if self.bins == 2048 else f"entropy({self.bins})"
@@ -77,11 +88,12 @@ class MSE:
     candidates: int = 100
 
     def __post_init__(self) -> None:
-        c = self.candidates
-        if isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_MSE_CANDIDATES:
+        c = _integer(self.candidates)
+        if c is None or not 1 <= c <= MAX_MSE_CANDIDATES:
             raise InvalidCalibrationError(
-                f"MSE candidates={c!r} must be an integer in [1, {MAX_MSE_CANDIDATES}] (each "
+                f"MSE candidates={self.candidates!r} must be an integer in [1, {MAX_MSE_CANDIDATES}] (each "
                 "candidate is one pass over the data)")
+        object.__setattr__(self, "candidates", c)
 
     def __str__(self) -> str:
         return "mse" if self.candidates == 100 else f"mse({self.candidates})"

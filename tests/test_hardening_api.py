@@ -2,6 +2,7 @@
 
 import copy
 import importlib.metadata
+import json
 import os
 import pydoc
 import warnings
@@ -97,6 +98,11 @@ def test_calibration_limits_are_named():
     with pytest.raises(gq.InvalidCalibrationError, match=r"\[2, 16384\]"):
         gq.Entropy(1 << 20)
     assert gq.MSE(1000).candidates == 1000 and gq.Entropy(16384).bins == 16384
+    # NumPy scalars are numbers too, stored as Python ones (JSON-serialisable in to_dict)
+    assert type(gq.MSE(np.int64(10)).candidates) is int and gq.Entropy(np.int32(256)).bins == 256
+    assert gq.Percentile(np.float32(1), np.int64(99)).upper == 99.0
+    json_ready = gq.QuantConfig(calibration=gq.MSE(np.int64(10))).to_dict()
+    assert json.loads(json.dumps(json_ready))["calibration"]["candidates"] == 10
     for cls in (gq.MSE, gq.Entropy, gq.Percentile):
         for bad in ("10", [3], None, 2.5j):
             with pytest.raises(gq.InvalidCalibrationError):
