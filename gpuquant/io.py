@@ -30,7 +30,7 @@ from .config import QuantConfig
 from .errors import BackendUnavailableError, FormatError, QuantizationError
 from .layout import Layout
 from .nonfinite import raise_ready
-from .safetensors_file import BF16, SafetensorsFile, tag_of, write_safetensors
+from .safetensors_file import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",
@@ -139,9 +139,7 @@ def _checked_entry(f: SafetensorsFile, name: str, info: Any):
     try:
         config = QuantConfig.from_dict(info["config"])
         raw_shape = info["shape"]
-        if not isinstance(raw_shape, list) or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2 ** 63
-                for d in raw_shape) or len(raw_shape) > 64:
+        if not is_shape(raw_shape):
             raise QuantizationError(f"shape {str(raw_shape)[:100]} is not a list of at most "
                                     "64 non-negative integers")
         shape, dtype = tuple(raw_shape), info["dtype"]

@@ -112,8 +112,8 @@ def compute_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool, xp=np):
     return xp.asarray(scale), xp.asarray(zero_point)
 
 
-def check_user_qparams(scale: np.ndarray, zero_point: np.ndarray, qmin: int,
-                       qmax: int) -> tuple[np.ndarray, np.ndarray]:
+def check_user_qparams(scale: np.ndarray, zero_point: np.ndarray, qmin: int, qmax: int,
+                       prefix: str = "qparams.") -> tuple[np.ndarray, np.ndarray]:
     """Check host (NumPy) qparams a user gave; return them as float32 and int32.
 
     Accepted: real integer or floating scales that are, once rounded to float32,
@@ -121,11 +121,11 @@ def check_user_qparams(scale: np.ndarray, zero_point: np.ndarray, qmin: int,
     exact reciprocal); integer zero points (integer dtype, or floats holding
     integers) inside [qmin, qmax]. Complex, bool and non-numeric arrays raise
     InvalidDtypeError; bad values raise InvalidCalibrationError. Shapes are the
-    caller's to check (Layout.check_params).
+    caller's to check (Layout.check_params). Messages name ``prefix + "scale"``.
     """
     scale = np.asarray(scale)
     zero_point = np.asarray(zero_point)
-    for name, value in (("qparams.scale", scale), ("qparams.zero_point", zero_point)):
+    for name, value in ((prefix + "scale", scale), (prefix + "zero_point", zero_point)):
         if value.dtype.kind not in "iuf":
             raise InvalidDtypeError(
                 f"{name} has dtype {value.dtype}; accepted: real integer or floating arrays "
@@ -136,17 +136,17 @@ def check_user_qparams(scale: np.ndarray, zero_point: np.ndarray, qmin: int,
     if not good.all():
         bad = scale.reshape(-1)[np.flatnonzero(~good.reshape(-1))[0]]
         raise InvalidCalibrationError(
-            f"qparams.scale must be finite, positive and a normal float32 (>= {FLOAT32_TINY:.6g}) "
+            f"{prefix}scale must be finite, positive and a normal float32 (>= {FLOAT32_TINY:.6g}) "
             f"everywhere; got {bad!r} at flat index {int(np.flatnonzero(~good.reshape(-1))[0])}")
     if zero_point.dtype.kind == "f":
         with np.errstate(all="ignore"):
             integral = np.isfinite(zero_point) & (zero_point == np.rint(zero_point))
         if not integral.all():
             raise InvalidCalibrationError(
-                "qparams.zero_point must hold integers; got "
+                f"{prefix}zero_point must hold integers; got "
                 f"{zero_point.reshape(-1)[np.flatnonzero(~integral.reshape(-1))[0]]!r}")
     if zero_point.size and (zero_point.min() < qmin or zero_point.max() > qmax):
         raise InvalidCalibrationError(
-            f"qparams.zero_point must lie in [{qmin}, {qmax}]; got {zero_point.min()} .. "
+            f"{prefix}zero_point must lie in [{qmin}, {qmax}]; got {zero_point.min()} .. "
             f"{zero_point.max()}")
     return scale32, zero_point.astype(np.int32)

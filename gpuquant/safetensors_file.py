@@ -25,7 +25,7 @@ import numpy as np
 from .errors import FormatError, OutputPathError
 
 __all__ = ["SafetensorsFile", "write_safetensors", "write_safetensors_stream", "DTYPES", "BF16",
-           "tag_of", "MAX_HEADER_BYTES", "MAX_TENSORS"]
+           "tag_of", "is_shape", "MAX_HEADER_BYTES", "MAX_TENSORS"]
 
 BF16 = "BF16"
 # safetensors dtype tag -> NumPy storage dtype (BF16 is stored as its bits in uint16)
@@ -46,6 +46,12 @@ _MAX_INT_DIGITS = 20  # 2^64 has 20 digits; offsets and sizes are below 2^64
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_shape(value) -> bool:
+    """A list of at most MAX_DIMS integers in [0, 2^63), never booleans."""
+    return isinstance(value, list) and len(value) <= MAX_DIMS and all(
+        _is_int(d) and 0 <= d < 2 ** 63 for d in value)
 
 
 def _parse_int(text: str) -> int:
@@ -154,8 +160,7 @@ class SafetensorsFile:
         if not isinstance(tag, str) or tag not in DTYPES:
             raise self._fail(f"tensor {name!r}: unsupported dtype {tag!r}; supported: "
                              + ", ".join(DTYPES))
-        if (not isinstance(shape, list) or len(shape) > MAX_DIMS
-                or not all(_is_int(d) and 0 <= d < 2 ** 63 for d in shape)):
+        if not is_shape(shape):
             raise self._fail(f"tensor {name!r}: bad shape {str(shape)[:200]}; a shape is a list "
                              f"of at most {MAX_DIMS} non-negative integers")
         if math.prod(d for d in shape if d) * DTYPES[tag].itemsize >= 2 ** 63:

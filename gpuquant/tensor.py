@@ -11,13 +11,12 @@ from .arrays import FLOAT_DTYPES, TensorInfo, array_device, dtype_name, framewor
 from .config import QuantConfig
 from .errors import (
     BackendUnavailableError,
-    InvalidCalibrationError,
     InvalidDtypeError,
     InvalidShapeError,
     QuantizationError,
 )
 from .layout import Layout
-from .qparams import FLOAT32_TINY
+from .qparams import check_user_qparams
 
 __all__ = ["QuantizedTensor"]
 
@@ -240,13 +239,4 @@ def _host(a: Any) -> np.ndarray:
 
 
 def _check_values(scale: np.ndarray, zero_point: np.ndarray, config: QuantConfig) -> None:
-    with np.errstate(invalid="ignore"):
-        good = np.isfinite(scale) & (scale >= FLOAT32_TINY)
-    if not good.all():
-        raise InvalidCalibrationError(
-            f"scale must be finite, positive and normal everywhere; got "
-            f"{scale.reshape(-1)[np.flatnonzero(~good.reshape(-1))[0]]!r}")
-    if zero_point.size and (zero_point.min() < config.qmin or zero_point.max() > config.qmax):
-        raise InvalidCalibrationError(
-            f"zero_point must lie in [{config.qmin}, {config.qmax}] for {config.describe()}; "
-            f"got {zero_point.min()} .. {zero_point.max()}")
+    check_user_qparams(scale, zero_point, config.qmin, config.qmax, prefix="")
