@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, TensorInfo, array_device, dtype_name, framework_of, prepare
+from .arrays import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    as_ndarray,
+    dtype_name,
+    framework_of,
+    prepare,
+)
 from .config import QuantConfig
 from .errors import (
     BackendUnavailableError,
@@ -47,7 +55,8 @@ class QuantizedTensor:
         CPU only: a GPU array is never synchronised. Raises a QuantizationError
         subclass naming the argument.
         """
-        data, scale, zero_point = (_as_array(a) for a in (data, scale, zero_point))
+        data, scale, zero_point = (_as_array(a, name) for a, name in (
+            (data, "data"), (scale, "scale"), (zero_point, "zero_point")))
         shape, dtype, layout, info = check_parts(data, scale, zero_point, shape, dtype, config,
                                                  info)
         self._set(data, scale, zero_point, shape, dtype, config, info, layout)
@@ -177,12 +186,9 @@ def _output_dtype(dtype: Any, original: str, framework: str) -> str:
 
 
 # ------------------------------------------------------------- validation
-def _as_array(a: Any) -> Any:
+def _as_array(a: Any, name: str) -> Any:
     if framework_of(a) == "numpy" and not isinstance(a, np.ndarray):
-        try:
-            return np.asarray(a)
-        except (TypeError, ValueError) as exc:
-            raise InvalidDtypeError(f"QuantizedTensor parts must be arrays ({exc})") from None
+        return as_ndarray(a, name)
     return a
 
 
@@ -230,6 +236,9 @@ def check_parts(data, scale, zero_point, shape, dtype, config, info):
                                       "holds no values")
     if device == "cpu":
         _check_values(_host(scale), _host(zero_point), config)
+    if info is not None and (info.framework, info.device) != (framework, device):
+        raise QuantizationError(f"info says {info.framework} on {info.device} but the arrays "
+                                f"are {framework} on {device}")
     info = info or TensorInfo(framework, dtype, shape, device)
     return shape, dtype, layout, info
 

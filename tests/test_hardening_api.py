@@ -158,6 +158,8 @@ def test_quantized_tensor_parts_stay_together():
                 for k, v in parts.items()}
     qt = gq.QuantizedTensor(**as_torch)  # no info: the framework is read off the data
     assert qt.framework == "torch" and isinstance(qt.dequantize(), torch.Tensor)
+    with pytest.raises(gq.QuantizationError, match="info says numpy on cpu"):
+        gq.QuantizedTensor(**as_torch, info=_parts()[0]._info)
 
 
 def test_trusted_constructor_checks_nothing():
