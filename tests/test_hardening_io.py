@@ -188,7 +188,7 @@ def test_save_is_linear_in_the_tensor_count(tmp_path):
     t2 = time.perf_counter()
     # 40k tensors took 15 s before (a quadratic name check); the bound is loose because this
     # machine is shared: 10x the tensors may take at most 30x the time, and under 5 s
-    assert t2 - t1 < max(30 * (t1 - t0), 0.5) and t2 - t1 < 5, (t1 - t0, t2 - t1)
+    assert t2 - t1 < max(30 * (t1 - t0), 2.0) and t2 - t1 < 5, (t1 - t0, t2 - t1)
     assert len(gq.load(tmp_path / "b.safetensors")) == 40000
 
 
