@@ -281,8 +281,16 @@ def write_safetensors_stream(path: str | os.PathLike,
         raise FormatError(f"{path}: {len(entries)} tensors; a file holds at most {MAX_TENSORS} "
                           "(shard the checkpoint)")
     header: dict[str, object] = {}
+
+    def fail(problem: str) -> FormatError:
+        return FormatError(f"{path}: {problem}; such a file could not be read back")
+
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        for text in [*header["__metadata__"], *header["__metadata__"].values()]:
+            _check_text(text, "__metadata__ key or value", fail)
+    for name, _, _ in entries:
+        _check_text(name, "tensor name", fail)
     offset = 0
     for name, tag, shape in entries:
         nbytes = math.prod(shape) * DTYPES[tag].itemsize

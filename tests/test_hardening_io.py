@@ -192,6 +192,15 @@ def test_save_is_linear_in_the_tensor_count(tmp_path):
     assert len(gq.load(tmp_path / "b.safetensors")) == 40000
 
 
+@pytest.mark.parametrize("tensors,metadata", [({"a\x00b": np.ones(2)}, None),
+                                               ({"\ud800": np.ones(2)}, None),
+                                               ({"a": np.ones(2)}, {"k": "\udfff"})])
+def test_save_refuses_what_load_would_refuse(tmp_path, tensors, metadata):
+    with pytest.raises(gq.FormatError, match="could not be read back"):
+        gq.save(tmp_path / "w.safetensors", tensors, metadata)
+    assert os.listdir(tmp_path) == []
+
+
 # ------------------------------------------------------------ output paths
 def test_save_to_a_missing_folder_names_it(tmp_path):
     target = tmp_path / "nope" / "w.safetensors"
