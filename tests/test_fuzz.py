@@ -1,7 +1,8 @@
 """Fuzzing that stays in the repository (issue 13): numerics and malformed files.
 
-(a) hypothesis over shapes (0-d to 4-d, sides 1 and odd), dtypes, schemes and
-granularities (negative axes, odd and oversize groups), with values that
+(a) hypothesis over shapes (0-d to 4-d, sides 1 and odd), dtypes, schemes,
+granularities (negative axes, odd and oversize groups) and min/max or
+percentile calibration, with values that
 include subnormals, +-3e38 and exact ties: the NumPy backend and the Triton
 interpreter against tests/naive.py, codes, scales and zero points exactly equal.
 (b) a generator of malformed safetensors files and indexes, run through
@@ -55,6 +56,10 @@ def cases(draw, max_size=150, dtypes=("float16", "float32", "float64", "bfloat16
         kw["axis"] = draw(st.integers(-ndim, ndim - 1))
     if gran == "group":
         kw["group_size"] = draw(st.sampled_from([1, 3, 5, 7, cols + 1, 2 * cols + 3, 128]))
+    if draw(st.booleans()):
+        kw["calibration"] = gq.Percentile(*sorted(draw(st.lists(
+            st.sampled_from([0.0, 0.01, 1.0, 12.5, 50.0, 99.9, 100.0]), min_size=2, max_size=2,
+            unique=True))))
     cfg = gq.QuantConfig(scheme=draw(st.sampled_from(["int4", "int8", "int16"])),
                          symmetric=draw(st.booleans()),
                          nibble_order=draw(st.sampled_from(["high_first", "low_first"])), **kw)
@@ -78,8 +83,10 @@ def _as_np(a):
 
 def _check_against_naive(qt, x32, cfg, backend=None):
     gran = cfg.granularity.value
+    cal = cfg.calibration
+    pct = (cal.lower, cal.upper) if isinstance(cal, gq.Percentile) else None
     codes, scale, zp = naive_quantize(x32, cfg.bits, cfg.symmetric, gran, cfg.axis,
-                                      cfg.group_size)
+                                      cfg.group_size, pct)
     assert np.array_equal(codes_of(qt), codes)
     got_scale, got_zp = _as_np(qt.scale), _as_np(qt.zero_point)
     assert got_scale.shape == scale.shape and np.array_equal(got_scale, scale)
