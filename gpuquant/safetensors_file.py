@@ -69,9 +69,9 @@ def _check_text(text: str, what: str, fail) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise fail(f"{what} {text!r} is not valid UTF-8 (lone surrogate)") from None
+        raise fail(f"{what} {text[:80]!r} is not valid UTF-8 (lone surrogate)") from None
     if what == "tensor name" and _CONTROL.search(text):
-        raise fail(f"{what} {text!r} holds control characters")
+        raise fail(f"{what} {text[:80]!r} holds control characters")
 
 
 def tag_of(dtype: np.dtype) -> str:
@@ -132,8 +132,9 @@ class SafetensorsFile:
         """The header as a dict, or FormatError: never RecursionError, ValueError, ...."""
         if not raw.startswith(b"{"):  # as the safetensors package requires
             raise self._fail("not a safetensors file: header is not a JSON object")
-        if raw.count(b'"data_offsets"') > MAX_TENSORS:  # refuse before building the dicts
-            raise self._too_many(raw.count(b'"data_offsets"'))
+        entries = raw.count(b'"data_offsets"')  # one per tensor, however the names read
+        if entries > MAX_TENSORS:  # refuse before building a dict per entry
+            raise self._too_many(entries)
         try:
             header = json.loads(raw.decode("utf-8"), parse_int=_parse_int,
                                 parse_constant=_refuse_constant)
