@@ -23,6 +23,7 @@ from .errors import (
     InvalidDtypeError,
     InvalidShapeError,
     NonFiniteError,
+    OutputPathError,
     QuantizationError,
     UnsupportedSchemeError,
 )
@@ -33,13 +34,23 @@ from .qparams import QParams
 from .quantize import quantize
 from .tensor import QuantizedTensor
 
-__version__ = "0.1.0"
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gpuquant")
+    except PackageNotFoundError:  # a source tree on sys.path, not installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
     "EmptyTensorError", "Entropy", "FormatError", "MSE", "Granularity", "InvalidBitWidthError",
     "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
-    "InvalidShapeError", "NonFiniteError", "Percentile", "QParams", "QuantConfig",
+    "InvalidShapeError", "NonFiniteError", "OutputPathError", "Percentile", "QParams", "QuantConfig",
     "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",
     "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
 ]

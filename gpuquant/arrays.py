@@ -13,7 +13,7 @@ import numpy as np
 
 from .errors import BackendUnavailableError, EmptyTensorError, InvalidDtypeError
 
-__all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy",
+__all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy", "as_ndarray",
            "FLOAT_DTYPES", "bf16_bits_to_f32", "f32_to_bf16_bits"]
 
 FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -46,6 +46,11 @@ def dtype_name(x: Any) -> str:
     return str(x.dtype).replace("torch.", "")
 
 
+def array_device(x: Any) -> str:
+    """"cpu", "cuda:N" or (torch) "meta", ... of any array."""
+    return _device(x, framework_of(x))
+
+
 def _device(x: Any, framework: str) -> str:
     if framework == "torch":
         return str(x.device) if x.device.type != "cpu" else "cpu"
@@ -58,18 +63,32 @@ def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, T
     """Validate an input tensor and describe it. Lists and scalars go through ``np.asarray``."""
     framework = framework_of(x)
     if framework == "numpy" and not isinstance(x, np.ndarray):
-        x = np.asarray(x)
+        x = as_ndarray(x, name)
     dtype = dtype_name(x)
     if require_float and dtype not in FLOAT_DTYPES:
         raise InvalidDtypeError(
             f"{name} has dtype {dtype}; accepted: float16, bfloat16 (torch), float32, float64"
         )
+    if framework == "torch" and x.device.type == "meta":
+        raise BackendUnavailableError(
+            f"{name} is a torch tensor on the meta device, which holds no values; "
+            "move it to 'cpu' or 'cuda' first")
     shape = tuple(int(s) for s in x.shape)
     if int(np.prod(shape, dtype=np.int64)) == 0:
         raise EmptyTensorError(f"{name} is empty (shape {shape}); quantization needs values")
     if framework == "torch" and getattr(x, "requires_grad", False):
         x = x.detach()
     return x, TensorInfo(framework, dtype, shape, _device(x, framework))
+
+
+def as_ndarray(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)``, with InvalidDtypeError naming ``name`` where NumPy cannot make an
+    array of it (ragged lists, a meta-device tensor, ...)."""
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
+        raise InvalidDtypeError(f"{name} cannot be read as an array: "
+                                f"{str(exc).splitlines()[0][:150]}") from None
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -109,6 +128,8 @@ def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:
 def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> Any:
     """Return a NumPy result in the caller's framework (zero-copy for torch CPU)."""
     if info.framework == "numpy":
+        if dtype == "bfloat16":  # NumPy has no bfloat16: float32 values rounded to it
+            return bf16_bits_to_f32(f32_to_bf16_bits(arr))
         return arr
     import torch
 

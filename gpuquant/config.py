@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import operator
 from typing import Any, Union
 
+from .calibration_methods import MAX_ENTROPY_BINS, MAX_MSE_CANDIDATES, MSE, Entropy, Percentile
 from .errors import (
     InvalidBitWidthError,
     InvalidCalibrationError,
@@ -20,7 +22,8 @@ from .errors import (
     UnsupportedSchemeError,
 )
 
-__all__ = ["Scheme", "Granularity", "Percentile", "Entropy", "MSE", "QuantConfig"]
+__all__ = ["Scheme", "Granularity", "Percentile", "Entropy", "MSE", "QuantConfig",
+           "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDATES"]
 
 
 class Scheme(str, enum.Enum):
@@ -100,80 +103,18 @@ class Granularity(str, enum.Enum):
         return self.value
 
 
-@dataclasses.dataclass(frozen=True)
-class Percentile:
-    """Percentile calibration: the unit's range is (P_lower, P_upper), in percent.
-
-    Order statistics are interpolated linearly (NumPy's default method), so
-    fractional bounds such as ``upper=99.99`` are meaningful.
-    """
-
-    lower: float = 0.01
-    upper: float = 99.99
-
-    def __post_init__(self) -> None:
-        for name in ("lower", "upper"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise InvalidCalibrationError(
-                    f"Percentile {name}={value!r} must be a number in [0, 100]"
-                )
-            if not (0.0 <= value <= 100.0):
-                raise InvalidCalibrationError(
-                    f"Percentile {name}={value!r} is outside [0, 100]"
-                )
-            object.__setattr__(self, name, float(value))
-        if self.lower >= self.upper:
-            raise InvalidCalibrationError(
-                f"Percentile lower={self.lower} must be below upper={self.upper}"
-            )
-
-    def __str__(self) -> str:
-        return f"percentile({self.lower:g},{self.upper:g})"
-
-
-@dataclasses.dataclass(frozen=True)
-class Entropy:
-    """Entropy (KL divergence) calibration, TensorRT's procedure (see gpuquant.searches).
-
-    ``bins``: histogram bins of |x| over [0, amax] (2048 by default, at least 2).
-    """
-
-    bins: int = 2048
-
-    def __post_init__(self) -> None:
-        if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 2:
-            raise InvalidCalibrationError(f"Entropy bins={self.bins!r} must be an integer >= 2")
-
-    def __str__(self) -> str:
-        return "entropy" if self.bins == 2048 else f"entropy({self.bins})"
-
-
-@dataclasses.dataclass(frozen=True)
-class MSE:
-    """MSE search: the range (lo, hi) shrunk by f = 1 - k / candidates, k = 0 .. candidates - 1,
-    keeping the f with the least squared error (ties to the widest range)."""
-
-    candidates: int = 100
-
-    def __post_init__(self) -> None:
-        c = self.candidates
-        if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-            raise InvalidCalibrationError(f"MSE candidates={c!r} must be an integer >= 1")
-
-    def __str__(self) -> str:
-        return "mse" if self.candidates == 100 else f"mse({self.candidates})"
-
-
 Calibration = Union[str, Percentile, Entropy, MSE]  # noqa: UP007 - a runtime alias on Python 3.10
 _NAMED_CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 _NIBBLE_ORDERS = ("high_first", "low_first")
 
 
 def _as_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) and not hasattr(value, "__index__"):
-        raise InvalidShapeError(f"{name}={value!r} must be an integer >= {minimum}")
-    value = int(value)
+    try:
+        if isinstance(value, bool) or isinstance(value, float):
+            raise TypeError
+        value = operator.index(value)
+    except TypeError:
+        raise InvalidShapeError(f"{name}={value!r} must be an integer >= {minimum}") from None
     if value < minimum:
         raise InvalidShapeError(f"{name}={value} must be an integer >= {minimum}")
     return value
@@ -241,23 +182,25 @@ class QuantConfig:
                 f"Entropy bins={self.calibration.bins} is below the {1 << (self.bits - 1)} "
                 f"quantized bins of {self.scheme.value}; use bins >= {1 << (self.bits - 1)}"
             )
-        if self.nibble_order not in _NIBBLE_ORDERS:
+        if not isinstance(self.nibble_order, str) or self.nibble_order not in _NIBBLE_ORDERS:
             raise QuantizationError(
                 f"nibble_order={self.nibble_order!r} is not supported; accepted: "
                 + ", ".join(repr(o) for o in _NIBBLE_ORDERS)
             )
 
-    # ----------------------------------------------------------------- derived
     @property
     def bits(self) -> int:
+        """Bits per code: 4, 8 or 16."""
         return self.scheme.bits
 
     @property
     def qmin(self) -> int:
+        """The smallest code: -2^(bits-1) symmetric, 0 asymmetric."""
         return self.scheme.qrange(self.symmetric)[0]
 
     @property
     def qmax(self) -> int:
+        """The largest code: 2^(bits-1) - 1 symmetric, 2^bits - 1 asymmetric."""
         return self.scheme.qrange(self.symmetric)[1]
 
     @property
@@ -276,36 +219,47 @@ class QuantConfig:
         """Nominal ratio against float32, qparams not counted."""
         return self.scheme.compression_ratio
 
-    # ---------------------------------------------------------------- presets
     @classmethod
     def int8_symmetric(cls) -> QuantConfig:
+        """int8, one scale for the whole tensor, codes -128..127, zero point 0."""
         return cls(scheme="int8", granularity="tensor", symmetric=True)
 
     @classmethod
     def int8_asymmetric(cls) -> QuantConfig:
+        """int8, one scale and zero point for the whole tensor, codes 0..255."""
         return cls(scheme="int8", granularity="tensor", symmetric=False)
 
     @classmethod
     def int8_per_channel(cls, num_channels: int | None = None, axis: int = 0) -> QuantConfig:
+        """int8 symmetric, one scale per index along ``axis`` (0: the output channels of a
+        (out, in) weight); ``num_channels``, when given, is checked against each tensor."""
         return cls(scheme="int8", granularity="channel", symmetric=True, axis=axis,
                    num_channels=num_channels)
 
     @classmethod
     def int4_symmetric(cls) -> QuantConfig:
+        """int4, one scale for the whole tensor, codes -8..7 packed two per byte."""
         return cls(scheme="int4", granularity="tensor", symmetric=True)
 
     @classmethod
     def int4_per_channel(cls, num_channels: int | None = None, axis: int = 0) -> QuantConfig:
+        """int4 symmetric, one scale per index along ``axis``, codes packed two per byte."""
         return cls(scheme="int4", granularity="channel", symmetric=True, axis=axis,
                    num_channels=num_channels)
 
     @classmethod
-    def int4_per_group(cls, group_size: int = 128, symmetric: bool = False) -> QuantConfig:
+    def int4_per_group(cls, group_size: int = 128, symmetric: bool = True) -> QuantConfig:
+        """int4, one scale per run of ``group_size`` elements along the last axis.
+
+        Symmetric by default, like every preset and ``QuantConfig`` itself;
+        ``symmetric=False`` adds a zero point per group (codes 0..15), as GPTQ
+        and AWQ checkpoints do.
+        """
         return cls(scheme="int4", granularity="group", group_size=group_size,
                    symmetric=symmetric)
 
-    # ----------------------------------------------------------- serialisation
     def replace(self, **changes: Any) -> QuantConfig:
+        """A copy with some fields changed, validated like a new config."""
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,6 +286,7 @@ class QuantConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        """The config :meth:`to_dict` gave; QuantizationError for anything else."""
         if not isinstance(data, dict):
             raise QuantizationError(f"QuantConfig.from_dict needs a dict, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -344,10 +299,12 @@ class QuantConfig:
         calibration = kwargs.get("calibration")
         if isinstance(calibration, dict):
             kinds = {"percentile": Percentile, "entropy": Entropy, "mse": MSE}
-            kind = kinds.get(calibration.get("method"))
-            if kind is None:
-                raise InvalidCalibrationError(f"calibration={calibration!r} is not understood")
+            method = calibration.get("method")
+            kind = kinds.get(method) if isinstance(method, str) else None
             params = {k: v for k, v in calibration.items() if k != "method"}
+            fields = {f.name for f in dataclasses.fields(kind)} if kind else set()
+            if kind is None or not set(params) <= fields:
+                raise InvalidCalibrationError(f"calibration={calibration!r} is not understood")
             kwargs["calibration"] = kind(**params)
         return cls(**kwargs)
 

@@ -20,6 +20,7 @@ __all__ = [
     "NonFiniteError",
     "BackendUnavailableError",
     "FormatError",
+    "OutputPathError",
 ]
 
 
@@ -69,3 +70,8 @@ class BackendUnavailableError(QuantizationError):
 
 class FormatError(QuantizationError):
     """A file that is not a valid gpuquant safetensors file."""
+
+
+class OutputPathError(QuantizationError):
+    """An output path that cannot be written: its folder is missing, it is a folder, or the
+    folder is not writable. The message names the path the caller gave."""

@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from .arrays import bf16_bits_to_f32, framework_of
+from .arrays import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    as_ndarray,
+    bf16_bits_to_f32,
+    framework_of,
+)
 from .config import QuantConfig
-from .errors import FormatError, QuantizationError
+from .errors import BackendUnavailableError, FormatError, QuantizationError
 from .layout import Layout
 from .nonfinite import raise_ready
-from .safetensors_file import BF16, SafetensorsFile, tag_of, write_safetensors
+from .safetensors_file import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",
@@ -40,13 +48,16 @@ def to_host(a: Any) -> tuple[str, np.ndarray]:
     if framework == "torch":
         import torch
 
+        if a.device.type == "meta":
+            raise BackendUnavailableError("a torch tensor on the meta device holds no values to "
+                                          "save")
         a = a.detach().cpu()
         if a.dtype == torch.bfloat16:
             return BF16, a.view(torch.int16).numpy().view(np.uint16)
         a = a.numpy()
     elif framework == "cupy":
         a = a.get()
-    a = np.asarray(a)
+    a = as_ndarray(a, "a tensor to save")
     return tag_of(a.dtype), a
 
 
@@ -61,10 +72,18 @@ def quantized_metadata(qt: QuantizedTensor) -> dict[str, Any]:
 
 def save(path: str | os.PathLike, tensors: Mapping[str, Any],
          metadata: Mapping[str, str] | None = None) -> None:
-    """Write quantized tensors and plain arrays to one safetensors file, atomically."""
+    """Write quantized tensors and plain arrays to one safetensors file, atomically.
+
+    Raises OutputPathError when the folder of ``path`` does not exist (or
+    ``path`` is a folder), FormatError past MAX_TENSORS stored tensors.
+    """
     raise_ready()
+    path = _path(path)
     if not isinstance(tensors, Mapping):
         raise QuantizationError("tensors must be a mapping of name -> QuantizedTensor or array")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise QuantizationError(f"metadata must be a mapping of str -> str or None, got "
+                                f"{type(metadata).__name__}")
     entries: list[tuple[str, str, np.ndarray]] = []
     described: dict[str, Any] = {}
     for name, value in tensors.items():
@@ -75,10 +94,10 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
             described[name] = quantized_metadata(value)
         else:
             entries.append((name, *to_host(value)))
-    names = [e[0] for e in entries]
-    clash = sorted({n for n in names if names.count(n) > 1})
+    counts = Counter(e[0] for e in entries)
+    clash = sorted(n for n, c in counts.items() if c > 1)
     if clash:
-        raise QuantizationError(f"tensor names collide in the file: {clash}")
+        raise QuantizationError(f"tensor names collide in the file: {clash[:10]}")
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta[VERSION_KEY] = FORMAT_VERSION
     meta[TENSORS_KEY] = json.dumps(described, separators=(",", ":"))
@@ -86,35 +105,57 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
 
 
 def described_tensors(f: SafetensorsFile) -> dict[str, Any]:
+    """NAME -> {"config", "shape", "dtype"} of the file's quantized tensors, every entry
+    checked against the stored arrays (FormatError otherwise); {} for a plain file."""
+    described = _described_unchecked(f)
+    for name, info in described.items():
+        _checked_entry(f, name, info)
+    return described
+
+
+def _described_unchecked(f: SafetensorsFile) -> dict[str, Any]:
     meta = f.metadata
     if VERSION_KEY not in meta:
+        if TENSORS_KEY in meta:
+            raise FormatError(f"{f.path}: {TENSORS_KEY} metadata without {VERSION_KEY}")
         return {}
     if meta[VERSION_KEY] != FORMAT_VERSION:
         raise FormatError(f"{f.path}: gpuquant format version {meta[VERSION_KEY]!r} is not "
                           f"supported; this gpuquant reads version {FORMAT_VERSION!r}")
+    if TENSORS_KEY not in meta:
+        raise FormatError(f"{f.path}: {VERSION_KEY} is set but {TENSORS_KEY} is missing")
     try:
-        described = json.loads(meta.get(TENSORS_KEY, "{}"))
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"{f.path}: {TENSORS_KEY} metadata is not JSON ({exc})") from None
+        described = json.loads(meta[TENSORS_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{f.path}: {TENSORS_KEY} metadata is not JSON "
+                          f"({str(exc)[:200]})") from None
     if not isinstance(described, dict):
         raise FormatError(f"{f.path}: {TENSORS_KEY} metadata must be a JSON object")
     return described
 
 
-def read_quantized(f: SafetensorsFile, name: str, info: Any) -> QuantizedTensor:
-    """Rebuild one QuantizedTensor from its three stored arrays, checking every shape."""
+def _checked_entry(f: SafetensorsFile, name: str, info: Any):
+    """(config, shape, dtype) of one described tensor whose three arrays fit it."""
     try:
         config = QuantConfig.from_dict(info["config"])
-        shape, dtype = tuple(int(s) for s in info["shape"]), str(info["dtype"])
+        raw_shape = info["shape"]
+        if not is_shape(raw_shape):
+            raise QuantizationError(f"shape {str(raw_shape)[:100]} is not a list of at most "
+                                    "64 non-negative integers")
+        shape, dtype = tuple(raw_shape), info["dtype"]
+        if dtype not in FLOAT_DTYPES:
+            raise QuantizationError(f"dtype {str(dtype)[:50]!r} is not one of {FLOAT_DTYPES}")
         layout = Layout.of(shape, config)
-    except (QuantizationError, KeyError, TypeError, ValueError) as exc:
-        raise FormatError(f"{f.path}: tensor {name!r} has bad gpuquant metadata ({exc})") from None
+    except (QuantizationError, KeyError, TypeError, ValueError, RecursionError) as exc:
+        raise FormatError(f"{f.path}: tensor {name!r} has bad gpuquant metadata "
+                          f"({str(exc)[:300]})") from None
+    if name in f:
+        raise FormatError(f"{f.path}: {name!r} is both a quantized tensor and a plain one")
     expect = {
         ".qdata": (tag_of(config.storage_dtype), layout.packed_shape(config.bits)),
         ".scale": ("F32", layout.unit_shape),
         ".zero_point": ("I32", layout.unit_shape),
     }
-    arrays = []
     for suffix, (tag, want) in expect.items():
         key = name + suffix
         if key not in f:
@@ -122,25 +163,95 @@ def read_quantized(f: SafetensorsFile, name: str, info: Any) -> QuantizedTensor:
         if f.dtype_tag(key) != tag or f.shape(key) != tuple(want):
             raise FormatError(f"{f.path}: {key!r} is {f.dtype_tag(key)}{list(f.shape(key))}, "
                               f"expected {tag}{list(want)} for shape {list(shape)} and {config}")
-        arrays.append(f.get(key))
-    return QuantizedTensor(*arrays, shape, dtype, config)
+    return config, shape, dtype
 
 
-def load(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a file written by :func:`save`: name -> QuantizedTensor or NumPy array.
+def read_quantized(f: SafetensorsFile, name: str, info: Any, framework: str = "numpy",
+                   device: Any = None) -> QuantizedTensor:
+    """Rebuild one QuantizedTensor from its three stored arrays, checking shapes and values."""
+    config, shape, dtype = _checked_entry(f, name, info)
+    arrays = [f.get(name + suffix) for suffix in SUFFIXES]
+    try:
+        qt = QuantizedTensor(*arrays, shape, dtype, config)  # checks the values on the host
+    except QuantizationError as exc:
+        raise FormatError(f"{f.path}: quantized tensor {name!r}: {exc}") from None
+    if framework == "numpy":
+        return qt
+    arrays = [_to_torch(a, False, device) for a in arrays]
+    info = TensorInfo("torch", dtype, shape, array_device(arrays[0]))
+    return QuantizedTensor(*arrays, shape, dtype, config, info)
 
-    Plain bfloat16 tensors are widened to float32 (exactly), NumPy having no
-    bfloat16. Raises FormatError for truncated, foreign or unknown-version files.
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailableError("framework='torch' needs PyTorch: pip install "
+                                      "'gpuquant[torch]'") from None
+    return torch
+
+
+def _to_torch(arr: np.ndarray, bf16: bool, device: Any):
+    torch = _torch()
+    t = torch.from_numpy(arr.view(np.int16)).view(torch.bfloat16) if bf16 else \
+        torch.from_numpy(arr)
+    return t if device is None else t.to(device)
+
+
+def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) -> dict[str, Any]:
+    """Read a file written by :func:`save`: name -> QuantizedTensor or array.
+
+    Args:
+        framework: "numpy" (default): NumPy arrays. Plain bfloat16 tensors are
+            widened to float32 (exactly), and ``dequantize()`` of a quantized
+            tensor whose original dtype is bfloat16 returns float32 values
+            rounded to bfloat16, NumPy having no bfloat16. "torch": torch
+            tensors (bfloat16 stays bfloat16); torch is imported only then.
+        device: with "torch", where the tensors go ("cpu", "cuda:0", a
+            torch.device); None keeps them on the CPU.
+
+    Raises FormatError for truncated, foreign, inconsistent or unknown-version
+    files, and BackendUnavailableError when torch is asked for but missing.
     """
+    path = _path(path)
+    if not isinstance(framework, str) or framework not in ("numpy", "torch"):
+        raise QuantizationError(f"framework={framework!r} is not supported; accepted: "
+                                "'numpy', 'torch'")
+    if framework == "numpy" and not (device is None or isinstance(device, str) and device == "cpu"):
+        raise QuantizationError(f"device={device!r} needs framework='torch'; NumPy arrays "
+                                "live on the CPU")
+    if framework == "torch":
+        _check_device(device)
     with SafetensorsFile(path) as f:
-        described = described_tensors(f)
+        described = _described_unchecked(f)  # read_quantized checks each entry
         out: dict[str, Any] = {}
         owned = set()
         for name, info in described.items():
-            out[name] = read_quantized(f, name, info)
+            out[name] = read_quantized(f, name, info, framework, device)
             owned.update(name + s for s in SUFFIXES)
         for key in f.keys():
             if key not in owned:
-                arr = f.get(key)
-                out[key] = bf16_bits_to_f32(arr) if f.dtype_tag(key) == BF16 else arr
+                arr, bf16 = f.get(key), f.dtype_tag(key) == BF16
+                if framework == "torch":
+                    out[key] = _to_torch(arr, bf16, device)
+                else:
+                    out[key] = bf16_bits_to_f32(arr) if bf16 else arr
     return out
+
+
+def _path(path: Any) -> str:
+    try:
+        return os.fspath(path)
+    except TypeError:
+        raise QuantizationError(f"path={path!r} must be a str or os.PathLike") from None
+
+
+def _check_device(device: Any) -> None:
+    torch = _torch()
+    if device is None:
+        return
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, AssertionError) as exc:
+        raise BackendUnavailableError(f"device={device!r} cannot hold torch tensors here "
+                                      f"({str(exc).splitlines()[0][:200]})") from None

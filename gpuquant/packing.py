@@ -10,8 +10,11 @@ one element.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
+from .arrays import as_ndarray
 from .errors import InvalidDtypeError, InvalidShapeError, QuantizationError
 
 __all__ = ["pack_int4", "unpack_int4", "pack_rows", "unpack_rows"]
@@ -20,7 +23,7 @@ _ORDERS = ("high_first", "low_first")
 
 
 def _check_order(nibble_order: str) -> None:
-    if nibble_order not in _ORDERS:
+    if not isinstance(nibble_order, str) or nibble_order not in _ORDERS:
         raise QuantizationError(
             f"nibble_order={nibble_order!r} is not supported; accepted: 'high_first', 'low_first'"
         )
@@ -73,21 +76,36 @@ def unpack_rows(packed: np.ndarray, cols: int, signed: bool, nibble_order: str,
     return out
 
 
-def pack_int4(codes, nibble_order: str = "high_first"):
-    """Pack int4 codes (-8..7 or 0..15, any integer dtype) two per byte along the last axis.
+def pack_int4(codes, nibble_order: str = "high_first", signed: bool | None = None):
+    """Pack int4 codes (any integer dtype) two per byte along the last axis.
 
-    Returns uint8 of shape ``(..., ceil(K / 2))`` (``(1,)`` for a 0-d input).
+    ``signed=True`` accepts codes in -8..7, ``False`` in 0..15; ``None`` (the
+    default) infers it, and refuses codes that mix negatives with values above
+    7 (neither range holds both). Codes outside the range raise
+    InvalidDtypeError: they do not fit the 4-bit type. Returns uint8 of shape
+    ``(..., ceil(K / 2))`` (``(1,)`` for a 0-d input; empty input gives empty
+    output).
     """
     _check_order(nibble_order)
-    codes = np.asarray(codes)
+    if signed is not None and not isinstance(signed, (bool, np.bool_)):
+        raise QuantizationError(f"signed={signed!r} must be True, False or None")
+    codes = as_ndarray(codes, "codes")
     if codes.dtype.kind not in "iu":
         raise InvalidDtypeError(f"codes must be an integer array, got dtype {codes.dtype}")
-    if codes.size and (codes.min() < -8 or codes.max() > 15):
-        raise QuantizationError(
-            f"codes must lie in -8..7 (signed) or 0..15 (unsigned); got {codes.min()}..{codes.max()}"
-        )
+    if codes.size:
+        lo, hi = int(codes.min()), int(codes.max())
+        if signed is None and lo < 0 and hi > 7:
+            raise InvalidDtypeError(
+                f"codes mix signed and unsigned int4 values ({lo}..{hi}): signed codes lie in "
+                "-8..7, unsigned in 0..15; pass signed= to say which")
+        is_signed = lo < 0 if signed is None else bool(signed)
+        qmin, qmax = (-8, 7) if is_signed else (0, 15)
+        if lo < qmin or hi > qmax:
+            raise InvalidDtypeError(
+                f"codes must lie in {qmin}..{qmax} ({'signed' if is_signed else 'unsigned'} "
+                f"int4; signed codes lie in -8..7, unsigned in 0..15); got {lo}..{hi}")
     shape = codes.shape if codes.ndim else (1,)
-    flat = codes.astype(np.int8).reshape(-1, shape[-1])
+    flat = codes.astype(np.int8).reshape(math.prod(shape[:-1]), shape[-1])
     packed = pack_rows(flat, nibble_order)
     return packed.reshape(*shape[:-1], packed.shape[-1])
 
@@ -95,18 +113,21 @@ def pack_int4(codes, nibble_order: str = "high_first"):
 def unpack_int4(packed, length: int, signed: bool = True, nibble_order: str = "high_first"):
     """Inverse of :func:`pack_int4`: ``length`` codes per row, int8 (signed) or uint8."""
     _check_order(nibble_order)
-    packed = np.asarray(packed)
+    packed = as_ndarray(packed, "packed")
     if packed.dtype != np.uint8:
         raise InvalidDtypeError(f"packed must be uint8, got dtype {packed.dtype}")
     if packed.ndim == 0:
         raise InvalidShapeError("packed must have at least one dimension")
-    if isinstance(length, bool) or int(length) != length or length < 0:
+    if (isinstance(length, bool) or not isinstance(length, (int, np.integer))
+            or length < 0):
         raise InvalidShapeError(f"length={length!r} must be a non-negative integer")
+    if not isinstance(signed, (bool, np.bool_)):
+        raise QuantizationError(f"signed={signed!r} must be True or False")
     length = int(length)
     if packed.shape[-1] != (length + 1) // 2:
         raise InvalidShapeError(
             f"packed has {packed.shape[-1]} bytes per row; length={length} needs {(length + 1) // 2}"
         )
-    flat = np.ascontiguousarray(packed).reshape(-1, packed.shape[-1])
+    flat = np.ascontiguousarray(packed).reshape(math.prod(packed.shape[:-1]), packed.shape[-1])
     codes = unpack_rows(flat, length, signed, nibble_order)
     return codes.reshape(*packed.shape[:-1], length)

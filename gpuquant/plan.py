@@ -23,9 +23,9 @@ from .arrays import TensorInfo, prepare
 from .backends import select
 from .calibrate import calibration_range
 from .config import QuantConfig
-from .errors import InvalidCalibrationError, QuantizationError
+from .errors import QuantizationError
 from .layout import Layout
-from .qparams import QParams
+from .qparams import QParams, check_user_qparams
 
 __all__ = ["plan_for", "QuantizePlan", "clear", "DEFAULT_CONFIG"]
 
@@ -201,28 +201,20 @@ def user_qparams(qparams: Any, plan: QuantizePlan, x) -> tuple[Any, Any]:
     from .backends.array_ops import ops_for
 
     ops = ops_for(x)
+    host = [None if v.on_gpu else np.asarray(a.cpu() if v.framework == "torch" else a)
+            for a, v in ((scale, sinfo), (zero_point, zinfo))]
+    if host[0] is not None or host[1] is not None:  # values on the host are checked here
+        checked = check_user_qparams(
+            np.ones(layout.unit_shape, np.float32) if host[0] is None else host[0],
+            np.zeros(layout.unit_shape, np.int32) if host[1] is None else host[1],
+            config.qmin, config.qmax)
+        host = [None if h is None else c for h, c in zip(host, checked)]
     out = []
-    for value, vinfo, dtype in ((scale, sinfo, "float32"), (zero_point, zinfo, "int32")):
-        if not vinfo.on_gpu:
-            value = np.asarray(value.cpu() if vinfo.framework == "torch" else value)
-            value = _host_checked(value, dtype, config)
-            value = ops.from_host(value, x) if info.on_gpu else value
-        out.append(ops.astype(value, dtype) if info.on_gpu else value)
-    if info.framework == "torch" and not info.on_gpu:
-        out = [ops.from_host(v, x) for v in out]
+    for value, on_host, dtype in ((scale, host[0], "float32"), (zero_point, host[1], "int32")):
+        if on_host is None:
+            out.append(ops.astype(value, dtype))  # on the GPU: unchecked, a check would wait
+        elif info.framework == "numpy":
+            out.append(on_host)
+        else:
+            out.append(ops.from_host(on_host, x))
     return out[0], out[1]
-
-
-def _host_checked(value: np.ndarray, dtype: str, config: QuantConfig) -> np.ndarray:
-    if dtype == "float32":
-        value = value.astype(np.float32)
-        if not (np.isfinite(value).all() and (value > 0).all()):
-            raise InvalidCalibrationError("qparams.scale must be finite and positive everywhere")
-        return value
-    if value.dtype.kind == "f" and not np.array_equal(value, np.rint(value)):
-        raise InvalidCalibrationError("qparams.zero_point must hold integers")
-    if value.size and (value.min() < config.qmin or value.max() > config.qmax):
-        raise InvalidCalibrationError(
-            f"qparams.zero_point must lie in [{config.qmin}, {config.qmax}] for "
-            f"{config.scheme.value} {'symmetric' if config.symmetric else 'asymmetric'}")
-    return value.astype(np.int32)

@@ -15,16 +15,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 from collections.abc import Iterable
 
 import numpy as np
 
-from .errors import FormatError
+from .errors import FormatError, OutputPathError
 
 __all__ = ["SafetensorsFile", "write_safetensors", "write_safetensors_stream", "DTYPES", "BF16",
-           "tag_of"]
+           "tag_of", "is_shape", "MAX_HEADER_BYTES", "MAX_TENSORS"]
 
 BF16 = "BF16"
 # safetensors dtype tag -> NumPy storage dtype (BF16 is stored as its bits in uint16)
@@ -36,7 +37,41 @@ DTYPES = {
     "F64": np.dtype("<f8"),
 }
 _TAGS = {v.newbyteorder("<").str: k for k, v in DTYPES.items() if k != BF16}
-_MAX_HEADER = 100 << 20
+MAX_HEADER_BYTES = 100 << 20  # the safetensors package refuses larger headers too
+MAX_TENSORS = 200_000  # entries per file; parsing costs ~1.4 kB each (a 1M-entry header ~1.4 GB)
+MAX_DIMS = 64  # NumPy's own limit on dimensions
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
+_MAX_INT_DIGITS = 20  # 2^64 has 20 digits; offsets and sizes are below 2^64
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_shape(value) -> bool:
+    """A list of at most MAX_DIMS integers in [0, 2^63), never booleans."""
+    return isinstance(value, list) and len(value) <= MAX_DIMS and all(
+        _is_int(d) and 0 <= d < 2 ** 63 for d in value)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > _MAX_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _refuse_constant(text: str):
+    raise ValueError(f"{text} is not JSON")
+
+
+def _check_text(text: str, what: str, fail) -> None:
+    """Names and metadata must be valid UTF-8 (no lone surrogates) without control characters."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise fail(f"{what} {text[:80]!r} is not valid UTF-8 (lone surrogate)") from None
+    if what == "tensor name" and _CONTROL.search(text):
+        raise fail(f"{what} {text[:80]!r} holds control characters")
 
 
 def tag_of(dtype: np.dtype) -> str:
@@ -71,38 +106,71 @@ class SafetensorsFile:
         if size < 8:
             raise self._fail(f"not a safetensors file: {size} bytes, too short for a header")
         (n,) = struct.unpack("<Q", self._file.read(8))
-        if n > min(size - 8, _MAX_HEADER):
+        if n > MAX_HEADER_BYTES:
+            raise self._fail(f"header length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes "
+                             "(100 MiB, as in the safetensors package); not a safetensors file?")
+        if n > size - 8:
             raise self._fail(f"not a safetensors file or truncated: header length {n} but the "
                              f"file has {size} bytes")
-        try:
-            header = json.loads(self._file.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise self._fail(f"not a safetensors file: header is not JSON ({exc})") from None
-        if not isinstance(header, dict):
-            raise self._fail("not a safetensors file: header is not a JSON object")
-        meta = header.pop("__metadata__", None) or {}
+        header = self._parse(self._file.read(n))
+        meta = header.pop("__metadata__", None)
+        meta = {} if meta is None else meta
         if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
             raise self._fail("__metadata__ must map strings to strings")
+        for text in [*meta, *meta.values()]:
+            _check_text(text, "__metadata__ key or value", self._fail)
         self.metadata: dict[str, str] = meta
         self._start = 8 + n
         data_size = size - self._start
         self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
         for name, entry in header.items():
+            _check_text(name, "tensor name", self._fail)
             self._entries[name] = self._check_entry(name, entry, data_size)
+        self._check_tiling(data_size)
+
+    def _parse(self, raw: bytes) -> dict:
+        """The header as a dict, or FormatError: never RecursionError, ValueError, ...."""
+        if not raw.startswith(b"{"):  # as the safetensors package requires
+            raise self._fail("not a safetensors file: header is not a JSON object")
+        entries = raw.count(b'"data_offsets"')  # one per tensor, however the names read
+        if entries > MAX_TENSORS:  # refuse before building a dict per entry
+            raise self._too_many(entries)
+        try:
+            header = json.loads(raw.decode("utf-8"), parse_int=_parse_int,
+                                parse_constant=_refuse_constant)
+        except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
+            problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise self._fail(f"not a safetensors file: header is not valid JSON "
+                             f"({problem[:200]})") from None
+        if not isinstance(header, dict):
+            raise self._fail("not a safetensors file: header is not a JSON object")
+        count = len(header) - ("__metadata__" in header)
+        if count > MAX_TENSORS:
+            raise self._too_many(count)
+        return header
+
+    def _too_many(self, count: int) -> FormatError:
+        return self._fail(f"header lists {count} tensors; gpuquant reads at most {MAX_TENSORS} "
+                          "per file (shard larger checkpoints)")
 
     def _check_entry(self, name, entry, data_size):
-        try:
-            tag, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
-        except (KeyError, TypeError, ValueError):
-            raise self._fail(f"tensor {name!r}: header entry needs dtype, shape, "
-                             "data_offsets") from None
-        if tag not in DTYPES:
+        if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
+            raise self._fail(f"tensor {name!r}: header entry must be an object with dtype, "
+                             "shape and data_offsets")
+        tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(tag, str) or tag not in DTYPES:
             raise self._fail(f"tensor {name!r}: unsupported dtype {tag!r}; supported: "
                              + ", ".join(DTYPES))
-        if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape):
-            raise self._fail(f"tensor {name!r}: bad shape {shape!r}")
-        if not (isinstance(begin, int) and isinstance(end, int) and 0 <= begin <= end):
-            raise self._fail(f"tensor {name!r}: bad data_offsets {[begin, end]!r}")
+        if not is_shape(shape):
+            raise self._fail(f"tensor {name!r}: bad shape {str(shape)[:200]}; a shape is a list "
+                             f"of at most {MAX_DIMS} non-negative integers")
+        if math.prod(d for d in shape if d) * DTYPES[tag].itemsize >= 2 ** 63:
+            raise self._fail(f"tensor {name!r}: shape {shape} is too large for any array")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
+                and 0 <= offsets[0] <= offsets[1]):
+            raise self._fail(f"tensor {name!r}: bad data_offsets {str(offsets)[:200]}; "
+                             "expected [begin, end] with 0 <= begin <= end")
+        begin, end = offsets
         expected = math.prod(shape) * DTYPES[tag].itemsize
         if end - begin != expected:
             raise self._fail(f"tensor {name!r}: header says {end - begin} bytes but shape "
@@ -112,6 +180,19 @@ class SafetensorsFile:
                              f"the data has {data_size} bytes")
         return tag, tuple(shape), begin, end
 
+    def _check_tiling(self, data_size: int) -> None:
+        """Tensors cover the data exactly, without overlap (the safetensors package's rule)."""
+        spans = sorted((e[2], e[3], name) for name, e in self._entries.items())
+        at = 0
+        for begin, end, name in spans:
+            if begin != at:
+                what = "overlaps the tensor before it" if begin < at else "leaves a gap before it"
+                raise self._fail(f"tensor {name!r} at data bytes {begin}..{end} {what} (at {at})")
+            at = end
+        if at != data_size:
+            raise self._fail(f"the tensors cover {at} bytes of data but the file holds "
+                             f"{data_size}")
+
     # ---------------------------------------------------------------- access
     def keys(self) -> list[str]:
         return list(self._entries)
@@ -119,14 +200,20 @@ class SafetensorsFile:
     def __contains__(self, name: str) -> bool:
         return name in self._entries
 
+    def _entry(self, name: str) -> tuple[str, tuple[int, ...], int, int]:
+        try:
+            return self._entries[name]
+        except (KeyError, TypeError):
+            raise self._fail(f"no tensor named {name!r}") from None
+
     def dtype_tag(self, name: str) -> str:
-        return self._entries[name][0]
+        return self._entry(name)[0]
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return self._entries[name][1]
+        return self._entry(name)[1]
 
     def nbytes(self, name: str) -> int:
-        _, _, begin, end = self._entries[name]
+        _, _, begin, end = self._entry(name)
         return end - begin
 
     def get(self, name: str) -> np.ndarray:
@@ -135,9 +222,7 @@ class SafetensorsFile:
         Plain reads, not a memory map: only the tensors a caller holds count
         towards its memory, never the whole file.
         """
-        if name not in self._entries:
-            raise self._fail(f"no tensor named {name!r}")
-        tag, shape, begin, end = self._entries[name]
+        tag, shape, begin, end = self._entry(name)
         arr = np.empty(shape, DTYPES[tag])
         view = memoryview(arr.reshape(-1)).cast("B")
         done = 0
@@ -156,6 +241,19 @@ class SafetensorsFile:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _output_folder(path: str) -> str:
+    """The existing folder that will hold ``path``; OutputPathError naming what is wrong."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        given = os.path.dirname(path) or "."
+        raise OutputPathError(f"{path}: the output folder {given!r} does not exist; create it "
+                              "first")
+    if os.path.isdir(path):
+        raise OutputPathError(f"{path}: is a folder; give a file name such as "
+                              f"{os.path.join(path, 'model.safetensors')!r}")
+    return directory
 
 
 def write_safetensors(path: str | os.PathLike,
@@ -179,9 +277,21 @@ def write_safetensors_stream(path: str | os.PathLike,
     same folder, fsync, rename); on any failure nothing is left behind.
     """
     path = os.fspath(path)
+    directory = _output_folder(path)
+    if len(entries) > MAX_TENSORS:
+        raise FormatError(f"{path}: {len(entries)} tensors; a file holds at most {MAX_TENSORS} "
+                          "(shard the checkpoint)")
     header: dict[str, object] = {}
+
+    def fail(problem: str) -> FormatError:
+        return FormatError(f"{path}: {problem}; such a file could not be read back")
+
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        for text in [*header["__metadata__"], *header["__metadata__"].values()]:
+            _check_text(text, "__metadata__ key or value", fail)
+    for name, _, _ in entries:
+        _check_text(name, "tensor name", fail)
     offset = 0
     for name, tag, shape in entries:
         nbytes = math.prod(shape) * DTYPES[tag].itemsize
@@ -190,8 +300,11 @@ def write_safetensors_stream(path: str | os.PathLike,
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".gpuquant-", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gpuquant-", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OutputPathError(f"{path}: cannot write in the folder {directory!r} "
+                              f"({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(struct.pack("<Q", len(blob)))

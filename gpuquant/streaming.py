@@ -27,11 +27,11 @@ import numpy as np
 
 from .backends.array_ops import NumpyOps
 from .config import MSE, Entropy, Percentile, QuantConfig
-from .errors import InvalidShapeError
+from .errors import InvalidCalibrationError, InvalidShapeError
 from .qparams import compute_qparams
 from .searches import first_minimum, kl_best_bins, mse_factors
 
-__all__ = ["HistogramState", "DEFAULT_BINS"]
+__all__ = ["HistogramState", "DEFAULT_BINS", "check_momentum", "check_calibrator_state"]
 
 DEFAULT_BINS = 4096
 
@@ -46,7 +46,8 @@ class HistogramState:
     """Per-unit counts over a growing symmetric range, plus the exact min and max."""
 
     def __init__(self, bins: int = DEFAULT_BINS):
-        if bins < 4 or bins % 2:
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 4 \
+                or bins % 2:
             raise InvalidShapeError(f"histogram bins={bins} must be an even number >= 4")
         self.bins = bins
         self.counts: np.ndarray | None = None  # (units, bins) int64
@@ -182,9 +183,128 @@ class HistogramState:
 
     @classmethod
     def from_state(cls, state: dict) -> HistogramState:
-        h = cls(int(state["bins"]))
-        for key in ("counts", "radius", "lo", "hi"):
-            value = state[key]
-            setattr(h, key, None if value is None else np.array(value, dtype=(
-                np.int64 if key == "counts" else np.float64 if key == "radius" else np.float32)))
+        """Rebuild a state saved by :meth:`state`, checking every field (a tampered or
+        foreign dict raises InvalidCalibrationError naming the field)."""
+        if not isinstance(state, dict) or not {"bins", "counts", "radius", "lo", "hi"} <= set(
+                state):
+            raise InvalidCalibrationError("histogram state must be a dict with bins, counts, "
+                                          "radius, lo and hi")
+        bins = state["bins"]
+        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) \
+                or not 4 <= bins <= 1 << 24 or bins % 2:
+            raise InvalidCalibrationError(f"histogram state: bins={bins!r} must be an even "
+                                          "integer in [4, 2^24]")
+        h = cls(int(bins))
+        given = [state[k] is not None for k in ("counts", "radius", "lo", "hi")]
+        if not any(given):
+            return h
+        if not all(given):
+            raise InvalidCalibrationError("histogram state: counts, radius, lo and hi must be "
+                                          "all present or all None")
+        counts = _state_array(state["counts"], "counts", "iu", np.int64)
+        units = counts.shape[0] if counts.ndim == 2 else -1
+        if counts.ndim != 2 or counts.shape[1] != h.bins or (counts < 0).any():
+            raise InvalidCalibrationError(f"histogram state: counts must be non-negative "
+                                          f"integers of shape (units, {h.bins}), got shape "
+                                          f"{counts.shape}")
+        radius = _state_array(state["radius"], "radius", "f", np.float64, units)
+        lo = _state_array(state["lo"], "lo", "f", np.float32, units)
+        hi = _state_array(state["hi"], "hi", "f", np.float32, units)
+        with np.errstate(all="ignore"):
+            pow2 = np.exp2(np.round(np.log2(radius))) == radius
+        if not (np.isfinite(radius).all() and (radius > 0).all() and pow2.all()):
+            raise InvalidCalibrationError("histogram state: radius must hold positive powers "
+                                          "of two")
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()
+                and (np.maximum(-lo, hi) <= radius).all()):
+            raise InvalidCalibrationError("histogram state: lo and hi must be finite, lo <= hi, "
+                                          "inside [-radius, radius]")
+        h.counts, h.radius, h.lo, h.hi = counts, radius, lo, hi
         return h
+
+
+def _state_array(value, name: str, kinds: str, dtype, units: int | None = None) -> np.ndarray:
+    """A state field as an array of ``dtype``; InvalidCalibrationError for the wrong kind
+    (floats where integers belong, complex, strings) or, with ``units``, shape (units,)."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidCalibrationError(f"state: {name} is not an array ({exc})") from None
+    if arr.dtype.kind not in kinds and not (arr.size == 0 and arr.dtype.kind == "f"):
+        raise InvalidCalibrationError(f"state: {name} has dtype {arr.dtype}; "
+                                      f"expected {np.dtype(dtype).name}")
+    if units is not None and arr.shape != (units,):
+        raise InvalidCalibrationError(f"state: {name} has shape {arr.shape}; "
+                                      f"expected ({units},)")
+    return arr.astype(dtype)
+
+
+def check_momentum(momentum) -> float | None:
+    """A Calibrator's momentum: None, or a real number in (0, 1]."""
+    if momentum is None:
+        return None
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float, np.integer,
+                                                               np.floating)):
+        raise InvalidCalibrationError(f"momentum={momentum!r} must be a number in (0, 1] or None")
+    if not 0.0 < float(momentum) <= 1.0:
+        raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")
+    return float(momentum)
+
+
+def check_calibrator_state(state) -> dict:
+    """Check a ``Calibrator.state_dict()`` before it is loaded; return it normalised.
+
+    Raises InvalidCalibrationError (or the config's own error) naming the bad
+    field: a foreign config, momentum outside (0, 1], negative batches, an
+    unknown backend, lo/hi not matching unit_shape, a histogram where the
+    calibration is min/max (or none where it is not), tampered histograms.
+    """
+    keys = {"config", "momentum", "batches", "backend", "unit_shape", "lo", "hi", "histogram"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise InvalidCalibrationError(f"not a Calibrator state: a dict with {sorted(keys)}")
+    config = QuantConfig.from_dict(state["config"])
+    momentum = check_momentum(state["momentum"])
+    if momentum is not None and config.calibration != "minmax":
+        raise InvalidCalibrationError("Calibrator state: momentum applies to minmax only")
+    batches, backend, shape = state["batches"], state["backend"], state["unit_shape"]
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+        raise InvalidCalibrationError(f"Calibrator state: batches={batches!r} must be an "
+                                      "integer >= 0")
+    if backend not in (None, "numpy", "triton"):
+        raise InvalidCalibrationError(f"Calibrator state: backend={backend!r} is unknown")
+    if shape is not None and (not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise InvalidCalibrationError(f"Calibrator state: unit_shape={shape!r} must be a list "
+                                      "of non-negative integers")
+    if (batches == 0) != (shape is None):
+        raise InvalidCalibrationError("Calibrator state: unit_shape is set exactly when "
+                                      "batches > 0")
+    units = None if shape is None else int(np.prod(shape, dtype=np.int64))
+    out = dict(state, config=config.to_dict(), momentum=momentum,
+               unit_shape=None if shape is None else list(shape))
+    if config.calibration == "minmax":
+        if state["histogram"] is not None:
+            raise InvalidCalibrationError("Calibrator state: a histogram with minmax calibration")
+        out["lo"], out["hi"] = _checked_range(state["lo"], state["hi"], units)
+        return out
+    hist = HistogramState.from_state(state["histogram"])
+    if (hist.counts is None) != (units is None) or (
+            hist.counts is not None and hist.counts.shape[0] != units):
+        raise InvalidCalibrationError("Calibrator state: histogram units do not match "
+                                      f"unit_shape={shape!r}")
+    return out
+
+
+def _checked_range(lo, hi, units: int | None):
+    if units is None:
+        if lo is not None or hi is not None:
+            raise InvalidCalibrationError("Calibrator state: lo/hi set but no batches")
+        return None, None
+    lo = _state_array(lo, "lo", "fiu", np.float32)
+    hi = _state_array(hi, "hi", "fiu", np.float32)
+    if lo.size != units or hi.size != units:
+        raise InvalidCalibrationError(f"Calibrator state: lo and hi need {units} value(s), got "
+                                      f"{lo.size} and {hi.size}")
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()):
+        raise InvalidCalibrationError("Calibrator state: lo and hi must be finite with lo <= hi")
+    return lo.tolist(), hi.tolist()

@@ -7,11 +7,25 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import FLOAT_DTYPES, TensorInfo, prepare
+from .arrays import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    as_ndarray,
+    dtype_name,
+    framework_of,
+    prepare,
+)
 from .config import QuantConfig
-from .errors import InvalidDtypeError
+from .errors import (
+    BackendUnavailableError,
+    InvalidDtypeError,
+    InvalidShapeError,
+    QuantizationError,
+)
 from .layout import Layout
 from .nonfinite import entry
+from .qparams import check_user_qparams
 
 __all__ = ["QuantizedTensor"]
 
@@ -33,15 +47,31 @@ class QuantizedTensor:
 
     def __init__(self, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
                  dtype: str, config: QuantConfig, info: TensorInfo | None = None):
+        """Validate and hold the parts of a quantized tensor.
+
+        Shapes and dtypes are always checked: ``data`` must have the config's
+        storage dtype and the packed shape of ``shape``, ``scale`` float32 and
+        ``zero_point`` int32 of the unit shape. Values (scales finite, positive
+        and normal, zero points in [qmin, qmax]) are checked for arrays on the
+        CPU only: a GPU array is never synchronised. Raises a QuantizationError
+        subclass naming the argument.
+        """
+        data, scale, zero_point = (_as_array(a, name) for a, name in (
+            (data, "data"), (scale, "scale"), (zero_point, "zero_point")))
+        shape, dtype, layout, info = check_parts(data, scale, zero_point, shape, dtype, config,
+                                                 info)
+        self._set(data, scale, zero_point, shape, dtype, config, info, layout)
+
+    def _set(self, data, scale, zero_point, shape, dtype, config, info, layout) -> None:
         self.data = data
         self.scale = scale
         self.zero_point = zero_point
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = shape
         self.dtype = dtype
         self.config = config
-        self._info = info or TensorInfo("numpy", dtype, self.shape, "cpu")
-        self.layout = Layout.of(self.shape, config)
-        self._plan = None
+        self._info = info
+        self.layout = layout
+        self._plan = None  # made by gq.quantize: the plan with its dequantize runners
 
     @classmethod
     def _trusted(cls, data: Any, scale: Any, zero_point: Any, plan) -> QuantizedTensor:
@@ -89,9 +119,12 @@ class QuantizedTensor:
         """float(q - zero_point) * scale, in the original framework and device.
 
         ``dtype`` defaults to the original dtype; "float16", "bfloat16" (torch
-        only), "float32" and "float64" are accepted. ``out``: a preallocated
-        contiguous output of the original shape and that dtype (a CUDA graph's
-        static buffer, say). A NaN found by an earlier GPU call is raised here.
+        only), "float32" and "float64" are accepted. A NumPy QuantizedTensor
+        whose original dtype is bfloat16 (one read by ``gq.load``) returns
+        float32 values rounded to bfloat16 by default, NumPy having no bfloat16.
+        ``out``: a preallocated contiguous output of the original shape and that
+        dtype (a CUDA graph's static buffer, say). A NaN found by an earlier GPU
+        call is raised here.
         """
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
@@ -147,8 +180,10 @@ class QuantizedTensor:
 def _output_dtype(dtype: Any, original: str, framework: str) -> str:
     if dtype is None:
         name = original
-        if framework != "torch" and name == "bfloat16":
-            name = "float32"  # NumPy and CuPy have no bfloat16
+        if framework == "cupy" and name == "bfloat16":
+            name = "float32"  # CuPy has no bfloat16
+        # NumPy has none either: "bfloat16" here makes the NumPy backend compute float32 and
+        # gpuquant.arrays.from_numpy round the values to bfloat16, kept in float32
         return name
     name = str(dtype).replace("torch.", "")
     if isinstance(dtype, type) and issubclass(dtype, np.generic):
@@ -164,3 +199,69 @@ def _output_dtype(dtype: Any, original: str, framework: str) -> str:
             "arrays, which have no bfloat16: use 'float16' or 'float32'"
         )
     return name
+
+
+# ------------------------------------------------------------- validation
+def _as_array(a: Any, name: str) -> Any:
+    if framework_of(a) == "numpy" and not isinstance(a, np.ndarray):
+        return as_ndarray(a, name)
+    return a
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+                               and d >= 0 for d in dims):
+        raise InvalidShapeError(f"shape={shape!r} must be a tuple of non-negative integers")
+    return tuple(int(d) for d in dims)
+
+
+def check_parts(data, scale, zero_point, shape, dtype, config, info):
+    """(shape, dtype, layout, info) of valid parts; see QuantizedTensor.__init__."""
+    if not isinstance(config, QuantConfig):
+        raise QuantizationError(f"config must be a gq.QuantConfig, got {type(config).__name__}")
+    shape = _check_shape(shape)
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
+                                + ", ".join(FLOAT_DTYPES))
+    if info is not None and not isinstance(info, TensorInfo):
+        raise QuantizationError(f"info must be a TensorInfo or None, got {type(info).__name__}")
+    layout = Layout.of(shape, config)
+    framework, device = framework_of(data), array_device(data)
+    wanted = {"data": (data, config.storage_dtype, layout.packed_shape(config.bits)),
+              "scale": (scale, "float32", layout.unit_shape),
+              "zero_point": (zero_point, "int32", layout.unit_shape)}
+    for name, (value, want_dtype, want_shape) in wanted.items():
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
+        if (framework_of(value), array_device(value)) != (framework, device):
+            raise QuantizationError(f"{name} is a {framework_of(value)} array on "
+                                    f"{array_device(value)} but data is a {framework} array "
+                                    f"on {device}; keep the parts together")
+        if dtype_name(value) != want_dtype:
+            raise InvalidDtypeError(f"{name} has dtype {dtype_name(value)}; {config.describe()} "
+                                    f"needs {want_dtype}")
+        if tuple(int(d) for d in value.shape) != tuple(want_shape):
+            raise InvalidShapeError(f"{name} has shape {tuple(value.shape)}; shape {shape} under "
+                                    f"{config.describe()} needs {tuple(want_shape)}")
+    if device == "meta":
+        raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
+                                      "holds no values")
+    if device == "cpu":
+        _check_values(_host(scale), _host(zero_point), config)
+    if info is not None and (info.framework, info.device) != (framework, device):
+        raise QuantizationError(f"info says {info.framework} on {info.device} but the arrays "
+                                f"are {framework} on {device}")
+    info = info or TensorInfo(framework, dtype, shape, device)
+    return shape, dtype, layout, info
+
+
+def _host(a: Any) -> np.ndarray:
+    return a.detach().numpy() if framework_of(a) == "torch" else np.asarray(a)
+
+
+def _check_values(scale: np.ndarray, zero_point: np.ndarray, config: QuantConfig) -> None:
+    check_user_qparams(scale, zero_point, config.qmin, config.qmax, prefix="")

@@ -51,7 +51,10 @@ def qparams(lo, hi, bits, symmetric):
             scale = F32(max(abs(lo), abs(hi)) / F32(qmax))
         else:
             lo, hi = min(lo, F32(0)), max(hi, F32(0))
-            scale = F32((hi * F32(0.5) - lo * F32(0.5)) / F32((qmax - qmin) * 0.5))
+            if math.isinf(hi - lo):  # a range wider than float32: halve both ends (exact there)
+                scale = F32((hi * F32(0.5) - lo * F32(0.5)) / (F32(qmax - qmin) * F32(0.5)))
+            else:
+                scale = F32((hi - lo) / F32(qmax - qmin))
         if not (math.isfinite(scale) and scale >= np.finfo(F32).tiny):
             scale = F32(1.0)
         zp = 0 if symmetric else int(min(max(F32(qmin) - np.rint(lo / scale), qmin), qmax))

@@ -14,7 +14,10 @@ def test_presets():
     assert gq.QuantConfig.int4_symmetric().bits == 4
     assert gq.QuantConfig.int4_per_channel().granularity == "channel"
     g = gq.QuantConfig.int4_per_group()
-    assert (g.group_size, g.symmetric) == (128, False)
+    # one story (issue 13): symmetric by default everywhere, int4_per_group included
+    assert (g.group_size, g.symmetric) == (128, True)
+    assert g == gq.QuantConfig(scheme=4, granularity="group")
+    assert gq.QuantConfig.int4_per_group(symmetric=False).qmin == 0
     assert gq.QuantConfig(granularity="per_group").group_size == 128
 
 
@@ -26,7 +29,7 @@ def test_scheme_compression_ratio():
 
 @pytest.mark.parametrize("cfg", [
     gq.QuantConfig(),
-    gq.QuantConfig.int4_per_group(64, symmetric=True),
+    gq.QuantConfig.int4_per_group(64, symmetric=False),
     gq.QuantConfig.int8_per_channel(num_channels=3, axis=-2),
     gq.QuantConfig(scheme="int16", calibration=gq.Percentile(0.5, 99.5), nibble_order="low_first",
                    ignore_nonfinite=True),
@@ -44,7 +47,7 @@ def test_from_dict_rejects_unknown_keys():
 
 def test_reprs_are_readable():
     assert repr(gq.QuantConfig.int4_per_group()) == (
-        "QuantConfig(scheme='int4', granularity='group', symmetric=False, group_size=128, "
+        "QuantConfig(scheme='int4', granularity='group', symmetric=True, group_size=128, "
         "calibration='minmax', nibble_order='high_first')")
     assert "Percentile" not in repr(gq.QuantConfig(calibration=gq.Percentile(1, 99)))
     qt = gq.quantize(np.ones((4, 8), np.float32), gq.QuantConfig.int4_per_group(4))

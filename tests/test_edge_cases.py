@@ -70,9 +70,11 @@ def test_float32_max():
     x = np.array([FMAX, -FMAX, 0.0], np.float32)
     sym = gq.quantize(x, INT8)
     assert sym.scale == FMAX / np.float32(127) and codes_of(sym).tolist() == [127, -127, 0]
-    asym = gq.quantize(x, UINT8)  # hi - lo would overflow; the halved range does not
-    assert asym.scale == np.float32(FMAX) / np.float32(127.5) and asym.zero_point == 128
-    assert codes_of(asym).tolist() == [255, 0, 128]  # 127.5 + 128 rounds to 256, clamped
+    # hi - lo overflows: the range is halved first (gpuquant.qparams.asymmetric_scale), giving
+    # scale (2 FMAX) / 255 (issue 13 item 2; it was 1.0 with every code clamped before)
+    asym = gq.quantize(x, UINT8)
+    assert asym.scale == FMAX / np.float32(127.5) and asym.zero_point == 128
+    assert codes_of(asym).tolist() == [255, 0, 128]
 
 
 def test_symmetric_max_maps_to_qmax():

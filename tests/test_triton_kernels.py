@@ -106,12 +106,21 @@ def test_edge_values_through_the_kernel():
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_qparams_edge_ranges_match_reference():
-    fmax = float(np.finfo(np.float32).max)
-    rows = [[0.0, 0.0], [5.0, 5.0], [-3.0, -3.0], [0.5, 1.5], [1e-45, -3e-45], [fmax, -fmax]]
+    rows = [[0.0, 0.0], [5.0, 5.0], [-3.0, -3.0], [0.5, 1.5], [1e-45, -3e-45]]
     x = torch.tensor(rows, dtype=torch.float32, device=DEVICE)
     for sym in (True, False):
         cfg = gq.QuantConfig(granularity="channel", symmetric=sym)
         assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.parametrize("sym", [True, False])
+def test_ranges_wider_than_float32_match_reference(sym):
+    fmax = float(np.finfo(np.float32).max)
+    x = torch.tensor([[fmax, -fmax], [3e38, -3e38], [1.0, 2.0]], dtype=torch.float32,
+                     device=DEVICE)
+    cfg = gq.QuantConfig(granularity="channel", symmetric=sym)
+    assert_same(gq.quantize(x, cfg, backend="triton"), reference(x, cfg))
 
 
 def test_nonfinite_is_reported_and_can_be_ignored(rng):

@@ -109,14 +109,19 @@ class _Params:
 
 def nonfinite_error(x2: np.ndarray, shape: tuple[int, ...], name: str = "x") -> NonFiniteError:
     """Count the NaN/Inf values and locate the first, for the error message."""
-    counts = run_blocks(lambda s: np.count_nonzero(~np.isfinite(x2[s[0]:s[1], s[2]:s[3]])),
+    def finite(a):  # of the values rounded to float32, as the contract reads them
+        with np.errstate(over="ignore"):
+            return np.isfinite(a.astype(F32, copy=False))
+
+    counts = run_blocks(lambda s: np.count_nonzero(~finite(x2[s[0]:s[1], s[2]:s[3]])),
                         *x2.shape)
     total = int(sum(counts))
-    flat = np.flatnonzero(~np.isfinite(x2.reshape(-1)))[0] if total else 0
+    flat = np.flatnonzero(~finite(x2.reshape(-1)))[0] if total else 0
     where = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
     value = x2.reshape(-1)[flat]
     return NonFiniteError(
-        f"{name} has {total} non-finite value(s) (NaN or Inf) in its calibration data; the "
+        f"{name} has {total} non-finite value(s) (NaN or Inf, once rounded to float32) in its "
+        "calibration data; the "
         f"first is {value} at index {where}. Clean the data, or pass ignore_nonfinite=True "
         "to calibrate over the finite values only"
     )
@@ -157,8 +162,9 @@ class NumpyBackend:
         def one(span):
             r0, r1, c0, c1 = span
             xb = x2[r0:r1, c0:c1]
-            if xb.dtype == np.float16:  # NumPy reduces float16 in software: widen first (3x)
-                xb = xb.astype(F32)
+            if xb.dtype != F32:  # float16: NumPy reduces it in software, widening is 3x faster;
+                with np.errstate(over="ignore"):  # float64: rounded to float32 first (1e39 -> inf)
+                    xb = xb.astype(F32)
             if masked:
                 finite = np.isfinite(xb)
                 return (span, _reduce_block(np.where(finite, xb, np.inf), layout, np.minimum),
