@@ -33,6 +33,7 @@ from .io import (
 )
 from .layout import Layout
 from .metrics import error_sums
+from .qparams import check_user_qparams
 from .quantize import quantize
 from .safetensors_file import BF16, DTYPES, SafetensorsFile, tag_of, write_safetensors_stream
 from .shards import open_checkpoint, write_output
@@ -265,6 +266,11 @@ def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
            "granularity": granularity_label(config), "symmetric": config.symmetric,
            "bytes": sum(f.nbytes(key + s) for s in SUFFIXES),
            "original_bytes": math.prod(shape) * DTYPES[float_tag(info["dtype"])].itemsize}
+    try:  # the qparams are small: check their values even without a reference
+        check_user_qparams(f.get(key + SUFFIXES[1]), f.get(key + SUFFIXES[2]), config.qmin,
+                           config.qmax, prefix=f"{key}: stored ")
+    except QuantizationError as exc:
+        raise FormatError(f"{f.path}: quantized tensor {key!r}: {exc}") from None
     if reference is not None:
         ref = reference(key)
         y = read_quantized(f, key, info).dequantize(dtype="float32")

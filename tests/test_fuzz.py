@@ -302,11 +302,7 @@ def _build_valid():
 
 VALID = _build_valid()  # a few hundred bytes, built once at collection
 CLASSES = {**header_classes(VALID), **gpuquant_classes(VALID)}
-# for the cli branch (commands.py): quantize must refuse quantized input (issue 13 item 1), and
-# inspect, which reads no tensor data without --reference, should check the stored qparams (item
-# 12). Strict: when a fix lands these XPASS and fail, and the lead drops them from this set.
-CLI_BRANCH = {("quantize", label) for label in gpuquant_classes(VALID)} - {
-    ("quantize", "NaN scale")} | {("inspect", "NaN scale"), ("inspect", "zero point out of range")}
+CLI_BRANCH: set = set()  # cases the CLI still gets wrong (strict xfail); none since the merge
 
 
 def _cli_params():
@@ -371,10 +367,7 @@ def _index_case(root, label):
 INDEX_CLASSES = ["escaping ../", "absolute path", "duplicate shard names", "weight_map a list",
                  "shard names not strings", "missing shard", "metadata a list", "index not JSON",
                  "index deeply nested"]
-# issue 13 items 6 and 8 and malformed indexes belong to the cli branch (checkpoint.py); strict:
-# each XPASSes once fixed there, and the lead then drops it from this set
-INDEX_CLI_BRANCH = {"escaping ../", "absolute path", "duplicate shard names",
-                    "shard names not strings", "metadata a list", "index deeply nested"}
+INDEX_CLI_BRANCH: set = set()  # malformed indexes the CLI still accepts; none since the merge
 
 
 def _index_params():
