@@ -209,6 +209,8 @@ def parse(argv=None):
     ap.add_argument("--tuning", metavar="JSON", default=None,
                     help="launch-parameter table to use instead of the package's tuning.json "
                          "(what `python -m bench.tune --out` wrote)")
+    ap.add_argument("--seconds", type=float, default=1.0,
+                    help="--host-overhead: seconds of repeated calls timed per operation")
     ap.add_argument("--host-overhead", action="store_true",
                     help="print the host work of one repeated call as JSON (python calls, "
                          "host us, launches); on the CPU under the Triton interpreter with "
@@ -246,7 +248,8 @@ def main(argv=None) -> int:
     if args.host_overhead:
         from .host_overhead import main as host_overhead
 
-        return host_overhead(["--device", "cuda" if args.device == "cuda" else "cpu"])
+        return host_overhead(["--device", "cuda" if args.device == "cuda" else "cpu",
+                              "--seconds", str(args.seconds)])
     if args.tuning:
         use_tuning_table(args.tuning)
     rows = run(args)
