@@ -1,0 +1,321 @@
+"""``python -m bench.tune``: sweep the launch parameters of tuning.json on a GPU, rewrite it.
+
+For each kernel of the table and each size class, every candidate
+``{"TILE", "EPT"}`` (TILE 256..8192, EPT 8..64, 1 to 16 warps) is forced with
+``tuning.override`` (launch plans cleared), the bench operations that launch
+the kernel run at a representative float16 size of the class, their outputs
+are compared bit for bit with those of the table's current configuration,
+and they are timed with ``do_bench``. The fastest exact candidate (mean time
+relative to the current configuration) wins; the current one stays unless a
+candidate beats it by more than 2 %. Candidates that launch exactly what an
+earlier one launched (the recorder shows it) are not run twice. The sweep
+keeps to ``--budget-s`` (default 170 s): what does not fit is skipped and said.
+
+The table is rewritten atomically (``--out``, default the package's
+tuning.json), each tuned entry with a "source" note (GPU, date, ms, fraction
+of copy) and the table with ``measured_on``. ``--dry-run`` runs the same code
+on the CPU (torch CPU tensors, Triton interpreter, tiny inputs, two
+candidates) and writes to a temporary file unless ``--out`` is given: the
+plumbing is checked, no figure of it is a GPU measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+
+from .interpreter import rerun_under_interpreter
+from .tune_workloads import (
+    USES,
+    Workload,
+    make_workload,
+    plan_clear,
+    same_bits,
+    signature,
+    tensors_of,
+    uses_by_recording,
+)
+
+TILES = (256, 512, 1024, 2048, 4096, 8192)
+EPTS = (8, 16, 32, 64)
+GPU_SHAPES = {"small": (32, 4096), "medium": (2048, 4096), "large": (8192, 8192)}
+DRY_SHAPES = {"small": (4, 256), "medium": (8, 256), "large": (16, 256)}
+PRIORITY = ["fused_units_kernel", "dequantize_tile_kernel", "segment_minmax_kernel",
+            "column_minmax_kernel", "quantize_tile_kernel"]  # issue 9's order of importance
+KEEP_MARGIN = 0.98  # a candidate must beat the current configuration by 2 % to replace it
+
+
+def candidates(current: dict) -> list[dict]:
+    """The grid, pruned to 1..16 warps of EPT elements per thread, nearest to ``current``
+    first (the current configuration itself leads)."""
+    grid = [{"TILE": t, "EPT": e} for t in TILES for e in EPTS if 1 <= t // (32 * e) <= 16]
+
+    def distance(c):
+        return (abs(math.log2(c["TILE"] / current.get("TILE", 1024)))
+                + abs(math.log2(c["EPT"] / current.get("EPT", 16))))
+
+    grid.sort(key=distance)
+    return grid
+
+
+# --------------------------------------------------------------------- sweep
+@dataclasses.dataclass
+class SizeClass:
+    """One size class's input, copy bandwidth, workloads and reference results."""
+
+    name: str
+    shape: tuple[int, int]
+    copy_gbps: float
+    workloads: dict[str, Workload]
+    refs: dict[str, tuple[list, float]]  # op -> (output arrays, ms) under the current table
+
+
+def make_input(shape, device):
+    """float16 random normals (never zeros) on the sweep's device."""
+    import numpy as np
+    import torch
+
+    a = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    return torch.from_numpy(a).to(device="cuda" if device.kind == "cuda" else "cpu",
+                                  dtype=torch.float16)
+
+
+def prepare_class(name, shape, device, ops, backend, repeats) -> SizeClass:
+    x = make_input(shape, device)
+    copy_gbps = device.copy_bandwidth(x, repeats)
+    plan_clear()
+    workloads = {op: make_workload(op, x, backend) for op in ops}
+    refs = {op: (tensors_of(w.fn()), device.time(w.fn, repeats)[0]) for op, w in workloads.items()}
+    return SizeClass(name, shape, copy_gbps, workloads, refs)
+
+
+@dataclasses.dataclass
+class KernelSweep:
+    """The candidates of one kernel, tried one at a time on every size class."""
+
+    kernel: str
+    ops: list[str]
+    current: dict  # size class -> its configuration in the table
+    pending: list[dict]
+    results: dict = dataclasses.field(default_factory=dict)  # class -> [(config, result)]
+    seen: dict = dataclasses.field(default_factory=dict)  # class -> {signature: result}
+    tried: int = 0
+    counts: dict = dataclasses.field(default_factory=dict)  # class -> same/inexact/failed
+
+    def start(self, classes: dict[str, SizeClass]) -> None:
+        """The current configurations as the first results (score 1)."""
+        for sc in classes.values():
+            ws = [sc.workloads[op] for op in self.ops]
+            ref = {"exact": True, "ms": [sc.refs[op][1] for op in self.ops], "score": 1.0}
+            self.seen[sc.name] = {signature(ws): ref}
+            self.results[sc.name] = [(self.current[sc.name], ref)]
+            self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
+
+    def step(self, classes: dict[str, SizeClass], device, repeats: int) -> None:
+        from gpuquant.backends import tuning
+
+        config = self.pending.pop(0)
+        self.tried += 1
+        for sc in classes.values():
+            ws = [sc.workloads[op] for op in self.ops]
+            try:
+                with tuning.override(self.kernel, config):
+                    result = self._measure(sc, ws, device, repeats)
+            except Exception as exc:  # noqa: BLE001 - a candidate that fails to build is out
+                print(f"  {self.kernel} {sc.name} {config}: failed: {type(exc).__name__}: "
+                      f"{str(exc)[:120]}")
+                self.counts[sc.name]["failed"] += 1
+                result = {"exact": False, "ms": None, "score": math.inf}
+            finally:
+                plan_clear()
+            self.results[sc.name].append((config, result))
+
+    def _measure(self, sc: SizeClass, ws: list[Workload], device, repeats: int) -> dict:
+        sig = signature(ws)
+        if sig in self.seen[sc.name]:
+            self.counts[sc.name]["same"] += 1
+            return self.seen[sc.name][sig]
+        plan_clear()
+        exact = all(same_bits(tensors_of(w.fn()), sc.refs[w.op][0]) for w in ws)
+        if not exact:
+            self.counts[sc.name]["inexact"] += 1
+            print(f"  {self.kernel} {sc.name}: NOT bit-exact against the current configuration")
+            result = {"exact": False, "ms": None, "score": math.inf}
+        else:
+            ms = [device.time(w.fn, repeats)[0] for w in ws]
+            score = sum(m / sc.refs[w.op][1] for m, w in zip(ms, ws)) / len(ws)
+            result = {"exact": True, "ms": ms, "score": score}
+        self.seen[sc.name][sig] = result
+        return result
+
+    def winner(self, name: str) -> tuple[dict, dict]:
+        """(configuration, result) to keep for size class ``name``."""
+        current = self.results[name][0]
+        exact = [cr for cr in self.results[name] if cr[1]["exact"]]
+        best = min(exact, key=lambda cr: cr[1]["score"])
+        return best if best[1]["score"] < KEEP_MARGIN else current
+
+
+def run_sweeps(sweeps: list[KernelSweep], classes, device, repeats: int, budget_s: float):
+    """Each kernel its share of the budget first, then the rest in order of importance;
+    a candidate starts only if one more, as long as the slowest so far, still fits."""
+    start = time.monotonic()
+    deadline = start + budget_s
+    longest = 0.0
+
+    def go(sweep: KernelSweep, until: float) -> None:
+        nonlocal longest
+        while sweep.pending and time.monotonic() + longest < until:
+            t0 = time.monotonic()
+            sweep.step(classes, device, repeats)
+            longest = max(longest, time.monotonic() - t0)
+
+    for i, sweep in enumerate(sweeps):
+        go(sweep, min(deadline, time.monotonic() + (deadline - time.monotonic()) / (len(sweeps) - i)))
+    for sweep in sweeps:
+        go(sweep, deadline)
+    return time.monotonic() - start
+
+
+# --------------------------------------------------------------------- table
+def note(sweep: KernelSweep, sc: SizeClass, config: dict, result: dict, where: str) -> str:
+    """The "source" of a tuned entry: where, when, and what each op measured."""
+    figures = ", ".join(
+        f"{op} {ms:.4f} ms {sc.workloads[op].bytes_moved / ms / 1e6 / sc.copy_gbps:.2f} of copy"
+        for op, ms in zip(sweep.ops, result["ms"]))
+    kept = "kept the current configuration" if result["score"] == 1.0 else \
+        f"{1 / result['score']:.2f}x as fast as the current configuration"
+    c = sweep.counts[sc.name]
+    return (f"{where}: float16 {sc.shape[0]}x{sc.shape[1]}: {figures}; {kept}; "
+            f"{sweep.tried} candidates tried ({c['same']} launched as another, {c['inexact']} "
+            f"not bit-exact, {c['failed']} failed), {len(sweep.pending)} skipped for time")
+
+
+def write_table(table: dict, path: str) -> None:
+    """Write ``table`` to ``path`` atomically (a temporary file in the same folder, renamed)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tuning-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(table, f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def tuned_table(table: dict, sweeps: list[KernelSweep], classes, where: str) -> dict:
+    new = json.loads(json.dumps(table))
+    for sweep in sweeps:
+        entry = new["kernels"][sweep.kernel]
+        for name, sc in classes.items():
+            config, result = sweep.winner(name)
+            entry[name] = dict(TILE=config["TILE"], EPT=config["EPT"],
+                               source=note(sweep, sc, config, result, where))
+    new["measured_on"] = where
+    return new
+
+
+# ---------------------------------------------------------------------- main
+def parse(argv):
+    ap = argparse.ArgumentParser(prog="python -m bench.tune", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None,
+                    help="where to write the table (default: the package's tuning.json; "
+                         "with --dry-run a temporary file)")
+    ap.add_argument("--budget-s", type=float, default=170.0, help="seconds for the whole sweep")
+    ap.add_argument("--repeats", type=int, default=2, help="do_bench rep = 10 ms x repeats")
+    ap.add_argument("--kernels", default=None, help="comma-separated subset of the table's")
+    ap.add_argument("--max-candidates", type=int, default=None,
+                    help="candidates per kernel at most (default: all; --dry-run: 2)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="CPU, Triton interpreter, tiny inputs: checks the plumbing only")
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.max_candidates = args.max_candidates or 2
+        args.repeats = 1
+        args.out = args.out or os.path.join(tempfile.mkdtemp(prefix="gpuquant-tune-"),
+                                            "tuning.json")
+    return args
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse(argv)
+    if args.dry_run:
+        status = rerun_under_interpreter("bench.tune", argv)
+        if status is not None:
+            return status
+    import torch
+
+    from gpuquant.backends import tuning
+
+    from .machine import Device
+
+    if not args.dry_run and not torch.cuda.is_available():
+        raise SystemExit("python -m bench.tune needs a CUDA GPU; --dry-run checks it on the CPU")
+    device = Device("cpu" if args.dry_run else "cuda", "torch")
+    table = tuning.load_table()
+    kernels = [k for k in PRIORITY if k in table["kernels"]] + \
+        [k for k in table["kernels"] if k not in PRIORITY]
+    if args.kernels:
+        kernels = [k for k in kernels if k in args.kernels.split(",")]
+    names = [name for name, _ in tuning.SIZE_CLASSES]
+    shapes = DRY_SHAPES if args.dry_run else GPU_SHAPES
+    backend = "triton"
+    probe_x = make_input(shapes["medium"], device)
+    probe = {op: make_workload(op, probe_x, backend) for ops in USES.values() for op in ops}
+    uses = uses_by_recording(probe, kernels)
+    needed = sorted({op for k in kernels for op in uses[k]})
+    classes = {n: prepare_class(n, shapes[n], device, needed, backend, args.repeats)
+               for n in names}
+    sweeps = []
+    for k in kernels:
+        if not uses[k]:
+            print(f"# {k}: no operation launches it; left as it is")
+            continue
+        entry = table["kernels"][k]
+        current = {n: {p: v for p, v in (entry.get(n) or entry["default"]).items()
+                       if p != "source"} for n in names}
+        sweeps.append(KernelSweep(k, uses[k], current,
+                                  candidates(current[names[-1]])[:args.max_candidates]))
+        sweeps[-1].start(classes)
+    spent = run_sweeps(sweeps, classes, device, args.repeats, args.budget_s)
+    where = where_measured(device)
+    write_table(tuned_table(table, sweeps, classes, where), args.out)
+    report(sweeps, classes, spent, args.out)
+    return 0
+
+
+def where_measured(device) -> str:
+    import torch
+    import triton
+
+    day = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    if device.kind != "cuda":
+        return (f"dry run {day} on the CPU (Triton {triton.__version__} interpreter): plumbing "
+                "only, no figure here is a GPU measurement")
+    return (f"{torch.cuda.get_device_name()}, {day}, triton {triton.__version__}, "
+            f"torch {torch.__version__}")
+
+
+def report(sweeps, classes, spent: float, path: str) -> None:
+    for sweep in sweeps:
+        for name in classes:
+            config, result = sweep.winner(name)
+            gain = "kept" if result["score"] == 1.0 else f"{1 / result['score']:.2f}x faster"
+            print(f"{sweep.kernel:<24} {name:<7} TILE={config['TILE']:<5} EPT={config['EPT']:<3} "
+                  f"{gain} ({', '.join(f'{op} {ms:.4f} ms' for op, ms in zip(sweep.ops, result['ms']))})")
+    print(f"# sweep took {spent:.0f} s; wrote {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
