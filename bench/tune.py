@@ -9,7 +9,8 @@ and they are timed with ``do_bench``. The fastest exact candidate (mean time
 relative to the current configuration) wins; the current one stays unless a
 candidate beats it by more than 2 %. Candidates that launch exactly what an
 earlier one launched (the recorder shows it) are not run twice. The sweep
-keeps to ``--budget-s`` (default 170 s): what does not fit is skipped and said.
+keeps to ``--budget-s`` (default 170 s, set-up included): what does not fit is
+skipped, and the table's notes say how many.
 
 The table is rewritten atomically (``--out``, default the package's
 tuning.json), each tuned entry with a "source" note (GPU, date, ms, fraction
@@ -163,25 +164,22 @@ class KernelSweep:
         return best if best[1]["score"] < KEEP_MARGIN else current
 
 
-def run_sweeps(sweeps: list[KernelSweep], classes, device, repeats: int, budget_s: float):
-    """Each kernel its share of the budget first, then the rest in order of importance;
-    a candidate starts only if one more, as long as the slowest so far, still fits."""
-    start = time.monotonic()
-    deadline = start + budget_s
-    longest = 0.0
+def run_sweeps(sweeps: list[KernelSweep], classes, device, repeats: int, deadline: float):
+    """Each kernel its share of the time left first, then the rest in order of importance;
+    a candidate starts only if one more, as long as that kernel's slowest so far, still fits."""
+    longest = {sweep.kernel: 0.0 for sweep in sweeps}
 
     def go(sweep: KernelSweep, until: float) -> None:
-        nonlocal longest
-        while sweep.pending and time.monotonic() + longest < until:
+        while sweep.pending and time.monotonic() + longest[sweep.kernel] < until:
             t0 = time.monotonic()
             sweep.step(classes, device, repeats)
-            longest = max(longest, time.monotonic() - t0)
+            longest[sweep.kernel] = max(longest[sweep.kernel], time.monotonic() - t0)
 
     for i, sweep in enumerate(sweeps):
-        go(sweep, min(deadline, time.monotonic() + (deadline - time.monotonic()) / (len(sweeps) - i)))
+        share = (deadline - time.monotonic()) / (len(sweeps) - i)
+        go(sweep, min(deadline, time.monotonic() + share))
     for sweep in sweeps:
         go(sweep, deadline)
-    return time.monotonic() - start
 
 
 # --------------------------------------------------------------------- table
@@ -231,7 +229,8 @@ def parse(argv):
     ap.add_argument("--out", default=None,
                     help="where to write the table (default: the package's tuning.json; "
                          "with --dry-run a temporary file)")
-    ap.add_argument("--budget-s", type=float, default=170.0, help="seconds for the whole sweep")
+    ap.add_argument("--budget-s", type=float, default=170.0,
+                    help="seconds for the whole run, set-up included")
     ap.add_argument("--repeats", type=int, default=2, help="do_bench rep = 10 ms x repeats")
     ap.add_argument("--kernels", default=None, help="comma-separated subset of the table's")
     ap.add_argument("--max-candidates", type=int, default=None,
@@ -248,6 +247,7 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse(argv)
     if args.dry_run:
@@ -288,7 +288,8 @@ def main(argv=None) -> int:
         sweeps.append(KernelSweep(k, uses[k], current,
                                   candidates(current[names[-1]])[:args.max_candidates]))
         sweeps[-1].start(classes)
-    spent = run_sweeps(sweeps, classes, device, args.repeats, args.budget_s)
+    run_sweeps(sweeps, classes, device, args.repeats, started + args.budget_s)
+    spent = time.monotonic() - started
     where = where_measured(device)
     write_table(tuned_table(table, sweeps, classes, where), args.out)
     report(sweeps, classes, spent, args.out)

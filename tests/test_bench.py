@@ -148,3 +148,11 @@ def test_tune_dry_run_writes_a_table_of_the_package_schema(tmp_path):
             assert set(cfg) == {"TILE", "EPT", "source"}, (kernel, name)
             assert cfg["TILE"] in (256, 512, 1024, 2048, 4096, 8192) and cfg["EPT"] in (8, 16, 32, 64)
             assert "dry run" in cfg["source"] and "candidates tried" in cfg["source"]
+
+
+def test_device_check_script_parses():
+    """bench/device_check.sh is proven by its --dry-run (about a minute, not in CI); CI
+    checks that it still parses."""
+    run = subprocess.run(["bash", "-n", str(ROOT / "bench" / "device_check.sh")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
