@@ -54,8 +54,9 @@ KEEP_MARGIN = 0.98  # a candidate must beat the current configuration by 2 % to 
 
 
 def candidates(current: dict) -> list[dict]:
-    """The grid, pruned to 1..16 warps of EPT elements per thread, nearest to ``current``
-    first (the current configuration itself leads)."""
+    """The TILE/EPT grid, pruned to 1..16 warps of EPT elements per thread, nearest to
+    ``current`` first (the current configuration itself leads). The sweep keeps the
+    current configuration's other parameters, if any, in every candidate."""
     grid = [{"TILE": t, "EPT": e} for t in TILES for e in EPTS if 1 <= t // (32 * e) <= 16]
 
     def distance(c):
@@ -217,7 +218,7 @@ def tuned_table(table: dict, sweeps: list[KernelSweep], classes, where: str) -> 
         entry = new["kernels"][sweep.kernel]
         for name, sc in classes.items():
             config, result = sweep.winner(name)
-            entry[name] = dict(TILE=config["TILE"], EPT=config["EPT"],
+            entry[name] = dict({k: v for k, v in config.items() if k != "source"},
                                source=note(sweep, sc, config, result, where))
     new["measured_on"] = where
     return new
@@ -275,8 +276,8 @@ def main(argv=None) -> int:
     probe = {op: make_workload(op, probe_x, backend) for ops in USES.values() for op in ops}
     uses = uses_by_recording(probe, kernels)
     needed = sorted({op for k in kernels for op in uses[k]})
-    classes = {n: prepare_class(n, shapes[n], device, needed, backend, args.repeats)
-               for n in names}
+    classes = {n: prepare_class(n, shapes.get(n, shapes["large"]), device, needed, backend,
+                                args.repeats) for n in names}
     sweeps = []
     for k in kernels:
         if not uses[k]:
@@ -285,8 +286,8 @@ def main(argv=None) -> int:
         entry = table["kernels"][k]
         current = {n: {p: v for p, v in (entry.get(n) or entry["default"]).items()
                        if p != "source"} for n in names}
-        sweeps.append(KernelSweep(k, uses[k], current,
-                                  candidates(current[names[-1]])[:args.max_candidates]))
+        grid = [dict(current[names[-1]], **c) for c in candidates(current[names[-1]])]
+        sweeps.append(KernelSweep(k, uses[k], current, grid[:args.max_candidates]))
         sweeps[-1].start(classes)
     run_sweeps(sweeps, classes, device, args.repeats, started + args.budget_s)
     spent = time.monotonic() - started
