@@ -111,13 +111,21 @@ class KernelSweep:
     tried: int = 0
     counts: dict = dataclasses.field(default_factory=dict)  # class -> same/inexact/failed
 
-    def start(self, classes: dict[str, SizeClass]) -> None:
-        """The current configurations as the first results (score 1)."""
+    def start(self, classes: dict[str, SizeClass], device, repeats: int) -> None:
+        """Each class's current configuration, forced, as its first result. It launches what
+        the table chose for the prepared references (score 1, nothing to run) unless the
+        representative size falls in another class (a dry run's tiny inputs do)."""
+        from gpuquant.backends import tuning
+
         for sc in classes.values():
             ws = [sc.workloads[op] for op in self.ops]
             ref = {"exact": True, "ms": [sc.refs[op][1] for op in self.ops], "score": 1.0}
             self.seen[sc.name] = {signature(ws): ref}
-            self.results[sc.name] = [(self.current[sc.name], ref)]
+            self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
+            with tuning.override(self.kernel, self.current[sc.name]):
+                result = self._measure(sc, ws, device, repeats)
+            plan_clear()
+            self.results[sc.name] = [(self.current[sc.name], result)]
             self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
 
     def step(self, classes: dict[str, SizeClass], device, repeats: int) -> None:
@@ -157,12 +165,16 @@ class KernelSweep:
         self.seen[sc.name][sig] = result
         return result
 
-    def winner(self, name: str) -> tuple[dict, dict]:
-        """(configuration, result) to keep for size class ``name``."""
+    def winner(self, name: str) -> tuple[dict, dict, float]:
+        """(configuration, result, speed-up over the current one) to keep for class ``name``."""
         current = self.results[name][0]
         exact = [cr for cr in self.results[name] if cr[1]["exact"]]
+        if not exact:
+            return (*current, 1.0)
         best = min(exact, key=lambda cr: cr[1]["score"])
-        return best if best[1]["score"] < KEEP_MARGIN else current
+        if best[1]["score"] < current[1]["score"] * KEEP_MARGIN:
+            return (*best, current[1]["score"] / best[1]["score"])
+        return (*current, 1.0)
 
 
 def run_sweeps(sweeps: list[KernelSweep], classes, device, repeats: int, deadline: float):
@@ -184,13 +196,16 @@ def run_sweeps(sweeps: list[KernelSweep], classes, device, repeats: int, deadlin
 
 
 # --------------------------------------------------------------------- table
-def note(sweep: KernelSweep, sc: SizeClass, config: dict, result: dict, where: str) -> str:
+def note(sweep: KernelSweep, sc: SizeClass, where: str) -> str:
     """The "source" of a tuned entry: where, when, and what each op measured."""
+    config, result, gain = sweep.winner(sc.name)
+    if not result["exact"]:
+        return f"{where}: float16 {sc.shape[0]}x{sc.shape[1]}: no candidate was bit-exact; kept"
     figures = ", ".join(
         f"{op} {ms:.4f} ms {sc.workloads[op].bytes_moved / ms / 1e6 / sc.copy_gbps:.2f} of copy"
         for op, ms in zip(sweep.ops, result["ms"]))
-    kept = "kept the current configuration" if result["score"] == 1.0 else \
-        f"{1 / result['score']:.2f}x as fast as the current configuration"
+    kept = "kept the current configuration" if config is sweep.current[sc.name] else \
+        f"{gain:.2f}x as fast as the current configuration"
     c = sweep.counts[sc.name]
     return (f"{where}: float16 {sc.shape[0]}x{sc.shape[1]}: {figures}; {kept}; "
             f"{sweep.tried} candidates tried ({c['same']} launched as another, {c['inexact']} "
@@ -217,9 +232,9 @@ def tuned_table(table: dict, sweeps: list[KernelSweep], classes, where: str) -> 
     for sweep in sweeps:
         entry = new["kernels"][sweep.kernel]
         for name, sc in classes.items():
-            config, result = sweep.winner(name)
+            config = sweep.winner(name)[0]
             entry[name] = dict({k: v for k, v in config.items() if k != "source"},
-                               source=note(sweep, sc, config, result, where))
+                               source=note(sweep, sc, where))
     new["measured_on"] = where
     return new
 
@@ -288,7 +303,7 @@ def main(argv=None) -> int:
                        if p != "source"} for n in names}
         grid = [dict(current[names[-1]], **c) for c in candidates(current[names[-1]])]
         sweeps.append(KernelSweep(k, uses[k], current, grid[:args.max_candidates]))
-        sweeps[-1].start(classes)
+        sweeps[-1].start(classes, device, args.repeats)
     run_sweeps(sweeps, classes, device, args.repeats, started + args.budget_s)
     spent = time.monotonic() - started
     where = where_measured(device)
@@ -312,10 +327,11 @@ def where_measured(device) -> str:
 def report(sweeps, classes, spent: float, path: str) -> None:
     for sweep in sweeps:
         for name in classes:
-            config, result = sweep.winner(name)
-            gain = "kept" if result["score"] == 1.0 else f"{1 / result['score']:.2f}x faster"
+            config, result, gain = sweep.winner(name)
+            kept = "kept" if config is sweep.current[name] else f"{gain:.2f}x faster"
+            figures = ", ".join(f"{op} {ms:.4f} ms" for op, ms in zip(sweep.ops, result["ms"] or []))
             print(f"{sweep.kernel:<24} {name:<7} TILE={config['TILE']:<5} EPT={config['EPT']:<3} "
-                  f"{gain} ({', '.join(f'{op} {ms:.4f} ms' for op, ms in zip(sweep.ops, result['ms']))})")
+                  f"{kept} ({figures or 'not bit-exact'})")
     print(f"# sweep took {spent:.0f} s; wrote {path}")
 
 
