@@ -21,6 +21,8 @@ cd "$(dirname "$0")/.."
 exec > >(tee "$out/device_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 BUDGET=${DEVICE_CHECK_BUDGET_S:-460}  # seconds for all steps; the summary comes after
+# each step's own limit (seconds); no step runs past the budget whatever its limit
+CAP_TESTS=150 CAP_TUNE=110 TUNE_BUDGET=90 CAP_BENCH=120 CAP_HOST=40 CAP_CAL=60
 start=$(date +%s)
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -31,7 +33,7 @@ if [ "$dry" = 1 ]; then
 else
   unset TRITON_INTERPRET
   big=8192x8192 cal=4096x4096,16384x16384 dev=(--device cuda)
-  tune=(--budget-s 100) host=(--device cuda)
+  tune=(--budget-s "$TUNE_BUDGET") host=(--device cuda)
 fi
 
 # step NAME SECONDS CMD...: CMD under `timeout`, at most SECONDS and never past the budget.
@@ -86,7 +88,7 @@ python3 -c "import gpuquant.kernels, gpuquant; print('gpuquant from', gpuquant._
 # the kernel tests (on CUDA here; under the interpreter in a dry run), then every other
 # gpu-marked test of the suite
 gpu_files=$(grep -l "mark.gpu" tests/test_*.py | grep -v -e test_gpu.py -e test_triton_kernels.py)
-step "GPU tests" 170 bash -c "set -o pipefail; python3 -m pytest -q -p no:cacheprovider \
+step "GPU tests" "$CAP_TESTS" bash -c "set -o pipefail; python3 -m pytest -q -p no:cacheprovider \
   -m 'gpu or not slow' tests/test_gpu.py tests/test_triton_kernels.py 2>&1 \
   | tee '$out/pytest.log' | tail -25"
 tests_rc=$?
@@ -96,7 +98,7 @@ if [ -n "$gpu_files" ]; then
     || tests_rc=$?
 fi
 
-step "tuning sweep (into OUTDIR, not the package)" 130 \
+step "tuning sweep (into OUTDIR, not the package)" "$CAP_TUNE" \
   python3 -m bench.tune "${tune[@]}" --out "$out/tuning.json"
 tuning=()
 [ -s "$out/tuning.json" ] && tuning=(--tuning "$out/tuning.json")
@@ -104,15 +106,15 @@ tuning=()
 ops=minmax-channel,minmax-group,quant-int8-channel,quant-int4-g128-sym,quant-int4-g128-asym
 ops=$ops,dequant-int8-channel,dequant-int4-g128,dynamic-per-token,dynamic-per-token-small
 ops=$ops,percentile-channel,mse-channel
-step "benchmark (float16 $big; percentile-channel and mse-channel too)" 110 \
+step "benchmark (float16 $big; percentile-channel and mse-channel too)" "$CAP_BENCH" \
   python3 -m bench "${dev[@]}" "${tuning[@]}" --ops "$ops" --sizes "$big" --dtypes float16 \
   --out "$out" --repeats 5
 
-step "host time of a repeated call" 40 \
+step "host time of a repeated call" "$CAP_HOST" \
   bash -c "python3 -m bench --host-overhead ${host[*]} > '$out/host_overhead.json'"
 cat "$out/host_overhead.json" 2>/dev/null; echo
 
-step "calibration benchmark (percentile and entropy at $cal) and plots" 60 \
+step "calibration benchmark (percentile and entropy at $cal) and plots" "$CAP_CAL" \
   python3 -m bench "${dev[@]}" "${tuning[@]}" --ops percentile-tensor,entropy-tensor \
   --sizes "$cal" --dtypes float16 --out "$out" --repeats 3 --plots
 

@@ -54,7 +54,9 @@ _ABSOLUTE = ("frac", "read", "ms", "us")
 
 
 # ------------------------------------------------------------------- running
-def run(args) -> list[dict]:
+def run(args, sink=None) -> list[dict]:
+    """Measure every op at every size and dtype; ``sink(rows)`` gets each case's rows as they
+    come (the CSV is appended to case by case, so a run stopped midway keeps its rows)."""
     device = pick_device(args.device, args.framework)
     machine, driver = device.describe()
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -79,8 +81,11 @@ def run(args) -> list[dict]:
                 case = bench_ops.build(op, x, device.framework)
                 if case.shape:
                     fixed_done.add((op, dtype))
-                rows_out += measure(device, case, args, dict(meta, dtype=dtype),
-                                    shape=(r, c), copy_gbps=copy_gbps)
+                rows = measure(device, case, args, dict(meta, dtype=dtype), shape=(r, c),
+                               copy_gbps=copy_gbps)
+                if sink is not None:
+                    sink(rows)
+                rows_out += rows
     return rows_out
 
 
@@ -252,10 +257,9 @@ def main(argv=None) -> int:
                               "--seconds", str(args.seconds)])
     if args.tuning:
         use_tuning_table(args.tuning)
-    rows = run(args)
+    csv_path = os.path.join(args.out, "bench.csv")
+    rows = run(args, sink=None if args.no_save else lambda new: write_csv(new, csv_path))
     if not args.no_save:
-        csv_path = os.path.join(args.out, "bench.csv")
-        write_csv(rows, csv_path)
         print(f"appended {len(rows)} rows to {csv_path}")
         if args.plots:
             from .plots import draw_all
