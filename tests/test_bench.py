@@ -156,3 +156,19 @@ def test_device_check_script_parses():
     run = subprocess.run(["bash", "-n", str(ROOT / "bench" / "device_check.sh")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
+
+
+def test_tuning_flag_makes_the_launchers_read_that_table(tmp_path, monkeypatch):
+    import json
+
+    from bench.harness import use_tuning_table
+    from gpuquant.backends import tuning
+
+    table = tuning.load_table()
+    kernel = next(iter(table["kernels"]))
+    table["kernels"][kernel]["large"] = {"TILE": 256, "EPT": 8, "source": "test"}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(tuning, "_table", None)  # restored after the test
+    use_tuning_table(str(path))
+    assert tuning.config_for(kernel, 1 << 30) == {"TILE": 256, "EPT": 8}
