@@ -7,8 +7,8 @@ the kernel run at a representative float16 size of the class, their outputs
 are compared bit for bit with those of the table's current configuration,
 and they are timed with ``do_bench``. The fastest exact candidate (mean time
 relative to the current configuration) wins; the current one stays unless a
-candidate beats it by more than 2 %. Candidates that launch exactly what an
-earlier one launched (the recorder shows it) are not run twice. The sweep
+candidate beats it by more than 2 %. An op that launches exactly what it
+launched under an earlier candidate (the recorder shows it) is not run again. The sweep
 keeps to ``--budget-s`` (default 170 s, set-up included): what does not fit is
 skipped, and the table's notes say how many.
 
@@ -107,7 +107,8 @@ class KernelSweep:
     current: dict  # size class -> its configuration in the table
     pending: list[dict]
     results: dict = dataclasses.field(default_factory=dict)  # class -> [(config, result)]
-    seen: dict = dataclasses.field(default_factory=dict)  # class -> {signature: result}
+    # class -> {(op, what that op launches): (bit-exact, ms)}: an op is run once per launch
+    seen: dict = dataclasses.field(default_factory=dict)
     tried: int = 0
     counts: dict = dataclasses.field(default_factory=dict)  # class -> same/inexact/failed
 
@@ -118,12 +119,11 @@ class KernelSweep:
         from gpuquant.backends import tuning
 
         for sc in classes.values():
-            ws = [sc.workloads[op] for op in self.ops]
-            ref = {"exact": True, "ms": [sc.refs[op][1] for op in self.ops], "score": 1.0}
-            self.seen[sc.name] = {signature(ws): ref}
+            self.seen[sc.name] = {(op, signature([sc.workloads[op]])): (True, sc.refs[op][1])
+                                  for op in self.ops}
             self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
             with tuning.override(self.kernel, self.current[sc.name]):
-                result = self._measure(sc, ws, device, repeats)
+                result = self._measure(sc, device, repeats)
             plan_clear()
             self.results[sc.name] = [(self.current[sc.name], result)]
             self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
@@ -134,10 +134,9 @@ class KernelSweep:
         config = self.pending.pop(0)
         self.tried += 1
         for sc in classes.values():
-            ws = [sc.workloads[op] for op in self.ops]
             try:
                 with tuning.override(self.kernel, config):
-                    result = self._measure(sc, ws, device, repeats)
+                    result = self._measure(sc, device, repeats)
             except Exception as exc:  # noqa: BLE001 - a candidate that fails to build is out
                 print(f"  {self.kernel} {sc.name} {config}: failed: {type(exc).__name__}: "
                       f"{str(exc)[:120]}")
@@ -147,23 +146,30 @@ class KernelSweep:
                 plan_clear()
             self.results[sc.name].append((config, result))
 
-    def _measure(self, sc: SizeClass, ws: list[Workload], device, repeats: int) -> dict:
-        sig = signature(ws)
-        if sig in self.seen[sc.name]:
+    def _measure(self, sc: SizeClass, device, repeats: int) -> dict:
+        """Bit-exactness and time of each op under the forced configuration; an op that
+        launches exactly what it launched under an earlier candidate is not run again."""
+        parts, fresh = [], False
+        for op in self.ops:
+            w = sc.workloads[op]
+            key = (op, signature([w]))
+            if key not in self.seen[sc.name]:
+                fresh = True
+                plan_clear()
+                exact = same_bits(tensors_of(w.fn()), sc.refs[op][0])
+                if not exact:
+                    print(f"  {self.kernel} {sc.name} {op}: NOT bit-exact against the current "
+                          "configuration")
+                self.seen[sc.name][key] = (exact, device.time(w.fn, repeats)[0] if exact else None)
+            parts.append(self.seen[sc.name][key])
+        if not fresh:
             self.counts[sc.name]["same"] += 1
-            return self.seen[sc.name][sig]
-        plan_clear()
-        exact = all(same_bits(tensors_of(w.fn()), sc.refs[w.op][0]) for w in ws)
-        if not exact:
+        if not all(exact for exact, _ in parts):
             self.counts[sc.name]["inexact"] += 1
-            print(f"  {self.kernel} {sc.name}: NOT bit-exact against the current configuration")
-            result = {"exact": False, "ms": None, "score": math.inf}
-        else:
-            ms = [device.time(w.fn, repeats)[0] for w in ws]
-            score = sum(m / sc.refs[w.op][1] for m, w in zip(ms, ws)) / len(ws)
-            result = {"exact": True, "ms": ms, "score": score}
-        self.seen[sc.name][sig] = result
-        return result
+            return {"exact": False, "ms": None, "score": math.inf}
+        ms = [m for _, m in parts]
+        score = sum(m / sc.refs[op][1] for m, op in zip(ms, self.ops)) / len(ms)
+        return {"exact": True, "ms": ms, "score": score}
 
     def winner(self, name: str) -> tuple[dict, dict, float]:
         """(configuration, result, speed-up over the current one) to keep for class ``name``."""
