@@ -3,7 +3,7 @@
 An operation is built for one input (NumPy on the CPU, torch CUDA or CuPy on
 the GPU) and returns a :class:`Case`: the gpuquant callable, the bytes it
 must move (each input read once, each output written once, counted per
-dtype) and the baselines measured beside it in the same run.
+dtype) and the baselines measured beside it in the same run (bench/peers.py).
 """
 
 from __future__ import annotations
@@ -16,16 +16,24 @@ import numpy as np
 
 import gpuquant as gq
 
-GROUP = 128
+from . import peers as P
+
+GROUP = P.GROUP
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
+SMALL_SHAPE = (16, 4096)  # dynamic-per-token-small: a decode step's activations
+SMALL_CALLS = 200  # ... timed end to end over this many calls in a row
 
 
 @dataclasses.dataclass
 class Case:
+    """``ours`` and each baseline are timed alike: one call, or end to end over ``calls``."""
+
     op: str
     ours: Callable[[], object]
     bytes_moved: int
     baselines: dict[str, Callable[[], object]]
+    shape: tuple[int, int] | None = None  # the input's shape where the case made its own
+    calls: int = 1  # > 1: host + device time of one call, in a loop of this many
 
 
 def _codes_bytes(n: int, bits: int) -> int:
@@ -36,166 +44,175 @@ def _params_bytes(units: int) -> int:
     return units * 8  # float32 scale + int32 zero point
 
 
-# ----------------------------------------------------------------- composites
-def numpy_int4_group(x, group=GROUP):
-    """divide, rint, clip, astype, shift and or: the straightforward NumPy composite."""
-    g = x.reshape(x.shape[0], -1, group).astype(np.float32)
-    lo = np.minimum(g.min(axis=2, keepdims=True), 0)
-    hi = np.maximum(g.max(axis=2, keepdims=True), 0)
-    scale = (hi - lo) / 15
-    scale[scale == 0] = 1
-    zp = np.clip(-np.rint(lo / scale), 0, 15)
-    q = np.clip(np.rint(g / scale) + zp, 0, 15).astype(np.uint8).reshape(x.shape[0], -1)
-    return (q[:, 0::2] << 4) | q[:, 1::2], scale, zp
+def _read_bytes(x) -> int:
+    return math.prod(x.shape) * ITEMSIZE[str(x.dtype).replace("torch.", "")]
 
 
-def numpy_dequant_int4_group(qt):
-    p = qt.data
-    q = np.empty((p.shape[0], p.shape[1] * 2), np.float32)
-    q[:, 0::2] = p >> 4
-    q[:, 1::2] = p & 15
-    g = q.reshape(p.shape[0], -1, GROUP)
-    return ((g - qt.zero_point[..., None]) * qt.scale[..., None]).reshape(q.shape)
+def small_input(x, framework: str, shape=SMALL_SHAPE):
+    """Random normals of ``shape`` in x's framework, dtype and device."""
+    a = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+    if framework == "numpy":
+        return a.astype(x.dtype)
+    if framework == "cupy":
+        import cupy
 
-
-def torch_int4_group(x, symmetric, group=GROUP):
-    """amin/amax, divide, round, clamp, to uint8, shifts: eager torch."""
+        return cupy.asarray(a.astype(x.dtype))
     import torch
 
-    g = x.reshape(x.shape[0], -1, group).float()
-    if symmetric:
-        scale = g.abs().amax(dim=2, keepdim=True) / 7
-        q = torch.clamp(torch.round(g / scale), -8, 7).to(torch.int8)
-        q = (q & 0xF).to(torch.uint8)
+    return torch.from_numpy(a).to(device=x.device, dtype=x.dtype)
+
+
+# ------------------------------------------------------- the GPU path's cases
+# Each takes (op, x, framework, backend, peers): peers=False builds gpuquant's callable only.
+def _peer_kinds(x, framework: str, peers: bool) -> tuple[bool, bool]:
+    """(torch peers, torch.compile peers): compiled peers only on torch CUDA inputs."""
+    torch_peers = peers and framework == "torch"
+    return torch_peers, torch_peers and x.device.type == "cuda"
+
+
+def _minmax_case(op, x, framework, backend, peers) -> Case:
+    rows = x.shape[0]
+    cfg = (gq.QuantConfig.int8_per_channel() if op == "minmax-channel"
+           else gq.QuantConfig.int4_per_group(GROUP))
+    units = rows if op == "minmax-channel" else rows * math.ceil(x.shape[1] / GROUP)
+    base: dict[str, Callable[[], object]] = {}
+    if peers and framework == "torch":
+        if op == "minmax-channel":
+            base["torch aminmax"] = lambda: x.aminmax(dim=1)
+        else:
+            base["torch aminmax"] = lambda: x.reshape(rows, -1, GROUP).aminmax(dim=2)
+    elif peers and framework == "numpy":
+        base["numpy min+max"] = lambda: (x.min(axis=1), x.max(axis=1)) \
+            if op == "minmax-channel" else (x.reshape(rows, -1, GROUP).min(axis=2),
+                                            x.reshape(rows, -1, GROUP).max(axis=2))
+    return Case(op, lambda: gq.calibrate(x, cfg, backend=backend),
+                _read_bytes(x) + _params_bytes(units), base)
+
+
+def _int4_quantize_case(op, x, framework, backend, peers) -> Case:
+    rows, cols = x.shape
+    symmetric = op.endswith("-sym")
+    cfg = gq.QuantConfig.int4_per_group(GROUP, symmetric=symmetric)
+    base: dict[str, Callable[[], object]] = {}
+    torch_peers, compiled = _peer_kinds(x, framework, peers)
+    if torch_peers:
+        base["torch eager"] = lambda: P.torch_int4_group(x, symmetric)
+        P.bitsandbytes_peer(base, x, quantize=True)
+    if compiled:
+        base["torch.compile"] = P.compiled_peer(P.torch_int4_group, x, symmetric)
+    if peers and framework == "numpy" and not symmetric:
+        base["numpy composite"] = lambda: P.numpy_int4_group(x)
+    moved = _read_bytes(x) + _codes_bytes(rows * cols, 4) + \
+        _params_bytes(rows * math.ceil(cols / GROUP))
+    return Case(op, lambda: gq.quantize(x, cfg, backend=backend), moved, base)
+
+
+def _int8_quantize_case(op, x, framework, backend, peers) -> Case:
+    rows, cols = x.shape
+    cfg = gq.QuantConfig.int8_per_channel()
+    base: dict[str, Callable[[], object]] = {}
+    torch_peers, compiled = _peer_kinds(x, framework, peers)
+    if torch_peers or (peers and framework == "numpy"):
+        try:
+            import torch
+        except ImportError:
+            torch = None
+        if torch is not None:
+            xf = torch.as_tensor(x).float()
+            scale = xf.abs().amax(dim=1).double() / 127
+            zp = torch.zeros(rows, dtype=torch.int64, device=xf.device)
+            base["torch.quantize_per_channel"] = \
+                lambda: torch.quantize_per_channel(xf, scale, zp, 0, torch.qint8)
+    if torch_peers:
+        base["torch eager"] = lambda: P.torch_int8_channel(x)
+    if compiled:
+        base["torch.compile"] = P.compiled_peer(P.torch_int8_channel, x)
+    moved = _read_bytes(x) + _codes_bytes(rows * cols, 8) + _params_bytes(rows)
+    return Case(op, lambda: gq.quantize(x, cfg, backend=backend), moved, base)
+
+
+def _dequantize_case(op, x, framework, backend, peers) -> Case:
+    rows, cols = x.shape
+    int4 = op == "dequant-int4-g128"
+    cfg = gq.QuantConfig.int4_per_group(GROUP) if int4 else gq.QuantConfig.int8_per_channel()
+    qt = gq.quantize(x, cfg, backend=backend)
+    base: dict[str, Callable[[], object]] = {}
+    torch_peers, compiled = _peer_kinds(x, framework, peers)
+    if int4:
+        args = (qt.data, qt.scale, qt.zero_point, x.dtype) if torch_peers else ()
+        if torch_peers:
+            base["torch eager"] = lambda: P.torch_dequant_int4_group(*args)
+            P.bitsandbytes_peer(base, x, quantize=False)
+        if compiled:
+            base["torch.compile"] = P.compiled_peer(P.torch_dequant_int4_group, *args)
+        if peers and framework == "numpy":
+            base["numpy composite"] = lambda: P.numpy_dequant_int4_group(qt)
+        units = rows * math.ceil(cols / GROUP)
     else:
-        lo = g.amin(dim=2, keepdim=True).clamp(max=0)
-        hi = g.amax(dim=2, keepdim=True).clamp(min=0)
-        scale = (hi - lo) / 15
-        zp = torch.round(-lo / scale)
-        q = torch.clamp(torch.round(g / scale) + zp, 0, 15).to(torch.uint8)
-    q = q.reshape(x.shape[0], -1)
-    return (q[:, 0::2] << 4) | q[:, 1::2]
+        units = rows
+        if torch_peers or (peers and framework == "numpy"):
+            _torch_dequantize_peer(base, x, qt, framework)
+        if torch_peers:
+            base["torch eager"] = lambda: P.torch_dequant_int8_channel(qt.data, qt.scale, x.dtype)
+        if compiled:
+            base["torch.compile"] = P.compiled_peer(P.torch_dequant_int8_channel, qt.data,
+                                                    qt.scale, x.dtype)
+    moved = _codes_bytes(rows * cols, cfg.bits) + _params_bytes(units) + _read_bytes(x)
+    return Case(op, lambda: qt.dequantize(backend=backend), moved, base)
 
 
-def torch_dequant_int4_group(qt):
-    import torch
-
-    p = qt.data
-    q = torch.stack(((p >> 4), (p & 15)), dim=-1).reshape(p.shape[0], -1).float()
-    g = q.reshape(p.shape[0], -1, GROUP)
-    return ((g - qt.zero_point[..., None]) * qt.scale[..., None]).reshape(q.shape).half()
-
-
-def torch_int8_channel(x):
-    import torch
-
-    scale = x.abs().amax(dim=1, keepdim=True).float() / 127
-    return torch.clamp(torch.round(x.float() / scale), -128, 127).to(torch.int8)
+def _torch_dequantize_peer(base, x, qt, framework) -> None:
+    """``torch.Tensor.dequantize`` of a per-channel qint8 tensor, where torch is there."""
+    try:
+        import torch
+    except ImportError:
+        return
+    xt = torch.as_tensor(x).float()
+    scale = torch.as_tensor(np.asarray(qt.scale) if framework == "numpy" else qt.scale).double()
+    zp = torch.zeros(x.shape[0], dtype=torch.int64, device=xt.device)
+    base["torch dequantize()"] = torch.quantize_per_channel(xt, scale, zp, 0, torch.qint8).dequantize
 
 
-def torch_per_token(x):
-    import torch
+def _dynamic_case(op, x, framework, backend, peers) -> Case:
+    small = op == "dynamic-per-token-small"
+    if small:
+        x = small_input(x, framework)
+    rows, cols = x.shape
+    dq = gq.DynamicQuantizer("int8", per_token=True, backend=backend)
+    base: dict[str, Callable[[], object]] = {}
+    torch_peers, compiled = _peer_kinds(x, framework, peers)
+    if torch_peers:
+        base["torch eager"] = lambda: P.torch_per_token(x)
+    if compiled:
+        base["torch.compile"] = P.compiled_peer(P.torch_per_token, x)
+    moved = _read_bytes(x) + _codes_bytes(rows * cols, 8) + _params_bytes(rows)
+    return Case(op, lambda: dq(x), moved, base, shape=(rows, cols) if small else None,
+                calls=SMALL_CALLS if small else 1)
 
-    scale = x.abs().amax(dim=-1, keepdim=True).float() / 127
-    return torch.clamp(torch.round(x.float() / scale), -128, 127).to(torch.int8), scale
+
+GPU_PATH_CASES = {
+    "minmax-channel": _minmax_case, "minmax-group": _minmax_case,
+    "quant-int8-channel": _int8_quantize_case,
+    "quant-int4-g128-sym": _int4_quantize_case, "quant-int4-g128-asym": _int4_quantize_case,
+    "dequant-int8-channel": _dequantize_case, "dequant-int4-g128": _dequantize_case,
+    "dynamic-per-token": _dynamic_case, "dynamic-per-token-small": _dynamic_case,
+}
 
 
 # ---------------------------------------------------------------------- cases
-def build(op: str, x, framework: str) -> Case | None:
-    """The Case of ``op`` on input ``x`` (None when the op does not apply)."""
+def build(op: str, x, framework: str, backend: str | None = None, peers: bool = True) -> Case:
+    """The Case of ``op`` on input ``x``.
+
+    ``backend`` goes to gpuquant's calls on the GPU path (``"triton"`` runs torch CPU
+    tensors under TRITON_INTERPRET=1); ``peers=False`` builds no baselines there.
+    """
+    if op in GPU_PATH_CASES:
+        return GPU_PATH_CASES[op](op, x, framework, backend, peers)
     rows, cols = x.shape
     n = rows * cols
-    itemsize = ITEMSIZE[str(x.dtype).replace("torch.", "")]
-    read = n * itemsize
+    read = _read_bytes(x)
     on_torch, on_cupy = framework == "torch", framework == "cupy"
     base: dict[str, Callable[[], object]] = {}
-
-    if op in ("minmax-channel", "minmax-group"):
-        cfg = (gq.QuantConfig.int8_per_channel() if op == "minmax-channel"
-               else gq.QuantConfig.int4_per_group(GROUP))
-        units = rows if op == "minmax-channel" else rows * math.ceil(cols / GROUP)
-        if on_torch:
-            if op == "minmax-channel":
-                base["torch aminmax"] = lambda: x.aminmax(dim=1)
-            else:
-                base["torch aminmax"] = lambda: x.reshape(rows, -1, GROUP).aminmax(dim=2)
-        elif framework == "numpy":
-            base["numpy min+max"] = lambda: (x.min(axis=1), x.max(axis=1)) \
-                if op == "minmax-channel" else (x.reshape(rows, -1, GROUP).min(axis=2),
-                                                x.reshape(rows, -1, GROUP).max(axis=2))
-        return Case(op, lambda: gq.calibrate(x, cfg), read + _params_bytes(units), base)
-
-    if op.startswith("quant-int4-g128"):
-        symmetric = op.endswith("sym") and not op.endswith("asym")
-        cfg = gq.QuantConfig.int4_per_group(GROUP, symmetric=symmetric)
-        units = rows * math.ceil(cols / GROUP)
-        if on_torch:
-            base["torch eager"] = lambda: torch_int4_group(x, symmetric)
-            _bitsandbytes(base, x, quantize=True)
-        elif framework == "numpy" and not symmetric:
-            base["numpy composite"] = lambda: numpy_int4_group(x)
-        return Case(op, lambda: gq.quantize(x, cfg), read + _codes_bytes(n, 4) +
-                    _params_bytes(units), base)
-
-    if op == "quant-int8-channel":
-        cfg = gq.QuantConfig.int8_per_channel()
-        if on_torch:
-            import torch
-
-            base["torch eager"] = lambda: torch_int8_channel(x)
-            scale = x.abs().amax(dim=1).double() / 127
-            zp = torch.zeros(rows, dtype=torch.int64, device=x.device)
-            xf = x.float()
-            base["torch.quantize_per_channel"] = \
-                lambda: torch.quantize_per_channel(xf, scale, zp, 0, torch.qint8)
-        elif framework == "numpy":
-            try:
-                import torch
-
-                xt = torch.from_numpy(x).float()
-                scale = torch.from_numpy(np.abs(x).max(axis=1).astype(np.float64) / 127)
-                zp = torch.zeros(rows, dtype=torch.int64)
-                base["torch.quantize_per_channel"] = \
-                    lambda: torch.quantize_per_channel(xt, scale, zp, 0, torch.qint8)
-            except ImportError:
-                pass
-        return Case(op, lambda: gq.quantize(x, cfg), read + _codes_bytes(n, 8) +
-                    _params_bytes(rows), base)
-
-    if op == "dequant-int4-g128":
-        cfg = gq.QuantConfig.int4_per_group(GROUP)
-        qt = gq.quantize(x, cfg)
-        units = rows * math.ceil(cols / GROUP)
-        if on_torch:
-            base["torch eager"] = lambda: torch_dequant_int4_group(qt)
-            _bitsandbytes(base, x, quantize=False)
-        elif framework == "numpy":
-            base["numpy composite"] = lambda: numpy_dequant_int4_group(qt)
-        return Case(op, lambda: qt.dequantize(), _codes_bytes(n, 4) + _params_bytes(units) +
-                    read, base)
-
-    if op == "dequant-int8-channel":
-        cfg = gq.QuantConfig.int8_per_channel()
-        qt = gq.quantize(x, cfg)
-        if framework in ("numpy", "torch"):
-            import torch
-
-            xt = torch.as_tensor(x).float() if framework == "numpy" else x.float()
-            scale = torch.as_tensor(np.asarray(qt.scale) if framework == "numpy"
-                                    else qt.scale).double()
-            zp = torch.zeros(rows, dtype=torch.int64, device=xt.device)
-            tq = torch.quantize_per_channel(xt, scale, zp, 0, torch.qint8)
-            base["torch dequantize()"] = tq.dequantize
-        if on_torch:
-            base["torch eager"] = lambda: (qt.data.float() * qt.scale[:, None]).to(x.dtype)
-        return Case(op, lambda: qt.dequantize(), _codes_bytes(n, 8) + _params_bytes(rows) + read,
-                    base)
-
-    if op == "dynamic-per-token":
-        dq = gq.DynamicQuantizer("int8", per_token=True)
-        if on_torch:
-            base["torch eager"] = lambda: torch_per_token(x)
-        return Case(op, lambda: dq(x), read + _codes_bytes(n, 8) + _params_bytes(rows), base)
 
     if op == "percentile-channel":
         cfg = gq.QuantConfig(granularity="channel", calibration=gq.Percentile(0.1, 99.9))
@@ -228,19 +245,7 @@ def build(op: str, x, framework: str) -> Case | None:
     raise ValueError(f"unknown operation {op!r}")
 
 
-def _bitsandbytes(base, x, quantize: bool) -> None:
-    """bitsandbytes' 4-bit blockwise (blocksize 128) as a peer, when importable."""
-    try:
-        import bitsandbytes.functional as bnb
-    except Exception:  # noqa: BLE001 - optional peer, any import failure means absent
-        return
-    if quantize:
-        base["bitsandbytes quantize_4bit"] = lambda: bnb.quantize_4bit(x, blocksize=GROUP)
-    else:
-        packed, state = bnb.quantize_4bit(x, blocksize=GROUP)
-        base["bitsandbytes dequantize_4bit"] = lambda: bnb.dequantize_4bit(packed, state)
-
-
 OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-sym",
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
+       "dynamic-per-token-small",
        "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel"]

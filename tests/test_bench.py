@@ -36,7 +36,9 @@ def test_quick_cpu_run_writes_rows_and_plots(tmp_path):
     from bench.harness import load_rows, summary
 
     lines = summary(load_rows(str(tmp_path / "bench.csv")))  # what device_check.sh prints
-    assert lines and all(line.split()[0] in ("PASS", "FAIL") for line in lines)
+    assert lines and all(line.split()[0] in ("PASS", "FAIL", "MISS") for line in lines)
+    small = [r for r in rows if r["op"] == "dynamic-per-token-small"]
+    assert [(r["rows"], r["cols"]) for r in small] == [("16", "4096")]  # its own input, once
 
 
 def test_bytes_are_counted_per_dtype():
@@ -50,3 +52,123 @@ def test_bytes_are_counted_per_dtype():
     assert case.bytes_moved == n * 2 + n // 2 + 64 * 2 * 8
     assert build("quant-int8-channel", x16.astype(np.float32), "numpy").bytes_moved == \
         n * 4 + n + 64 * 8
+
+
+def _row(op, impl, ms, **kw):
+    row = dict(op=op, impl=impl, ms=ms, bytes=1000, dtype="float16", rows=8192, cols=8192,
+               copy_gbps=4000.0, gbps=3300.0, frac_of_copy=0.825, x_one_read=1.1, speedup=1.0)
+    row.update(kw)
+    return row
+
+
+def test_summary_judges_every_target_against_its_baseline():
+    from bench.harness import TARGETS, summary
+
+    rows = [_row("quant-int4-g128-asym", "gpuquant", 0.060),
+            _row("quant-int4-g128-asym", "torch.compile", 0.138),
+            _row("quant-int4-g128-asym", "bitsandbytes quantize_4bit", 0.100),
+            _row("minmax-group", "gpuquant", 0.05, x_one_read=1.3),
+            _row("dynamic-per-token-small", "gpuquant", 0.0152, rows=16, cols=4096),
+            _row("dynamic-per-token-small", "torch.compile", 0.0171, rows=16, cols=4096)]
+    lines = summary(rows)
+    assert len(lines) == len(TARGETS)  # unmeasured targets are printed too
+
+    def by(op, what):
+        (line,) = [line for line in lines if line.split()[1] == op and what in line]
+        return line
+
+    frac = by("quant-int4-g128-asym", "fraction of copy bandwidth")
+    assert frac.startswith("PASS") and "0.82 of copy" in frac and "copy 4000 GB/s" in frac
+    versus = by("quant-int4-g128-asym", "speedup vs torch.compile")
+    assert versus.startswith("PASS") and "2.30x" in versus and "torch.compile 0.1380 ms" in versus
+    bnb = by("quant-int4-g128-asym", "speedup vs bitsandbytes")
+    assert bnb.startswith("FAIL") and "1.67x" in bnb  # 0.100 / 0.060 < 2
+    assert by("minmax-group", "time / one read").startswith("FAIL")
+    small = by("dynamic-per-token-small", "us per call")
+    assert small.startswith("PASS") and "15.20 us" in small and "torch.compile 17.10 us" in small
+    missing = by("dequant-int4-g128", "fraction of copy bandwidth")
+    assert missing.startswith("MISS") and "not measured" in missing
+    no_peer = by("quant-int4-g128-sym", "speedup vs torch.compile")
+    assert no_peer.startswith("MISS")
+
+
+def test_host_overhead_and_tuning_flags_are_wired(tmp_path):
+    from bench.harness import parse
+
+    args = parse(["--host-overhead", "--device", "cuda", "--tuning", str(tmp_path / "t.json")])
+    assert args.host_overhead and args.device == "cuda" and args.tuning.endswith("t.json")
+
+
+def test_tuning_candidates_fit_and_start_at_the_current_configuration():
+    from bench.tune import candidates
+
+    grid = candidates({"TILE": 1024, "EPT": 32})
+    assert grid[0] == {"TILE": 1024, "EPT": 32}
+    assert len(grid) == len({(c["TILE"], c["EPT"]) for c in grid}) == 17
+    assert all(1 <= c["TILE"] // (32 * c["EPT"]) <= 16 for c in grid)
+    assert {c["TILE"] for c in grid} == {256, 512, 1024, 2048, 4096, 8192}
+
+
+def test_table_is_written_atomically(tmp_path):
+    import json
+
+    from bench.tune import write_table
+
+    path = tmp_path / "tuning.json"
+    path.write_text("old")
+    write_table({"kernels": {}}, str(path))
+    assert json.loads(path.read_text()) == {"kernels": {}}
+    assert [p.name for p in tmp_path.iterdir()] == ["tuning.json"]
+
+
+@pytest.mark.slow
+def test_tune_dry_run_writes_a_table_of_the_package_schema(tmp_path):
+    """The sweep's code on the CPU (interpreter, tiny inputs); the package's table untouched."""
+    import json
+
+    from gpuquant.backends import tuning
+
+    before = pathlib.Path(tuning.TABLE_PATH).read_bytes()
+    out = tmp_path / "tuning.json"
+    run = subprocess.run([sys.executable, "-m", "bench.tune", "--dry-run", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert pathlib.Path(tuning.TABLE_PATH).read_bytes() == before
+    old, new = json.loads(before), json.loads(out.read_text())
+    assert set(new) == set(old) and new["about"] == old["about"]
+    assert "dry run" in new["measured_on"] and "no figure here is a GPU measurement" in \
+        new["measured_on"]
+    assert set(new["kernels"]) == set(old["kernels"])
+    classes = {name for name, _ in tuning.SIZE_CLASSES}
+    for kernel, entry in new["kernels"].items():
+        assert entry["default"] == old["kernels"][kernel]["default"]
+        assert classes <= set(entry), kernel
+        for name in classes:
+            cfg = entry[name]
+            assert set(cfg) == {"TILE", "EPT", "source"}, (kernel, name)
+            assert cfg["TILE"] in (256, 512, 1024, 2048, 4096, 8192) and cfg["EPT"] in (8, 16, 32, 64)
+            assert "dry run" in cfg["source"] and "candidates tried" in cfg["source"]
+
+
+def test_device_check_script_parses():
+    """bench/device_check.sh is proven by its --dry-run (about a minute, not in CI); CI
+    checks that it still parses."""
+    run = subprocess.run(["bash", "-n", str(ROOT / "bench" / "device_check.sh")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+
+
+def test_tuning_flag_makes_the_launchers_read_that_table(tmp_path, monkeypatch):
+    import json
+
+    from bench.harness import use_tuning_table
+    from gpuquant.backends import tuning
+
+    table = tuning.load_table()
+    kernel = next(iter(table["kernels"]))
+    table["kernels"][kernel]["large"] = {"TILE": 256, "EPT": 8, "source": "test"}
+    path = tmp_path / "tuning.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setattr(tuning, "_table", None)  # restored after the test
+    use_tuning_table(str(path))
+    assert tuning.config_for(kernel, 1 << 30) == {"TILE": 256, "EPT": 8}
