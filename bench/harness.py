@@ -236,15 +236,13 @@ def parse(argv=None):
 
 def use_tuning_table(path: str) -> None:
     """Make the launchers read the table at ``path`` (and forget launch plans made before)."""
-    import gpuquant
     from gpuquant.backends import tuning
+    from gpuquant.plan import clear
 
-    tuning._table = tuning.load_table(path)  # the module keeps its table here
-    plan = getattr(gpuquant, "plan", None)
-    if plan is not None and hasattr(plan, "clear"):
-        plan.clear()
+    table = tuning.use_table(path)
+    clear()
     print(f"# launch parameters from {path} (measured on: "
-          f"{tuning._table.get('measured_on') or 'not measured'})")
+          f"{table.get('measured_on') or 'not measured'})")
 
 
 def main(argv=None) -> int:

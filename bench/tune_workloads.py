@@ -23,15 +23,10 @@ USES = {
 
 
 def plan_clear() -> None:
-    """Forget cached launch plans, so that a forced configuration is read (guarded: the
-    plan cache may not exist in this tree)."""
-    try:
-        import gpuquant.plan as plan
-    except ImportError:
-        return
-    clear = getattr(plan, "clear", None)
-    if clear is not None:
-        clear()
+    """Forget cached launch plans, so that a forced configuration is read."""
+    from gpuquant.plan import clear
+
+    clear()
 
 
 @dataclasses.dataclass

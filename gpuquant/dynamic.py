@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from .config import QuantConfig
+from .errors import QuantizationError
 from .quantize import quantize
 from .tensor import QuantizedTensor
 
@@ -26,6 +29,8 @@ class DynamicQuantizer:
     def __init__(self, scheme: str = "int8", symmetric: bool = True, per_token: bool = False,
                  nibble_order: str = "high_first", ignore_nonfinite: bool = False,
                  backend: str | None = None):
+        if not isinstance(per_token, (bool, np.bool_)):
+            raise QuantizationError(f"per_token must be True or False, got {per_token!r}")
         self.config = QuantConfig(scheme=scheme, symmetric=symmetric,
                                   granularity="token" if per_token else "tensor",
                                   nibble_order=nibble_order, ignore_nonfinite=ignore_nonfinite)

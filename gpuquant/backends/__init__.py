@@ -143,7 +143,7 @@ def _make(name: str):
 
 def select(info: TensorInfo, backend: str | None = None):
     """The backend object that serves an input described by ``info``."""
-    if backend is not None and backend not in BACKENDS:
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
         raise BackendUnavailableError(
             f"backend={backend!r} is unknown; accepted: None (automatic), "
             + ", ".join(repr(b) for b in BACKENDS)

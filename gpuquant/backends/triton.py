@@ -15,7 +15,7 @@ import math
 from ..arrays import TensorInfo
 from ..config import QuantConfig
 from ..errors import BackendUnavailableError
-from ..kernels.modes import COL, GROUP, ROW, SCALAR
+from ..kernels.modes import COL, ROW, SCALAR
 from ..layout import Layout
 from ..nonfinite import board_for, new_slot, wait_all
 from .array_ops import ops_for
@@ -24,7 +24,6 @@ try:
     import triton
 
     from gpuquant.kernels import calibration as _cal
-    from gpuquant.kernels import minmax as _mm
     from gpuquant.kernels import quantize as _q
 
     from . import triton_runners as runners
@@ -80,33 +79,13 @@ class TritonBackend:
 
     def _reduce(self, ops, x2, layout: Layout, check: bool):
         """Per-unit finite (lo, hi), one read of the data; NaN/Inf go to the board."""
-        board, slot = board_for(x2).tensor, new_slot(layout.shape, layout.num_units)
-        stride = ops.row_stride(x2)
+        red = runners.minmax_launch(layout, ops.row_stride(x2), check,
+                                    new_slot(layout.shape, layout.num_units))
+        lo, hi = (ops.empty(red.parts, "float32", x2) for _ in range(2))
+        launch(red.kernel, red.grid, x2, lo, hi, board_for(x2).tensor, *red.ints,
+               num_warps=red.num_warps, **red.constexprs)
         if layout.mode == COL:
-            block_c = runners.pow2(layout.cols, 128)
-            splits = max(1, min(256, layout.rows // 64))  # grid axis 1: at most 65535
-            lo, hi = (ops.empty((splits, layout.cols), "float32", x2) for _ in range(2))
-            launch(_mm.column_minmax_kernel, (triton.cdiv(layout.cols, block_c), splits), x2, lo,
-                   hi, board, layout.rows, layout.cols, stride, triton.cdiv(layout.rows, splits),
-                   slot, CHECK=check, BLOCK_R=32, BLOCK_C=block_c)
             return ops.amin(lo, 0), ops.amax(hi, 0)
-        if layout.mode == GROUP:
-            per_row, seg = layout.num_groups, layout.group_size
-        elif layout.mode == ROW:
-            per_row, seg = 1, layout.cols
-        else:
-            seg = min(layout.cols, 1 << 16)
-            per_row = triton.cdiv(layout.cols, seg)
-        segments = layout.rows * per_row
-        unit_div, unit_mod = (1, segments) if layout.mode == GROUP else layout.row_unit()
-        if layout.mode == SCALAR:
-            unit_div, unit_mod = 1, 1
-        block_l = runners.pow2(seg, 2048)
-        block_u = max(1, min(64, _TILE // block_l))
-        lo, hi = (ops.empty((segments,), "float32", x2) for _ in range(2))
-        launch(_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),), x2, lo, hi, board,
-               segments, per_row, seg, layout.cols, stride, unit_div, unit_mod, slot,
-               CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l)
         if layout.mode == SCALAR:
             return ops.amin(lo), ops.amax(hi)
         if layout.mode == ROW and not layout.rows_are_units:

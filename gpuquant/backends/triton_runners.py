@@ -15,6 +15,7 @@ call copies to the host, records an event or synchronises.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import triton
@@ -32,7 +33,8 @@ from . import tuning
 from .array_ops import ops_for
 from .launch import launch
 
-__all__ = ["FusedQuantize", "StagedQuantize", "GivenQuantize", "Dequantize", "FUSED_MAX_SEGMENT"]
+__all__ = ["FusedQuantize", "StagedQuantize", "GivenQuantize", "Dequantize", "FUSED_MAX_SEGMENT",
+           "minmax_launch", "MinMaxLaunch"]
 
 FUSED_MAX_SEGMENT = 8192  # longest unit one fused program holds
 _PAIR_WORD = {"float16": "int32", "bfloat16": "int32", "float32": "int64"}
@@ -170,66 +172,84 @@ def _copy(runner):
     return new
 
 
+@dataclasses.dataclass
+class MinMaxLaunch:
+    """The partial min/max pass of a layout: which kernel, grid, arguments and partials.
+
+    Partial p of unit n sits at (p // inner) * n_units * inner + n * inner + p % inner
+    of the ``parts``-shaped outputs: per column, splits of the rows; per tensor, chunks
+    of every row; per group or row, one partial a unit (rows sharing a channel: the
+    (outer, channel, inner) blocks).
+    """
+
+    kernel: object
+    grid: tuple
+    ints: tuple  # the arguments after (x2, lo, hi, flags)
+    constexprs: dict
+    num_warps: int
+    parts: tuple
+    n_parts: int
+    inner: int
+
+
+def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> MinMaxLaunch:
+    rows, cols, n_units = layout.rows, layout.cols, layout.num_units
+    if layout.mode == COL:
+        splits = max(1, min(256, rows // 64))  # grid axis 1: at most 65535
+        cfg = tuning.config_for("column_minmax_kernel", rows * cols)
+        block_c = pow2(cols, 128)
+        block_r = max(1, min(64, cfg["TILE"] // block_c))
+        return MinMaxLaunch(_mm.column_minmax_kernel, (triton.cdiv(cols, block_c), splits),
+                            (rows, cols, row_stride, triton.cdiv(rows, splits), slot),
+                            dict(CHECK=check, BLOCK_R=block_r, BLOCK_C=block_c),
+                            warps(block_r * block_c, cfg["EPT"]), (splits, cols), splits, 1)
+    unit_div, unit_mod = layout.row_unit()
+    if layout.mode == SCALAR:  # chunks of every row, all of one unit
+        per_row = triton.cdiv(cols, min(cols, 1 << 16))
+        seg = triton.cdiv(cols, per_row)
+        unit_div, unit_mod = 1, 1
+    elif layout.mode == GROUP:  # segment u is unit u
+        per_row, seg = layout.num_groups, layout.group_size
+        unit_div, unit_mod = 1, n_units
+    else:  # one segment a row: the kernel loops over long ones
+        per_row, seg = 1, cols
+    segments = rows * per_row
+    inner = 1 if layout.mode in (SCALAR, GROUP) else unit_div  # shared rows: (outer, ch, inner)
+    cfg = tuning.config_for("segment_minmax_kernel", rows * cols)
+    block_l = pow2(seg, 2048)
+    block_u = max(1, min(64, cfg["TILE"] // block_l))
+    return MinMaxLaunch(_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),),
+                        (segments, per_row, seg, cols, row_stride, unit_div, unit_mod, slot),
+                        dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l),
+                        warps(block_u * block_l, cfg["EPT"]), (segments,),
+                        segments // (1 if layout.mode == SCALAR else n_units), inner)
+
+
 class StagedQuantize(_Runner):
     """Partial min/max, qparams of the partials, quantize: three launches, no host work."""
 
     def __init__(self, layout: Layout, config: QuantConfig, x):
         super().__init__(layout, config, x)
-        ops, rows, cols = self.ops, layout.rows, layout.cols
         self.slot = new_slot(layout.shape, layout.num_units)
         self.board = board_for(x).tensor
-        check = not config.ignore_nonfinite
-        stride = ops.row_stride(self.x2)
-        unit_div, unit_mod = layout.row_unit()
-        if layout.mode == COL:
-            splits = max(1, min(256, rows // 64))
-            cfg = tuning.config_for("column_minmax_kernel", rows * cols)
-            block_c = pow2(cols, 128)
-            block_r = max(1, min(64, cfg["TILE"] // block_c))
-            self.parts = (splits, cols)
-            self.reduce = (_mm.column_minmax_kernel, (triton.cdiv(cols, block_c), splits),
-                           (rows, cols, stride, triton.cdiv(rows, splits), self.slot),
-                           dict(CHECK=check, BLOCK_R=block_r, BLOCK_C=block_c),
-                           warps(block_r * block_c, cfg["EPT"]))
-            fin = (layout.num_units, splits, 1)
-        else:
-            if layout.mode == SCALAR:  # chunks of every row, all of one unit
-                per_row = triton.cdiv(cols, min(cols, 1 << 16))
-                seg = triton.cdiv(cols, per_row)
-                unit_div, unit_mod = 1, 1
-                fin = (1, rows * per_row, 1)
-            else:  # each row (or group) one segment: the kernel loops over long ones
-                per_row = layout.num_groups if layout.mode == GROUP else 1
-                seg = layout.group_size if layout.mode == GROUP else cols
-                segments = rows * per_row
-                n_units = layout.num_units
-                if layout.mode == GROUP:  # segment u is unit u
-                    unit_div, unit_mod = 1, n_units
-                fin = (n_units, segments // n_units, unit_div)  # shared rows: (outer, ch, inner)
-            segments = rows * per_row
-            cfg = tuning.config_for("segment_minmax_kernel", rows * cols)
-            block_l = pow2(seg, 2048)
-            block_u = max(1, min(64, cfg["TILE"] // block_l))
-            self.parts = (segments,)
-            self.reduce = (_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),),
-                           (segments, per_row, seg, cols, stride, unit_div, unit_mod, self.slot),
-                           dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l),
-                           warps(block_u * block_l, cfg["EPT"]))
-        n_units, n_parts, inner = fin
+        self.reduce = minmax_launch(layout, self.ops.row_stride(self.x2),
+                                    not config.ignore_nonfinite, self.slot)
+        n_units = 1 if layout.mode == SCALAR else layout.num_units
         block_n = pow2(n_units, 128)
-        self.finalize = ((triton.cdiv(n_units, block_n),), (n_units, n_parts, inner),
+        self.finalize = ((triton.cdiv(n_units, block_n),),
+                         (n_units, self.reduce.n_parts, self.reduce.inner),
                          dict(QMIN=config.qmin, QMAX=config.qmax, SYMMETRIC=config.symmetric,
                               BLOCK_P=max(2, 4096 // block_n), BLOCK_N=block_n))
         self.quantize = GivenQuantize(layout, config, x, have_inv=True)
 
     def __call__(self, x, out=None):
         codes, scale, zero_point = self.outputs(x, out)
-        ops, x2 = self.ops, self.ops.as_2d(x, self.layout.rows, self.layout.cols)
-        lo, hi = ops.empty(self.parts, "float32", x), ops.empty(self.parts, "float32", x)
+        ops, x2, red = self.ops, self.ops.as_2d(x, self.layout.rows, self.layout.cols), self.reduce
+        lo, hi = ops.empty(red.parts, "float32", x), ops.empty(red.parts, "float32", x)
         inv = ops.empty(self.layout.unit_shape, "float32", x)
-        kernel, grid, ints, constexprs, num_warps = self.reduce
         with ops.launching(x):
-            launch(kernel, grid, x2, lo, hi, self.board, *ints, num_warps=num_warps, **constexprs)
+            launch(red.kernel, red.grid, x2, lo, hi, self.board, *red.ints,
+                   num_warps=red.num_warps, **red.constexprs)
             grid, ints, constexprs = self.finalize
             launch(_q.finalize_qparams_kernel, grid, lo, hi, scale, zero_point, inv, *ints,
                    **constexprs)

@@ -1,12 +1,12 @@
 """Launch configurations per kernel and size class, read by the launchers.
 
 The table (``tuning.json`` beside this file) maps a kernel name and a size
-class to the launch parameters the launcher may choose: ``num_warps`` and
-the kernel's tile constexprs (``BLOCK_U``: units per program, ``BLOCK_R``:
-rows per program, ...). ``python -m bench.tune`` sweeps the candidates on a
-GPU and rewrites the table; :func:`override` lets the sweep force one
-configuration. Entries without a measurement keep their ``"source"`` note
-saying where the values came from.
+class to two numbers: ``TILE``, the elements one program handles (the
+launchers derive units or rows per program from it), and ``EPT``, the
+elements per thread (hence ``num_warps``). ``python -m bench.tune`` sweeps
+the candidates on a GPU and rewrites the table; :func:`override` forces one
+configuration for the sweep and :func:`use_table` loads another table file.
+Every entry keeps a ``"source"`` note saying where its values came from.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import contextlib
 import json
 import os
 
-__all__ = ["config_for", "size_class", "override", "load_table", "TABLE_PATH", "SIZE_CLASSES"]
+__all__ = ["config_for", "size_class", "override", "load_table", "use_table", "TABLE_PATH",
+           "SIZE_CLASSES"]
 
 TABLE_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tuning.json")
 # (name, upper bound of the elements one launch reads)
@@ -35,6 +36,14 @@ def size_class(elements: int) -> str:
 def load_table(path: str = TABLE_PATH) -> dict:
     with open(path) as f:
         return json.load(f)
+
+
+def use_table(path: str) -> dict:
+    """Read launch parameters from ``path`` from now on (a swept table); returns it.
+    Plans already built keep theirs: clear them with ``gpuquant.plan.clear()``."""
+    global _table
+    _table = load_table(path)
+    return _table
 
 
 def config_for(kernel: str, elements: int) -> dict:
