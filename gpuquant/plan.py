@@ -14,7 +14,9 @@ Python function calls: ``python -m bench --host-overhead`` counts them).
 
 from __future__ import annotations
 
+import math
 import threading
+import warnings
 from typing import Any
 
 import numpy as np
@@ -94,6 +96,7 @@ class QuantizePlan:
                                  self.layout.packed_shape(config.bits), info.device)
         self._dequantizers: dict = {}
         self._given = None
+        _warn_if_larger(self.layout, config, info)
         native = self.be.native(x, info)
         if config.calibration == "minmax":
             self.calibrated = self.be.plan_quantize(self.layout, config, native)
@@ -134,6 +137,22 @@ class QuantizePlan:
             runner = self.be.plan_dequantize(self.layout, self.config, data, out_dtype)
             self._dequantizers[out_dtype] = runner
         return runner
+
+
+_ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4, "float64": 8, "int8": 1, "uint8": 1,
+             "int16": 2, "uint16": 2}
+
+
+def _warn_if_larger(layout: Layout, config: QuantConfig, info: TensorInfo) -> None:
+    """Warn (once per input class) when the codes and qparams outweigh the input."""
+    stored = math.prod(layout.packed_shape(config.bits)) * _ITEMSIZE[config.storage_dtype] + \
+        8 * layout.num_units
+    original = math.prod(info.shape) * _ITEMSIZE[info.dtype]
+    if stored > original:
+        warnings.warn(f"quantizing a {info.dtype} tensor of shape {info.shape} with "
+                      f"{config.describe()} stores {stored} bytes, more than its {original}: "
+                      "use a coarser granularity, or keep it unquantized", UserWarning,
+                      stacklevel=4)
 
 
 class _NumpyEnds:

@@ -227,3 +227,16 @@ def test_a_nan_seen_by_a_kernel_is_raised_by_the_next_call():
     assert board.host[0] == 0  # reported once
     gq.quantize(x, G128, backend="triton")
     assert np.all(board.host[2::2] == np.iinfo(np.int32).max)
+
+
+def test_quantize_warns_once_when_storage_would_grow():
+    import warnings
+
+    x = np.arange(1, 9, dtype=np.float32)  # per channel on a 1-D tensor: a scale a value
+    cfg = gq.QuantConfig.int8_per_channel()
+    with pytest.warns(UserWarning, match="more than its 32"):
+        gq.quantize(x, cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plan is cached: no second warning
+        gq.quantize(x + 1, cfg)
+        gq.quantize(np.ones((64, 64), np.float32), cfg)  # 4096 + 512 bytes < 16384: quiet
