@@ -29,7 +29,7 @@ from .arrays import (
 from .config import QuantConfig
 from .errors import BackendUnavailableError, FormatError, QuantizationError
 from .layout import Layout
-from .nonfinite import raise_ready
+from .nonfinite import entry
 from .safetensors_file import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
@@ -70,14 +70,15 @@ def quantized_metadata(qt: QuantizedTensor) -> dict[str, Any]:
     return {"config": qt.config.to_dict(), "shape": list(qt.shape), "dtype": qt.dtype}
 
 
+@entry
 def save(path: str | os.PathLike, tensors: Mapping[str, Any],
          metadata: Mapping[str, str] | None = None) -> None:
     """Write quantized tensors and plain arrays to one safetensors file, atomically.
 
     Raises OutputPathError when the folder of ``path`` does not exist (or
-    ``path`` is a folder), FormatError past MAX_TENSORS stored tensors.
+    ``path`` is a folder), FormatError past MAX_TENSORS stored tensors, and
+    NonFiniteError for NaN/Inf that an earlier GPU quantize found.
     """
-    raise_ready()
     path = _path(path)
     if not isinstance(tensors, Mapping):
         raise QuantizationError("tensors must be a mapping of name -> QuantizedTensor or array")
