@@ -13,6 +13,14 @@ from gpuquant.arrays import bf16_bits_to_f32, f32_to_bf16_bits
 from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
 
 
+def one_error(out, *words):
+    """A CLI run that failed with exit 2 and one line on stderr naming ``words``."""
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
+    for word in words:
+        assert word in out.stderr, out.stderr
+
+
 def run(*args, cwd=None, env=None):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "gpuquant.cli", *args], capture_output=True,

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_cli import one_error as _one_error
 from test_cli import run, tensors
 
 from gpuquant.io import TENSORS_KEY
@@ -32,13 +33,6 @@ def _sharded(folder, names=("model-00001-of-00002.safetensors", "model-00002-of-
     (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     (folder / "config.json").write_text("{}")
     return folder
-
-
-def _one_error(out, *words):
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
-    for word in words:
-        assert word in out.stderr, out.stderr
 
 
 def _rewrite(src, dst, drop=(), metadata=None):

@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_cli import one_error as _one_error
 from test_cli import run, tensors
 
 import gpuquant as gq
@@ -18,13 +19,6 @@ def single(tmp_path):
     path = tmp_path / "model.safetensors"
     write_safetensors(path, tensors(), {"format": "pt"})
     return path
-
-
-def _one_error(out, *words):
-    assert out.returncode == 2, out.stderr
-    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr, out.stderr
-    for word in words:
-        assert word in out.stderr, out.stderr
 
 
 def test_errors_name_the_tensor(tmp_path):
