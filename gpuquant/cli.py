@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--plot", default="gpuquant-demo.png",
                       help="PNG of error against bits (default %(default)s; '' for none)")
     demo.set_defaults(func=cmd_demo)
+    # export (gpuquant/export/cli.py): adds `export`, `quantize --format gguf-q8_0|gguf-q4_0`, and
+    # `inspect` of GGUF files and compressed-tensors folders. Keep these three lines together.
+    from .export.cli import add_parsers as add_export_parsers
+    add_export_parsers(sub, quantize=q, inspect=i)
     return parser
 
 

@@ -119,7 +119,10 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
         raise QuantizationError(f"{model_dir}: no Linear weight to quantize (ignore="
                                 f"{list(options.ignore)}, targets={options.targets!r})")
     for key in selected:
-        options.check_shape(key, floats[key])
+        try:
+            options.check_shape(key, floats[key])
+        except QuantizationError as exc:
+            raise type(exc)(f"{model_dir}: {exc}") from None
     groups = {k: floats[k][1] // options.group_size if options.granularity == "group" else 1
               for k in selected}
     model_dtype = config.get("dtype") or config.get("torch_dtype")
