@@ -33,6 +33,7 @@ SCHEMES = {"q8_0": 34, "q4_0": 18}  # bytes per block
 # send v = 0.49999997 to 1.0.
 _HALF_DOWN = np.float32(0.49999997)
 _F32 = np.float32
+_F16_LIMIT = np.float32(65520)  # the smallest float32 that rounds to float16 inf
 _SIGN = np.uint32(0x80000000)
 
 
@@ -47,6 +48,17 @@ def _reciprocal(d: np.ndarray) -> np.ndarray:
         inv = _F32(1) / d
     inv[d == 0] = 0
     return inv
+
+
+def _check_scale(d: np.ndarray, name: str) -> None:
+    """Refuse a scale that float16 cannot hold (gguf-py would store inf)."""
+    big = np.abs(d) >= _F16_LIMIT
+    if big.any():
+        limit = 127 if name == "Q8_0" else 8
+        raise InvalidShapeError(
+            f"{int(big.sum())} block(s) need a scale of {float(np.abs(d[big]).max()):.4g}, above "
+            f"float16's 65504: {name} holds |x| up to about {limit * 65504:.4g}; keep this tensor "
+            "unquantized")
 
 
 def _extremes(xb: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -70,6 +82,7 @@ def _q8_0(xb: np.ndarray, out: np.ndarray) -> int:
     d = _extremes(a, False)[0] / _F32(127)  # NaN or Inf for a block holding one
     if not np.isfinite(d).all():
         return int(np.count_nonzero(~np.isfinite(d)))
+    _check_scale(d, "Q8_0")
     v = np.multiply(a, _reciprocal(d)[:, None], out=a)  # |x * id|: the same rounding
     v += _HALF_DOWN
     v.view(np.uint32)[...] |= xb.view(np.uint32) & _SIGN  # copysign(v, x), v >= 0
@@ -93,6 +106,7 @@ def _q4_0(xb: np.ndarray, out: np.ndarray) -> int:
     d = _signed_max(xb) / _F32(-8)
     if not np.isfinite(d).all():
         return int(np.count_nonzero(~np.isfinite(d)))
+    _check_scale(d, "Q4_0")
     v = xb * _reciprocal(d)[:, None]
     v += _F32(8.5)
     q = v.astype(np.uint8)  # v >= 0 here: the cast truncates

@@ -92,7 +92,10 @@ def _inspect_gguf(path: str, ref) -> dict:
         if ref is not None:
             original = ref(t.name)
             row["original_bytes"] = original.nbytes
-            y = lib.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            if kind.startswith(("Q", "F", "BF")):
+                y = lib.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+            else:  # integer tensors are stored as they are
+                y = np.asarray(t.data).astype(np.float32)
             _compare(row, original, y.reshape(original.shape))
         rows.append(row)
     scheme = "/".join(sorted(k for k in kinds if k.startswith("Q"))) or "none"
