@@ -18,6 +18,8 @@ def edge_blocks() -> np.ndarray:
     ramp = np.arange(32, dtype=f32)
     rows = [
         np.zeros(32, f32),                                   # all zeros: d = 0, codes 0
+        -np.zeros(32, f32),                                  # -0.0 first: Q4_0's d is +0.0
+        np.where(ramp == 3, f32(-0.0), f32(0)),
         np.full(32, 127, f32),                               # +max everywhere
         np.full(32, -127, f32),                              # -max everywhere
         np.where(ramp % 2 == 0, f32(127), f32(-127)),        # +-max: Q4_0 picks the first

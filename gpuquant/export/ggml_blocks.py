@@ -92,10 +92,11 @@ def _q8_0(xb: np.ndarray, out: np.ndarray) -> int:
 
 
 def _signed_max(xb: np.ndarray) -> np.ndarray:
-    """The value of largest magnitude per block, the first one where +m and -m tie."""
+    """The value of largest magnitude per block, the first one where +m and -m tie
+    (gguf-py's argmax of |x|)."""
     hi, lo = _extremes(xb, True)
     m = np.where(hi >= -lo, hi, lo)  # a NaN compares false: lo, which is NaN too
-    tied = np.flatnonzero((hi == -lo) & (hi != 0))
+    tied = np.flatnonzero(hi == -lo)  # +m and -m, or all zeros (whose sign gguf-py keeps)
     if tied.size:
         first = np.abs(xb[tied]).argmax(axis=1)
         m[tied] = xb[tied, first]

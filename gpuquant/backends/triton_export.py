@@ -1,0 +1,122 @@
+"""Launchers of the export kernels (kernels/pack32.py, kernels/gguf.py).
+
+Inputs are torch CUDA tensors or CuPy arrays (torch CPU tensors under
+TRITON_INTERPRET=1, which is how CI checks them bit for bit against the
+NumPy paths of gpuquant/export). Outputs are allocated on the input's device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, InvalidShapeError, NonFiniteError
+from .array_ops import ops_for
+
+try:
+    import triton
+
+    from gpuquant.kernels import gguf as _gguf
+    from gpuquant.kernels import pack32 as _pack32
+except ImportError as exc:  # pragma: no cover - depends on the machine
+    raise BackendUnavailableError(
+        f"the export kernels need Triton (>= 3.6): pip install 'gpuquant[gpu]' ({exc})"
+    ) from None
+
+__all__ = ["pack32", "quantize_pack32", "quantize_gguf"]
+
+_OPTIONS = {"enable_fp_fusion": False}  # keep every multiply and add a rounding of its own
+_BLOCK_R, _BLOCK_W = 16, 16  # 16 rows x 128 (int4) or 64 (int8) codes a program
+_GGUF_BLOCKS = 32  # blocks of 32 values a program
+_GGUF = {"q8_0": (_gguf.q8_0_kernel, 34), "q4_0": (_gguf.q4_0_kernel, 18)}
+
+
+def _launch(kernel, grid, *args, num_warps: int = 4, **constexprs):
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        kernel[grid](*args, **constexprs)
+    else:
+        kernel[grid](*args, num_warps=num_warps, **constexprs, **_OPTIONS)
+
+
+def _words(n: int, bits: int) -> int:
+    return -(-n * bits // 32)
+
+
+def pack32(stored, bits: int, dim: int = 1):
+    """int32 words of unsigned codes (rows, cols) packed along ``dim``: the layout of
+    gpuquant.export.pack32.pack32, on the device."""
+    if bits not in (4, 8) or dim not in (0, 1) or len(stored.shape) != 2:
+        raise InvalidShapeError(f"pack32 takes 2-D codes, bits 4 or 8 and dim 0 or 1; got shape "
+                                f"{tuple(stored.shape)}, bits={bits}, dim={dim}")
+    ops = ops_for(stored)
+    stored = ops.contiguous(stored)
+    rows, cols = (int(s) for s in stored.shape)
+    s_r, s_c = cols, 1
+    if dim == 0:  # pack the transposed view
+        rows, cols, s_r, s_c = cols, rows, s_c, s_r
+    n_words = _words(cols, bits)
+    out = ops.empty((rows, n_words) if dim == 1 else (n_words, rows), "int32", stored)
+    d_r, d_w = (n_words, 1) if dim == 1 else (1, rows)
+    word_tiles = triton.cdiv(n_words, _BLOCK_W)
+    with ops.launching(stored):
+        _launch(_pack32.pack32_kernel, (triton.cdiv(rows, _BLOCK_R) * word_tiles,),
+                ops.kernel_arg(stored), ops.kernel_arg(out), rows, cols, n_words, s_r, s_c,
+                d_r, d_w, word_tiles, BITS=bits, PER=32 // bits, BLOCK_R=_BLOCK_R,
+                BLOCK_W=_BLOCK_W)
+    return out
+
+
+def quantize_pack32(x, scale: np.ndarray, zero_point: np.ndarray, bits: int, symmetric: bool,
+                    group_size: int):
+    """Quantize a 2-D weight with given per-group float32 scales and int32 zero points
+    (host arrays shaped (rows, groups)) and pack it into int32 words, in one kernel."""
+    ops = ops_for(x)
+    rows, cols = (int(s) for s in x.shape)
+    if cols % group_size:
+        raise InvalidShapeError(f"group_size {group_size} does not divide {cols} columns")
+    groups = cols // group_size
+    x2 = ops.as_2d(x, rows, cols)
+    scale = ops.from_host(np.ascontiguousarray(scale, np.float32).reshape(rows, groups), x2)
+    zp = ops.from_host(np.ascontiguousarray(zero_point, np.int32).reshape(rows, groups), x2)
+    qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
+    n_words = _words(cols, bits)
+    out = ops.empty((rows, n_words), "int32", x2)
+    word_tiles = triton.cdiv(n_words, _BLOCK_W)
+    arg = ops.kernel_arg
+    with ops.launching(x2):
+        _launch(_pack32.quantize_pack32_kernel, (triton.cdiv(rows, _BLOCK_R) * word_tiles,),
+                arg(x2), arg(out), arg(scale), arg(zp), rows, cols, n_words,
+                ops.row_stride(x2), n_words, group_size, groups, word_tiles,
+                QMIN=qmin, QMAX=qmax, OFFSET=(1 << (bits - 1)) if symmetric else 0,
+                BITS=bits, PER=32 // bits, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
+    return out
+
+
+def quantize_gguf(x, scheme: str):
+    """GGUF Q8_0 / Q4_0 blocks of ``x`` (last dimension a multiple of 32) as uint8
+    ``(*x.shape[:-1], x.shape[-1] // 32 * bytes)``; NaN or Inf raises NonFiniteError."""
+    if scheme not in _GGUF:
+        raise InvalidShapeError(f"scheme={scheme!r}; accepted: " + ", ".join(_GGUF))
+    kernel, size = _GGUF[scheme]
+    shape = tuple(int(s) for s in x.shape)
+    if not shape or shape[-1] % 32:
+        raise InvalidShapeError(f"GGUF {scheme.upper()} needs a last dimension that is a "
+                                f"multiple of 32, got shape {shape}")
+    ops = ops_for(x)
+    n_blocks = int(np.prod(shape)) // 32
+    flat = ops.contiguous(x).reshape(n_blocks, 32)
+    out = ops.empty((n_blocks, size), "uint8", flat)
+    programs = triton.cdiv(n_blocks, _GGUF_BLOCKS)
+    flags = ops.empty((programs, 2), "int32", flat)
+    with ops.launching(flat):
+        _launch(kernel, (programs,), ops.kernel_arg(flat), ops.kernel_arg(out),
+                ops.kernel_arg(flags), n_blocks, BLOCK_B=_GGUF_BLOCKS)
+    bad, big = (int(v) for v in ops.to_host(flags).sum(axis=0))
+    if bad:
+        raise NonFiniteError(f"x of shape {shape} has {bad} non-finite value(s) (NaN or Inf); "
+                             "GGUF blocks need finite values: clean the data first")
+    if big:
+        raise InvalidShapeError(f"{big} block(s) need a scale above float16's 65504; keep this "
+                                "tensor unquantized")
+    return out.reshape(*shape[:-1], shape[-1] // 32 * size)
