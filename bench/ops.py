@@ -16,6 +16,8 @@ import numpy as np
 
 import gpuquant as gq
 
+from . import export_ops
+
 GROUP = 128
 ITEMSIZE = {"float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -110,6 +112,8 @@ def build(op: str, x, framework: str) -> Case | None:
     on_torch, on_cupy = framework == "torch", framework == "cupy"
     base: dict[str, Callable[[], object]] = {}
 
+    if op in export_ops.OPS:  # GGUF blocks and pack-quantized (bench/export_ops.py)
+        return export_ops.build(op, x, framework, Case, itemsize)
     if op in ("minmax-channel", "minmax-group"):
         cfg = (gq.QuantConfig.int8_per_channel() if op == "minmax-channel"
                else gq.QuantConfig.int4_per_group(GROUP))
@@ -243,4 +247,5 @@ def _bitsandbytes(base, x, quantize: bool) -> None:
 
 OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-sym",
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
-       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel"]
+       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel",
+       *export_ops.OPS]
