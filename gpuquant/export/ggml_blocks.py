@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..arrays import bf16_bits_to_f32
 from ..chunks import run_blocks
 from ..errors import InvalidShapeError, NonFiniteError
 
@@ -121,28 +122,35 @@ def _q4_0(xb: np.ndarray, out: np.ndarray) -> int:
 _KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0}
 
 
-def quantize_blocks(x: np.ndarray, scheme: str) -> np.ndarray:
+def quantize_blocks(x: np.ndarray, scheme: str, bf16_bits: bool = False) -> np.ndarray:
     """Quantize a float array whose last dimension is a multiple of 32.
 
     Returns uint8 of shape ``(*x.shape[:-1], x.shape[-1] // 32 * bytes)``:
     the layout gguf-py's ``quantize`` returns and ``GGUFWriter`` stores.
     NaN or Inf raises :class:`NonFiniteError` (gguf-py would write garbage).
+    float16 input, and bfloat16 bit patterns (uint16, ``bf16_bits=True``),
+    are widened to float32 a cache-sized piece at a time.
     """
     size = block_bytes(scheme)
     x = np.asarray(x)
     if x.ndim == 0 or x.shape[-1] % BLOCK:
         raise InvalidShapeError(f"GGUF {scheme.upper()} needs a last dimension that is a "
                                 f"multiple of {BLOCK}, got shape {x.shape}")
-    blocks = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, BLOCK)
+    if x.dtype not in (np.float16, np.float32) and not bf16_bits:
+        x = x.astype(np.float32)
+    blocks = np.ascontiguousarray(x).reshape(-1, BLOCK)
     out = np.empty((blocks.shape[0], size), np.uint8)
     kernel = _KERNELS[scheme]
 
+    def widen(part: np.ndarray) -> np.ndarray:
+        return bf16_bits_to_f32(part) if bf16_bits else part.astype(np.float32, copy=False)
+
     def one(span):
         r0, r1, _, _ = span
-        return kernel(blocks[r0:r1], out[r0:r1])
+        return kernel(widen(blocks[r0:r1]), out[r0:r1])
 
     if sum(run_blocks(one, blocks.shape[0], BLOCK)):
-        raise NonFiniteError(nonfinite_blocks(blocks, x.shape))
+        raise NonFiniteError(nonfinite_blocks(widen(blocks), x.shape))
     return out.reshape(*x.shape[:-1], x.shape[-1] // BLOCK * size)
 
 

@@ -62,7 +62,7 @@ def _plan(f: SafetensorsFile, scheme: str, include: list[str], exclude: list[str
 
 
 def _quantizer(device: str):
-    """x (NumPy float) -> block bytes (NumPy uint8), on the CPU or a GPU."""
+    """(raw NumPy tensor, scheme, bf16 bits?) -> block bytes (NumPy uint8), CPU or GPU."""
     if device == "cpu":
         return quantize_blocks
     from .hf_folder import _device
@@ -73,7 +73,11 @@ def _quantizer(device: str):
     from ..backends.triton_export import quantize_gguf
     from .ctensors import _host
 
-    return lambda x, scheme: _host(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
+    def on_device(raw: np.ndarray, scheme: str, bf16_bits: bool) -> np.ndarray:
+        x = as_float(raw, "BF16" if bf16_bits else "F32")
+        return _host(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
+
+    return on_device
 
 
 def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
@@ -116,9 +120,10 @@ def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
                 for key, quantized, dtype, _ in plan:
                     raw = f.get(key)
                     stats["bytes_in"] += raw.nbytes
-                    x = as_float(raw, f.dtype_tag(key))
+                    bf16 = f.dtype_tag(key) == "BF16"
                     try:
-                        data = quantize_fn(x, scheme) if quantized else x.astype(dtype, copy=False)
+                        data = quantize_fn(raw, scheme, bf16) if quantized else \
+                            as_float(raw, f.dtype_tag(key)).astype(dtype, copy=False)
                     except QuantizationError as exc:
                         raise type(exc)(f"{f.path}: tensor {key!r}: {exc}") from None
                     stats["quantized" if quantized else "kept"] += 1
