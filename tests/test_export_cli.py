@@ -116,3 +116,21 @@ def test_nonfinite_weight(tmp_path, llama, capsys):
     assert main(["export", src, "-o", str(out), "--group-size", "32", "--ignore-nonfinite",
                  "--quiet", "--calibration", "percentile", "--percentile", "0.1", "99.9"]) == 0
     assert "model.layers.0.mlp.up_proj.weight_packed" in read_tensors(out)
+
+
+def test_inspect_compressed_tensors_folder(tmp_path, llama, capsys):
+    out = tmp_path / "out"
+    assert main(["export", llama["single"], "-o", str(out), "--group-size", "32", "--asymmetric",
+                 "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["inspect", str(out), "--reference", llama["single"], "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["format"] == "compressed-tensors pack-quantized"
+    assert report["scheme"] == "int4 asym group32"
+    rows = {r["name"]: r for r in report["tensors"]}
+    up = rows["model.layers.0.mlp.up_proj.weight"]
+    assert up["shape"] == [128, 64] and 15 < up["sqnr_db"] < 30
+    assert up["bytes"] == 128 * 8 * 4 + 128 * 2 * 4 + 16 + 16 * 2 * 4  # words, scales, shape, zp
+    assert rows["lm_head.weight"]["scheme"] == "-"
+    assert main(["inspect", str(out)]) == 0
+    assert "int4 asym group32" in capsys.readouterr().out
