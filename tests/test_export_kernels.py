@@ -103,3 +103,27 @@ def test_export_kernels_compile_for_sm90():
     assert report["problems"] == []
     assert set(report["kernels"]) == {"pack32_kernel", "quantize_pack32_kernel", "q8_0_kernel",
                                       "q4_0_kernel"}
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_device_paths_of_the_exporters(rng, tmp_path, monkeypatch):
+    """pack_weight and gq.export.gguf on "GPU" arrays (torch CPU tensors under the
+    interpreter) give the bytes of their NumPy paths."""
+    from gpuquant.export import ctensors, hf_folder
+    from gpuquant.safetensors_file import write_safetensors
+
+    monkeypatch.setattr(ctensors, "_on_gpu", lambda a: isinstance(a, torch.Tensor))
+    w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
+    for options in (PackOptions(scheme="int4", group_size=32, symmetric=False),
+                    PackOptions(scheme="int8", granularity="channel")):
+        got, want = pack_weight(dev(w), options, "float16", "w"), pack_weight(w, options,
+                                                                               "float16", "w")
+        assert set(got) == set(want)
+        for key in want:
+            assert np.array_equal(got[key], want[key]), key
+    src = str(tmp_path / "m.safetensors")
+    write_safetensors(src, [("a", "F32", w), ("b", "F32", w[:, :7].copy())])
+    monkeypatch.setattr(hf_folder, "_device", lambda choice: dev)
+    gq.export.gguf(src, str(tmp_path / "gpu.gguf"), "q4_0", device="cuda")
+    gq.export.gguf(src, str(tmp_path / "cpu.gguf"), "q4_0", device="cpu")
+    assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
