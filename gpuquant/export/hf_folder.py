@@ -112,6 +112,29 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
     config = _read_config(model_dir)
     check_new_output(output, force, folder=True)
     checkpoint = open_checkpoint(model_dir)
+    selected, groups, scale_dtype = _plan(model_dir, config, checkpoint, options)
+    to_device = _device(device)
+    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "scale_dtype": scale_dtype}
+    with staged_folder(output, force) as stage:
+        weight_map = {}
+        for shard in checkpoint.shards:
+            name = os.path.basename(shard)
+            with SafetensorsFile(shard) as f:
+                entries = _entries(f, selected, options.bits, options.symmetric, groups,
+                                   SCALE_DTYPES[scale_dtype])
+                write_safetensors_stream(os.path.join(stage, name), entries,
+                                         _produce(f, selected, options, scale_dtype, to_device,
+                                                  stats), f.metadata)
+            weight_map.update({e[0]: name for e in entries})
+            stats["bytes_out"] += os.path.getsize(os.path.join(stage, name))
+        _write_side_files(model_dir, stage, config, checkpoint, weight_map, stats["bytes_out"])
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _plan(model_dir: str, config: dict, checkpoint, options: PackOptions):
+    """(selected {tensor: module}, groups per row {tensor: n}, scale dtype), from the headers;
+    adds ``quantization_config`` to ``config``."""
     headers = _headers(checkpoint.shards)
     floats = {k: shape for k, (_, tag, shape) in headers.items() if tag in _FLOAT_TAGS}
     selected, absent = select_weights(model_dir, floats, options.targets, list(options.ignore))
@@ -131,23 +154,7 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
     targets = ["Linear"] if options.targets is None else ["re:" + options.targets]
     config["quantization_config"] = quantization_config(
         options, list(options.ignore) + absent, targets)
-    to_device = _device(device)
-    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "scale_dtype": scale_dtype}
-    with staged_folder(output, force) as stage:
-        weight_map = {}
-        for shard in checkpoint.shards:
-            name = os.path.basename(shard)
-            with SafetensorsFile(shard) as f:
-                entries = _entries(f, selected, options.bits, options.symmetric, groups,
-                                   SCALE_DTYPES[scale_dtype])
-                write_safetensors_stream(os.path.join(stage, name), entries,
-                                         _produce(f, selected, options, scale_dtype, to_device,
-                                                  stats), f.metadata)
-            weight_map.update({e[0]: name for e in entries})
-            stats["bytes_out"] += os.path.getsize(os.path.join(stage, name))
-        _write_side_files(model_dir, stage, config, checkpoint, weight_map, stats["bytes_out"])
-    stats["seconds"] = time.perf_counter() - start
-    return stats
+    return selected, groups, scale_dtype
 
 
 def _produce(f: SafetensorsFile, selected, options: PackOptions, scale_dtype: str, to_device,
