@@ -38,7 +38,7 @@ _HALF_DOWN = np.float32(0.49999997)
 _F32 = np.float32
 _F16_LIMIT = np.float32(65520)  # the smallest float32 that rounds to float16 inf
 _SIGN = np.uint32(0x80000000)
-_CHUNK = 1 << 16  # values a piece: 256 KiB of float32 and its buffers stay in L2 (measured)
+_CHUNK = 1 << 19  # values a piece: 2 MiB of float32; fewer NumPy calls beat cache (measured)
 _local = threading.local()
 
 
@@ -78,11 +78,11 @@ def _scratch(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _reduce_blocks(blocks: np.ndarray, ufunc, buf: np.ndarray) -> np.ndarray:
-    """``ufunc`` (np.maximum or np.minimum) over each row of 32, NaN propagating.
+    """``ufunc`` (np.maximum or np.minimum) over each row of 32 (float: NaN propagates).
 
     Five halvings of the flat array, each a long loop over pairs 8 bytes apart
     (NumPy reduces a short inner axis, ``max(axis=1)``, about 4x slower).
-    ``buf`` holds at least 16 float32 a block.
+    ``buf`` (of the blocks' dtype) holds at least 16 values a block.
     """
     flat = blocks.reshape(-1)
     n = flat.size // 2
@@ -100,7 +100,9 @@ def _store_scale(d: np.ndarray, out: np.ndarray) -> None:
 def _q8_0(xb: np.ndarray, out: np.ndarray) -> int:
     a, _, sign, _ = _scratch(xb.shape[0])  # the second float32 buffer may hold xb
     np.abs(xb, out=a)
-    d = _reduce_blocks(a, np.maximum, sign.view(np.float32)) / _F32(127)  # NaN/Inf propagate
+    # |x| >= 0 orders like its int32 bits (faster to compare), NaN's bits above Inf's
+    amax = _reduce_blocks(a.view(np.int32), np.maximum, sign.view(np.int32)).view(np.float32)
+    d = amax / _F32(127)  # NaN or Inf for a block holding one
     if not np.isfinite(d).all():
         return int(np.count_nonzero(~np.isfinite(d)))
     _check_scale(d, "Q8_0")
