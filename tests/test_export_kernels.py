@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 from conftest import CUDA, INTERPRET
+from gguf_cases import edge_blocks
 
 import gpuquant as gq
 from gpuquant.export.ctensors import PackOptions, pack_weight
@@ -72,8 +73,6 @@ def test_quantize_pack32_kernel_equals_numpy(rng, options, scale_dtype):
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # 1 / 0 of unused lanes
 @pytest.mark.parametrize("scheme", ["q8_0", "q4_0"])
 def test_gguf_kernel_equals_numpy(rng, scheme):
-    from test_export_gguf import edge_blocks
-
     for x in (edge_blocks(), (rng.standard_normal((37, 96)) * 4).astype(np.float32),
               rng.standard_normal((3, 2, 64)).astype(np.float16)):
         got = host(triton_export.quantize_gguf(dev(x), scheme))
