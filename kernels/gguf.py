@@ -15,6 +15,7 @@ from .common import is_finite
 
 HALF_DOWN = tl.constexpr(0.49999997)  # 0.5 - 2^-25: trunc(v + this) rounds half away (v >= 0)
 F16_LIMIT = tl.constexpr(65520.0)  # the smallest float32 that rounds to float16 inf
+SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000 as an int32
 
 
 @triton.jit
@@ -65,10 +66,15 @@ def q4_0_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
     amax = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
     first = tl.minimum(tl.min(tl.where(tl.abs(lo) == amax[:, None], j[None, :], 32), axis=1),
                        tl.min(tl.where(tl.abs(hi) == amax[:, None], j[None, :] + 16, 32), axis=1))
-    sign_lo = tl.where(j[None, :] == first[:, None], lo.to(tl.int32, bitcast=True) >> 31, 0)
-    sign_hi = tl.where(j[None, :] + 16 == first[:, None], hi.to(tl.int32, bitcast=True) >> 31, 0)
-    negative = (tl.min(sign_lo, axis=1) + tl.min(sign_hi, axis=1)) < 0
-    m = tl.where(negative, -amax, amax)  # -0.0 when the first zero is -0.0, as gguf-py
+    # the sign bit of that first value (-0.0 included): its int32 bits are negative
+    sign_lo = tl.where(j[None, :] == first[:, None], lo.to(tl.int32, bitcast=True) < 0, False)
+    sign_hi = tl.where(j[None, :] + 16 == first[:, None], hi.to(tl.int32, bitcast=True) < 0,
+                       False)
+    negative = (tl.max(sign_lo.to(tl.int32), axis=1) + tl.max(sign_hi.to(tl.int32), axis=1)) > 0
+    # m = +-amax by its sign bit, so that a first -0.0 gives -0.0 as in gguf-py (Triton 3.6
+    # computes -x as 0 - x, which is +0.0 for x = 0)
+    sign = tl.where(negative, SIGN_BIT, 0)
+    m = ((amax.to(tl.int32, bitcast=True) & 0x7FFFFFFF) | sign).to(tl.float32, bitcast=True)
     d = tl.math.div_rn(m, tl.full((BLOCK_B,), -8.0, tl.float32))
     inv = tl.where(d == 0, 0.0, tl.math.div_rn(tl.full((BLOCK_B,), 1.0, tl.float32), d))
     q_lo = tl.minimum(tl.floor(lo * inv[:, None] + 8.5), 15.0).to(tl.int32)

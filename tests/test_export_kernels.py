@@ -105,11 +105,10 @@ def test_export_kernels_compile_for_sm90():
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
-def test_device_paths_of_the_exporters(rng, tmp_path, monkeypatch):
-    """pack_weight and gq.export.gguf on "GPU" arrays (torch CPU tensors under the
-    interpreter) give the bytes of their NumPy paths."""
-    from gpuquant.export import ctensors, hf_folder
-    from gpuquant.safetensors_file import write_safetensors
+def test_device_path_of_pack_weight(rng, monkeypatch):
+    """pack_weight on "GPU" arrays (torch CPU tensors under the interpreter) gives the
+    arrays of its NumPy path."""
+    from gpuquant.export import ctensors
 
     monkeypatch.setattr(ctensors, "_on_gpu", lambda a: isinstance(a, torch.Tensor))
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
@@ -120,6 +119,15 @@ def test_device_paths_of_the_exporters(rng, tmp_path, monkeypatch):
         assert set(got) == set(want)
         for key in want:
             assert np.array_equal(got[key], want[key]), key
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
+def test_device_path_of_gguf_export(rng, tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from gpuquant.export import hf_folder
+    from gpuquant.safetensors_file import write_safetensors
+
+    w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     src = str(tmp_path / "m.safetensors")
     write_safetensors(src, [("a", "F32", w), ("b", "F32", w[:, :7].copy())])
     monkeypatch.setattr(hf_folder, "_device", lambda choice: dev)
