@@ -108,9 +108,9 @@ def test_export_kernels_compile_for_sm90():
 def test_device_path_of_pack_weight(rng, monkeypatch):
     """pack_weight on "GPU" arrays (torch CPU tensors under the interpreter) gives the
     arrays of its NumPy path."""
-    from gpuquant.export import ctensors
+    from gpuquant.export import devices
 
-    monkeypatch.setattr(ctensors, "_on_gpu", lambda a: isinstance(a, torch.Tensor))
+    monkeypatch.setattr(devices, "on_gpu", lambda a: isinstance(a, torch.Tensor))
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     for options in (PackOptions(scheme="int4", group_size=32, symmetric=False),
                     PackOptions(scheme="int8", granularity="channel")):
@@ -124,13 +124,13 @@ def test_device_path_of_pack_weight(rng, monkeypatch):
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_device_path_of_gguf_export(rng, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
-    from gpuquant.export import hf_folder
+    from gpuquant.export import devices
     from gpuquant.safetensors_file import write_safetensors
 
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     src = str(tmp_path / "m.safetensors")
     write_safetensors(src, [("a", "F32", w), ("b", "F32", w[:, :7].copy())])
-    monkeypatch.setattr(hf_folder, "_device", lambda choice: dev)
+    monkeypatch.setattr(devices, "converter", lambda choice: dev)
     gq.export.gguf(src, str(tmp_path / "gpu.gguf"), "q4_0", device="cuda")
     gq.export.gguf(src, str(tmp_path / "cpu.gguf"), "q4_0", device="cpu")
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()

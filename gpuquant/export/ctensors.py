@@ -28,6 +28,7 @@ from ..calibrate import calibrate
 from ..config import QuantConfig
 from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
 from ..quantize import quantize
+from . import devices
 from .pack32 import pack32, words_from_codes_bytes
 
 __all__ = ["PackOptions", "quantization_config", "quantize_weight", "pack_weight",
@@ -121,14 +122,6 @@ def round_scale(scale: np.ndarray, dtype: str, name: str) -> tuple[np.ndarray, n
     return stored, values
 
 
-def _host(a: Any) -> np.ndarray:
-    if hasattr(a, "get"):
-        return a.get()  # CuPy
-    if hasattr(a, "detach"):
-        return a.detach().cpu().numpy()
-    return np.asarray(a)
-
-
 def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = "weight"):
     """(QuantizedTensor against the rounded scale, stored scale) of a 2-D weight.
 
@@ -137,8 +130,8 @@ def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = 
     """
     config = options.quant_config()
     params = calibrate(w, config)
-    stored, values = round_scale(_host(params.scale), scale_dtype, name)
-    return quantize(w, config, qparams=(values, _host(params.zero_point))), stored
+    stored, values = round_scale(devices.host(params.scale), scale_dtype, name)
+    return quantize(w, config, qparams=(values, devices.host(params.zero_point))), stored
 
 
 def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> dict[str, Any]:
@@ -146,28 +139,22 @@ def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> di
     and (asymmetric) weight_zero_point. GPU arrays quantize and pack in one kernel."""
     options.check_shape(name, tuple(w.shape))
     rows, cols = (int(s) for s in w.shape)
-    if _on_gpu(w):
+    if devices.on_gpu(w):
         from ..backends.triton_export import quantize_pack32
 
         config = options.quant_config()
         params = calibrate(w, config)
-        stored, values = round_scale(_host(params.scale), scale_dtype, name)
-        zp = _host(params.zero_point)
-        words = _host(quantize_pack32(w, values, zp, options.bits, options.symmetric,
+        stored, values = round_scale(devices.host(params.scale), scale_dtype, name)
+        zp = devices.host(params.zero_point)
+        words = devices.host(quantize_pack32(w, values, zp, options.bits, options.symmetric,
                                       options.group_size if options.granularity == "group"
                                       else cols))
     else:
         qt, stored = quantize_weight(w, options, scale_dtype, name)
-        zp = _host(qt.zero_point)
-        words = words_from_codes_bytes(_host(qt.data), options.bits, options.symmetric, cols)
+        zp = devices.host(qt.zero_point)
+        words = words_from_codes_bytes(devices.host(qt.data), options.bits, options.symmetric, cols)
     out = {"weight_packed": words, "weight_scale": stored.reshape(rows, -1),
            "weight_shape": np.array([rows, cols], np.int64)}
     if not options.symmetric:
         out["weight_zero_point"] = pack32(zp.reshape(rows, -1), options.bits, dim=0)
     return out
-
-
-def _on_gpu(a: Any) -> bool:
-    if hasattr(a, "get") and hasattr(a, "data"):
-        return True  # CuPy
-    return bool(getattr(getattr(a, "device", None), "type", "cpu") == "cuda")

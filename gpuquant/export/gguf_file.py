@@ -23,6 +23,7 @@ import numpy as np
 from ..checkpoint import as_float, open_checkpoint
 from ..errors import BackendUnavailableError, QuantizationError
 from ..safetensors_file import SafetensorsFile
+from . import devices
 from .ggml_blocks import BLOCK, block_bytes, quantize_blocks
 from .outputs import staged_file
 
@@ -65,17 +66,14 @@ def _quantizer(device: str):
     """(raw NumPy tensor, scheme, bf16 bits?) -> block bytes (NumPy uint8), CPU or GPU."""
     if device == "cpu":
         return quantize_blocks
-    from .hf_folder import _device
-
-    to_device = _device(device)
+    to_device = devices.converter(device)
     if to_device is None:
         return quantize_blocks
     from ..backends.triton_export import quantize_gguf
-    from .ctensors import _host
 
     def on_device(raw: np.ndarray, scheme: str, bf16_bits: bool) -> np.ndarray:
         x = as_float(raw, "BF16" if bf16_bits else "F32")
-        return _host(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
+        return devices.host(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
 
     return on_device
 

@@ -19,6 +19,7 @@ from typing import Any
 from ..checkpoint import INDEX_NAME, as_float, open_checkpoint
 from ..errors import FormatError, QuantizationError
 from ..safetensors_file import SafetensorsFile, write_safetensors_stream
+from . import devices
 from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
 from .outputs import check_new_output, staged_folder
 from .pack32 import packed_width
@@ -73,23 +74,6 @@ def _entries(f: SafetensorsFile, selected: dict[str, str], bits: int, symmetric:
     return entries
 
 
-def _device(choice: str):
-    if choice == "cpu":
-        return None
-    if choice not in ("auto", "cuda"):
-        raise QuantizationError(f"device={choice!r}; accepted: 'auto', 'cpu', 'cuda'")
-    try:
-        from ..backends.triton import device_converter
-
-        convert = device_converter()
-    except QuantizationError:
-        convert = None
-    if convert is None and choice == "cuda":
-        raise QuantizationError("--device cuda: no working GPU (needs CuPy or torch with CUDA, "
-                                "and Triton: pip install 'gpuquant[gpu]')")
-    return convert
-
-
 def compressed_tensors(model_dir: str, output: str, options: PackOptions | None = None, *,
                        force: bool = False, device: str = "auto", **option_values: Any) -> dict:
     """Export a Hugging Face model folder as compressed-tensors "pack-quantized".
@@ -113,7 +97,7 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
     check_new_output(output, force, folder=True)
     checkpoint = open_checkpoint(model_dir)
     selected, groups, scale_dtype = _plan(model_dir, config, checkpoint, options)
-    to_device = _device(device)
+    to_device = devices.converter(device)
     stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "scale_dtype": scale_dtype}
     with staged_folder(output, force) as stage:
         weight_map = {}
