@@ -56,3 +56,40 @@ def test_pack32_refuses_bad_input():
         pack32(np.zeros((2, 8), np.uint8), 2)
     with pytest.raises(gq.InvalidShapeError, match=r"\[0, 15\]"):
         pack32(np.full((2, 8), 16, np.uint8), 4)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("scheme,granularity", [("int4", "group"), ("int8", "channel")])
+def test_pack_weight_matches_the_compressor(rng, symmetric, scheme, granularity):
+    """compressed-tensors' PackedQuantizationCompressor.compress, given gpuquant's scales and
+    zero points and gpuquant's dequantized weight (on the grid, so it picks gpuquant's codes),
+    writes the words gpuquant packs from its own codes."""
+    from compressed_tensors.compressors.pack_quantized import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+
+    from gpuquant.export.ctensors import PackOptions, quantize_weight
+
+    options = PackOptions(scheme=scheme, granularity=granularity, group_size=32,
+                          symmetric=symmetric)
+    w = (rng.standard_normal((24, 96)) * 2).astype(np.float32)
+    qt, _ = quantize_weight(w, options, "float32")
+    on_grid = qt.dequantize(dtype="float32")
+    bits = options.bits
+    ours = {"weight_packed": words_from_codes_bytes(np.asarray(qt.data), bits, symmetric, 96),
+            "weight_zero_point": pack32(np.asarray(qt.zero_point).reshape(24, -1), bits, dim=0)}
+    scale = np.asarray(qt.scale, np.float32).reshape(24, -1)
+    state = {"weight": torch.from_numpy(on_grid), "weight_scale": torch.from_numpy(scale)}
+    if not symmetric:  # compressed-tensors' zero points are signed
+        zp = np.asarray(qt.zero_point).reshape(24, -1).astype(np.int16) - (1 << (bits - 1))
+        state["weight_zero_point"] = torch.from_numpy(zp.astype(np.int8))
+    args = {"num_bits": bits, "type": "int", "symmetric": symmetric, "strategy": granularity}
+    if granularity == "group":
+        args["group_size"] = 32
+    qscheme = QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(**args))
+    theirs = PackedQuantizationCompressor.compress(state, qscheme)
+    assert np.array_equal(theirs["weight_packed"].numpy(), ours["weight_packed"])
+    assert theirs["weight_shape"].tolist() == [24, 96]
+    if symmetric:
+        assert "weight_zero_point" not in theirs
+    else:
+        assert np.array_equal(theirs["weight_zero_point"].numpy(), ours["weight_zero_point"])
