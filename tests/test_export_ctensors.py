@@ -201,3 +201,18 @@ def test_calibration_and_ignore_options(models, tmp_path):
     assert np.array_equal(got, qt.dequantize(dtype="float32"))
     minmax, _ = quantize_weight(w, PackOptions(scheme="int4", group_size=32), "float32")
     assert not np.array_equal(minmax.scale, qt.scale)  # mse chose other scales
+
+
+def test_round_scale_matches_torch_and_refuses_overflow():
+    from gpuquant.export.ctensors import round_scale
+
+    scale = np.array([1e-3, 0.1234567, 3.0e4, 1.0 / 3], np.float32)
+    for dtype, torch_dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        stored, values = round_scale(scale, dtype, "w")
+        want = torch.from_numpy(scale).to(torch_dtype).float().numpy()
+        assert np.array_equal(values, want)
+        assert not np.array_equal(values, scale)  # the rounding is real
+    with pytest.raises(gq.QuantizationError, match="--scale-dtype float32"):
+        round_scale(np.array([1.0, 7e4], np.float32), "float16", "w")
+    with pytest.raises(gq.QuantizationError, match="--scale-dtype float32"):
+        round_scale(np.array([1e-9], np.float32), "float16", "w")  # rounds to 0
