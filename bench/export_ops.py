@@ -2,15 +2,18 @@
 
 GGUF Q8_0 / Q4_0 blocks are compared with gguf-py's ``gguf.quants.quantize``
 (NumPy, on the CPU); on a GPU the kernel is judged against copy bandwidth.
-``ct-pack-int4-g128`` is the per-weight work of ``gpuquant export``:
-calibrate, round the scales to float16, quantize and pack into int32 words.
+``ct-pack-int4-g128`` quantizes with given qparams straight into int32 words
+(on a GPU the one kernel of kernels/pack32.py, judged like our own int4
+layout against copy bandwidth); ``ct-export-int4-g128`` is the per-weight work
+of ``gpuquant export``: calibrate, round the scales to float16, quantize and
+pack, with the packed words copied back to the host.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-OPS = ["gguf-q8_0", "gguf-q4_0", "ct-pack-int4-g128"]
+OPS = ["gguf-q8_0", "gguf-q4_0", "ct-pack-int4-g128", "ct-export-int4-g128"]
 _BLOCK_BYTES = {"gguf-q8_0": 34, "gguf-q4_0": 18}
 
 
@@ -39,10 +42,26 @@ def build(op: str, x, framework: str, case_type, itemsize: int):
 
             ours = lambda: quantize_gguf(x, scheme)  # noqa: E731
         return case_type(op, ours, n * itemsize + n // 32 * _BLOCK_BYTES[op], base)
-    if op == "ct-pack-int4-g128":
-        from gpuquant.export.ctensors import PackOptions, pack_weight
+    from gpuquant.export.ctensors import PackOptions, pack_weight
 
-        options = PackOptions(scheme="int4", group_size=128)
+    options = PackOptions(scheme="int4", group_size=128)
+    if op == "ct-pack-int4-g128":
+        import gpuquant as gq
+
+        config = options.quant_config()
+        params = gq.calibrate(x, config)
+        if framework == "numpy":
+            from gpuquant.export.pack32 import words_from_codes_bytes
+
+            ours = lambda: words_from_codes_bytes(  # noqa: E731
+                gq.quantize(x, config, qparams=params).data, 4, True, cols)
+        else:
+            from gpuquant.backends.triton_export import quantize_pack32
+
+            ours = lambda: quantize_pack32(x, params.scale, params.zero_point, 4,  # noqa: E731
+                                           True, 128)
+        return case_type(op, ours, n * itemsize + n // 2 + n // 128 * 8, base)
+    if op == "ct-export-int4-g128":
         return case_type(op, lambda: pack_weight(x, options, "float16", "w"),
                          n * itemsize + n // 2 + n // 128 * 2, base)
     raise ValueError(f"unknown operation {op!r}")

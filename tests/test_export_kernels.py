@@ -65,8 +65,11 @@ def test_quantize_pack32_kernel_equals_numpy(rng, options, scale_dtype):
 
     _, values = round_scale(np.asarray(params.scale), scale_dtype, "w")
     group = options.group_size if options.granularity == "group" else cols
-    words = triton_export.quantize_pack32(x, values, np.asarray(params.zero_point),
-                                          options.bits, options.symmetric, group)
+    zp = np.asarray(params.zero_point)
+    words = triton_export.quantize_pack32(x, values, zp, options.bits, options.symmetric, group)
+    assert np.array_equal(host(words), want["weight_packed"])
+    words = triton_export.quantize_pack32(x, dev(values), dev(zp), options.bits,  # on the device
+                                          options.symmetric, group)
     assert np.array_equal(host(words), want["weight_packed"])
 
 

@@ -67,18 +67,26 @@ def pack32(stored, bits: int, dim: int = 1):
     return out
 
 
-def quantize_pack32(x, scale: np.ndarray, zero_point: np.ndarray, bits: int, symmetric: bool,
-                    group_size: int):
+def _on_device(ops, a, dtype: str, like):
+    """``a`` (NumPy, or already an array of like's framework and device) as a contiguous
+    ``dtype`` array there."""
+    if isinstance(a, np.ndarray):
+        return ops.from_host(np.ascontiguousarray(a, dtype), like)
+    return ops.contiguous(ops.astype(a, dtype))
+
+
+def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size: int):
     """Quantize a 2-D weight with given per-group float32 scales and int32 zero points
-    (host arrays shaped (rows, groups)) and pack it into int32 words, in one kernel."""
+    (shaped (rows, groups): NumPy, or on x's device) and pack it into int32 words, in
+    one kernel."""
     ops = ops_for(x)
     rows, cols = (int(s) for s in x.shape)
     if cols % group_size:
         raise InvalidShapeError(f"group_size {group_size} does not divide {cols} columns")
     groups = cols // group_size
     x2 = ops.as_2d(x, rows, cols)
-    scale = ops.from_host(np.ascontiguousarray(scale, np.float32).reshape(rows, groups), x2)
-    zp = ops.from_host(np.ascontiguousarray(zero_point, np.int32).reshape(rows, groups), x2)
+    scale, zp = (_on_device(ops, a, dtype, x2).reshape(rows, groups)
+                 for a, dtype in ((scale, "float32"), (zero_point, "int32")))
     qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
     n_words = _words(cols, bits)
     out = ops.empty((rows, n_words), "int32", x2)
