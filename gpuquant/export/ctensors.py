@@ -122,16 +122,21 @@ def round_scale(scale: np.ndarray, dtype: str, name: str) -> tuple[np.ndarray, n
     return stored, values
 
 
+def _rounded_qparams(w: Any, options: PackOptions, scale_dtype: str, name: str):
+    """Calibrate ``w``; (stored scale, the stored scale as float32, zero points), on the host."""
+    params = calibrate(w, options.quant_config())
+    stored, values = round_scale(devices.host(params.scale), scale_dtype, name)
+    return stored, values, devices.host(params.zero_point)
+
+
 def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = "weight"):
     """(QuantizedTensor against the rounded scale, stored scale) of a 2-D weight.
 
     ``w`` is NumPy, CuPy or torch; the QuantizedTensor is in its framework
     (gpuquant's own ``dequantize`` of it is what the loader will compute).
     """
-    config = options.quant_config()
-    params = calibrate(w, config)
-    stored, values = round_scale(devices.host(params.scale), scale_dtype, name)
-    return quantize(w, config, qparams=(values, devices.host(params.zero_point))), stored
+    stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
+    return quantize(w, options.quant_config(), qparams=(values, zp)), stored
 
 
 def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> dict[str, Any]:
@@ -142,17 +147,15 @@ def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> di
     if devices.on_gpu(w):
         from ..backends.triton_export import quantize_pack32
 
-        config = options.quant_config()
-        params = calibrate(w, config)
-        stored, values = round_scale(devices.host(params.scale), scale_dtype, name)
-        zp = devices.host(params.zero_point)
+        stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
+        group = options.group_size if options.granularity == "group" else cols
         words = devices.host(quantize_pack32(w, values, zp, options.bits, options.symmetric,
-                                      options.group_size if options.granularity == "group"
-                                      else cols))
+                                             group))
     else:
         qt, stored = quantize_weight(w, options, scale_dtype, name)
         zp = devices.host(qt.zero_point)
-        words = words_from_codes_bytes(devices.host(qt.data), options.bits, options.symmetric, cols)
+        words = words_from_codes_bytes(devices.host(qt.data), options.bits, options.symmetric,
+                                       cols)
     out = {"weight_packed": words, "weight_scale": stored.reshape(rows, -1),
            "weight_shape": np.array([rows, cols], np.int64)}
     if not options.symmetric:
