@@ -19,6 +19,9 @@ pytest.importorskip("compressed_tensors")
 import gpuquant as gq  # noqa: E402
 from gpuquant.export.ctensors import PackOptions, quantize_weight  # noqa: E402
 
+# transformers notes that CompressedTensorsConfig(dequantize=True) overrides the file's config
+pytestmark = pytest.mark.filterwarnings("ignore:You passed `quantization_config`:UserWarning")
+
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
