@@ -45,17 +45,17 @@ def pack32_kernel(
 
 @triton.jit
 def quantize_pack32_kernel(
-    x_ptr, dst_ptr, scale_ptr, zp_ptr,
+    x_ptr, dst_ptr, inv_ptr, zp_ptr,
     n_rows, n_cols, n_words, stride_x, stride_d, group_size, groups, word_tiles,
     QMIN: tl.constexpr, QMAX: tl.constexpr, OFFSET: tl.constexpr,
     BITS: tl.constexpr, PER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
 ):
-    """Quantize a (rows, cols) weight with per-group scales and zero points and pack it.
+    """Quantize a (rows, cols) weight with per-group 1 / scale and zero points and pack it.
 
-    q = clamp(rint(x * (1 / scale)) + zp, QMIN, QMAX) + OFFSET (common.codes),
-    one IEEE division per element for 1 / scale. Groups of group_size columns
-    (group_size = cols per channel), ``groups`` a row. Reads n elements,
-    writes n * BITS / 8 bytes.
+    q = clamp(rint(x * inv) + zp, QMIN, QMAX) + OFFSET (common.codes), where
+    inv = 1 / scale is one IEEE division per unit done by the launcher. Groups
+    of group_size columns (group_size = cols per channel), ``groups`` a row.
+    Reads n elements and the per-unit values (cached), writes n * BITS / 8 bytes.
     """
     tile_w, row, word, row_ok, word_ok = tile_coords(word_tiles, n_rows, n_words, BLOCK_R,
                                                      BLOCK_W)
@@ -63,9 +63,8 @@ def quantize_pack32_kernel(
     mask = row_ok[:, None] & (col < n_cols)[None, :]
     x = tl.load(x_ptr + row[:, None] * stride_x + col[None, :], mask=mask, other=0.0)
     unit = row[:, None] * groups + (col // group_size)[None, :]
-    scale = tl.load(scale_ptr + unit, mask=mask, other=1.0)
+    inv = tl.load(inv_ptr + unit, mask=mask, other=1.0)
     zp = tl.load(zp_ptr + unit, mask=mask, other=0)
-    inv = tl.math.div_rn(tl.full(scale.shape, 1.0, tl.float32), scale)
     q = tl.where(mask, codes(x.to(tl.float32), inv, zp, QMIN, QMAX) + OFFSET, 0)
     words = pack_words(q, BLOCK_R, BLOCK_W, PER, BITS)
     tl.store(dst_ptr + row[:, None] * stride_d + word[None, :], words,

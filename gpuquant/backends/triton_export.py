@@ -19,6 +19,7 @@ try:
 
     from gpuquant.kernels import gguf as _gguf
     from gpuquant.kernels import pack32 as _pack32
+    from gpuquant.kernels import quantize as _quantize
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise BackendUnavailableError(
         f"the export kernels need Triton (>= 3.6): pip install 'gpuquant[gpu]' ({exc})"
@@ -75,6 +76,22 @@ def _on_device(ops, a, dtype: str, like):
     return ops.contiguous(ops.astype(a, dtype))
 
 
+def _reciprocal(ops, scale, like):
+    """1 / scale per unit, one IEEE float32 division each: NumPy's on the host, else the
+    library's reciprocal kernel (kernels/quantize.py) on the device."""
+    if isinstance(scale, np.ndarray):
+        with np.errstate(divide="ignore"):
+            inv = np.float32(1) / np.ascontiguousarray(scale, np.float32)
+        return ops.from_host(inv, like)
+    scale = _on_device(ops, scale, "float32", like)
+    inv = ops.empty(tuple(scale.shape), "float32", scale)
+    n = int(np.prod(tuple(scale.shape)))
+    with ops.launching(scale):
+        _launch(_quantize.reciprocal_kernel, (triton.cdiv(n, 1024),), ops.kernel_arg(scale),
+                ops.kernel_arg(inv), n, BLOCK=1024)
+    return inv
+
+
 def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size: int):
     """Quantize a 2-D weight with given per-group float32 scales and int32 zero points
     (shaped (rows, groups): NumPy, or on x's device) and pack it into int32 words, in
@@ -85,8 +102,8 @@ def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size
         raise InvalidShapeError(f"group_size {group_size} does not divide {cols} columns")
     groups = cols // group_size
     x2 = ops.as_2d(x, rows, cols)
-    scale, zp = (_on_device(ops, a, dtype, x2).reshape(rows, groups)
-                 for a, dtype in ((scale, "float32"), (zero_point, "int32")))
+    inv = _reciprocal(ops, scale, x2).reshape(rows, groups)
+    zp = _on_device(ops, zero_point, "int32", x2).reshape(rows, groups)
     qmin, qmax = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if symmetric else (0, (1 << bits) - 1)
     n_words = _words(cols, bits)
     out = ops.empty((rows, n_words), "int32", x2)
@@ -94,7 +111,7 @@ def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size
     arg = ops.kernel_arg
     with ops.launching(x2):
         _launch(_pack32.quantize_pack32_kernel, (triton.cdiv(rows, _BLOCK_R) * word_tiles,),
-                arg(x2), arg(out), arg(scale), arg(zp), rows, cols, n_words,
+                arg(x2), arg(out), arg(inv), arg(zp), rows, cols, n_words,
                 ops.row_stride(x2), n_words, group_size, groups, word_tiles,
                 QMIN=qmin, QMAX=qmax, OFFSET=(1 << (bits - 1)) if symmetric else 0,
                 BITS=bits, PER=32 // bits, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
