@@ -16,6 +16,7 @@ import numpy as np
 
 import gpuquant as gq
 
+from . import export_ops
 from . import peers as P
 
 GROUP = P.GROUP
@@ -208,6 +209,8 @@ def build(op: str, x, framework: str, backend: str | None = None, peers: bool = 
     """
     if op in GPU_PATH_CASES:
         return GPU_PATH_CASES[op](op, x, framework, backend, peers)
+    if op in export_ops.OPS:  # GGUF blocks and pack-quantized (bench/export_ops.py)
+        return export_ops.build(op, x, framework, Case, ITEMSIZE[str(x.dtype).replace("torch.", "")])
     rows, cols = x.shape
     n = rows * cols
     read = _read_bytes(x)
@@ -248,4 +251,5 @@ def build(op: str, x, framework: str, backend: str | None = None, peers: bool = 
 OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-sym",
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
        "dynamic-per-token-small",
-       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel"]
+       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel",
+       *export_ops.OPS]

@@ -9,6 +9,7 @@
 True
 """
 
+from . import export  # gq.export.*: imports no optional package until called
 from .calibrate import Calibrator, calibrate
 from .config import MSE, Entropy, Granularity, Percentile, QuantConfig, Scheme
 from .dynamic import DynamicQuantizer
@@ -52,5 +53,5 @@ __all__ = [
     "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
     "InvalidShapeError", "NonFiniteError", "OutputPathError", "Percentile", "QParams", "QuantConfig",
     "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",
-    "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
+    "export", "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
 ]

@@ -142,3 +142,13 @@ def from_numpy(arr: np.ndarray, info: TensorInfo, dtype: str | None = None) -> A
 def as_float(raw: np.ndarray, tag: str) -> np.ndarray:
     """A tensor read from safetensors as NumPy floats: "BF16" bits widen to float32, exactly."""
     return bf16_bits_to_f32(raw) if tag == "BF16" else raw
+
+
+def host_copy(a: Any) -> np.ndarray:
+    """A NumPy copy of a CuPy array or torch tensor (a NumPy array is returned as it is)."""
+    framework = framework_of(a)
+    if framework == "cupy":
+        return a.get()
+    if framework == "torch":
+        return a.detach().cpu().numpy()
+    return np.asarray(a)

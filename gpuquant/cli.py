@@ -18,6 +18,7 @@ import sys
 
 from . import __version__
 from .errors import QuantizationError
+from .export.cli import add_parsers as add_export_parsers
 
 __all__ = ["main", "build_parser"]
 
@@ -283,15 +284,18 @@ def _add_demo(sub) -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gpuquant", description="Quantize, dequantize and "
-                                     "inspect safetensors checkpoints.",
+    parser = argparse.ArgumentParser(prog="gpuquant", description="Quantize, dequantize, "
+                                     "inspect and export safetensors checkpoints.",
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"gpuquant {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_quantize(sub)
+    q = _add_quantize(sub)
     _add_dequantize(sub)
-    _add_inspect(sub)
+    i = _add_inspect(sub)
     _add_demo(sub)
+    # gpuquant/export/cli.py: `export`, `quantize --format gguf-q8_0|gguf-q4_0`, and `inspect`
+    # of GGUF files and compressed-tensors folders
+    add_export_parsers(sub, quantize=q, inspect=i)
     return parser
 
 

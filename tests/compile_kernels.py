@@ -131,10 +131,11 @@ def compile_one(index: int) -> list[str]:
     return problems
 
 
-def main():
-    be = TritonBackend()
+def main(drive=None):
+    """Record what ``drive()`` launches (default: every launch plan and primitive of the
+    Triton backend), compile it in parallel, print the JSON line."""
     with recording() as launches:
-        exercise(be)
+        (drive or (lambda: exercise(TritonBackend())))()
     _SPECS.extend(dict(signature_of(launch) for launch in launches).items())
     context = multiprocessing.get_context("fork")  # the workers inherit _SPECS
     with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1, mp_context=context) as pool:

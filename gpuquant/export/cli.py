@@ -1,0 +1,125 @@
+"""The export commands of ``gpuquant``: ``export``, ``quantize --format gguf-*``, ``inspect``.
+
+gpuquant/cli.py calls :func:`add_parsers` once with its subparsers and its
+``quantize`` and ``inspect`` parsers; this module adds the ``export``
+command and wraps the other two, so that a GGUF file or a compressed-tensors
+folder is handled here and everything else as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..errors import QuantizationError
+
+__all__ = ["add_parsers", "cmd_export"]
+
+FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
+
+
+def _calibration(args: argparse.Namespace):
+    from ..config import Percentile
+
+    if args.calibration == "percentile":
+        return Percentile(*args.percentile) if args.percentile else Percentile()
+    if args.percentile:
+        raise QuantizationError("--percentile needs --calibration percentile")
+    return args.calibration
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .ctensors import PackOptions
+    from .hf_folder import compressed_tensors
+
+    options = PackOptions(scheme=args.scheme, granularity=args.granularity,
+                          group_size=args.group_size, symmetric=not args.asymmetric,
+                          calibration=_calibration(args),
+                          scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
+                          ignore=tuple(args.ignore), targets=args.targets,
+                          ignore_nonfinite=args.ignore_nonfinite)
+    stats = compressed_tensors(args.model_dir, args.output, options, force=args.force,
+                               device=args.device)
+    if not args.quiet:
+        print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
+              f"pack-quantized {args.scheme} (scales {stats['scale_dtype']}), kept "
+              f"{stats['kept']} tensor(s); {stats['bytes_in'] / 1e9:.3f} GB -> "
+              f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
+    return 0
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="write a Hugging Face model folder as compressed-tensors "
+                                      "pack-quantized (vLLM, transformers)")
+    e.add_argument("model_dir", help="folder with config.json and safetensors (sharded or not)")
+    e.add_argument("-o", "--output", required=True, help="the new model folder")
+    e.add_argument("--scheme", choices=("int4", "int8"), default="int4")
+    e.add_argument("--granularity", choices=("group", "channel"), default="group")
+    e.add_argument("--group-size", type=int, default=128)
+    e.add_argument("--asymmetric", action="store_true",
+                   help="unsigned codes and zero points (load with CompressedTensorsConfig("
+                        "dequantize=True))")
+    e.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="MODULE",
+                   help="modules left unquantized: names, or re:PATTERN (default lm_head)")
+    e.add_argument("--targets", metavar="REGEX",
+                   help="module names to quantize, instead of the Linear modules transformers "
+                        "finds from config.json")
+    e.add_argument("--calibration", choices=("minmax", "percentile", "entropy", "mse"),
+                   default="minmax")
+    e.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"))
+    e.add_argument("--scale-dtype", choices=("model", "float16", "bfloat16", "float32"),
+                   default="model", help="dtype of the stored scales (default: the model's, "
+                                         "as compressed-tensors does)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--ignore-nonfinite", action="store_true",
+                   help="calibrate over finite values instead of refusing NaN/Inf")
+    e.add_argument("--force", action="store_true", help="replace the files of an existing output")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+
+def _wrap_quantize(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--format", choices=FORMATS, default="gpuquant",
+                   help="gpuquant's layout, or a .gguf file of Q8_0 / Q4_0 blocks")
+    plain = q.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.format == "gpuquant":
+            return plain(args)
+        from .gguf_file import gguf
+
+        stats = gguf(args.input, args.output, args.format.split("-")[1], force=args.force,
+                     include=args.include, exclude=args.exclude,
+                     device="cpu" if args.device == "cpu" else args.device)
+        if not args.quiet:
+            print(f"wrote {stats['quantized']} {args.format} tensor(s) and {stats['kept']} "
+                  f"unquantized; {stats['bytes_in'] / 1e9:.3f} GB -> "
+                  f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
+        return 0
+
+    q.set_defaults(func=run)
+
+
+def _wrap_inspect(i: argparse.ArgumentParser) -> None:
+    plain = i.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        from .inspect import format_report, inspect_export
+
+        report = inspect_export(args.input, args.reference)
+        if report is None:
+            return plain(args)
+        print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+        return 0
+
+    i.set_defaults(func=run)
+
+
+def add_parsers(sub, quantize: argparse.ArgumentParser | None = None,
+                inspect: argparse.ArgumentParser | None = None) -> None:
+    """Add ``export``; give ``quantize`` its --format and ``inspect`` the two export formats."""
+    _add_export(sub)
+    if quantize is not None:
+        _wrap_quantize(quantize)
+    if inspect is not None:
+        _wrap_inspect(inspect)

@@ -1,0 +1,162 @@
+"""One Linear weight in compressed-tensors' "pack-quantized" format, and the config that says so.
+
+For a Linear module ``P`` (weight ``[out, in]``) the checkpoint holds
+``P.weight_packed`` (int32, see pack32.py), ``P.weight_scale`` (``[out, in / G]``
+for groups of G, ``[out, 1]`` per channel), ``P.weight_shape`` (int64
+``[out, in]``) and, asymmetric only, ``P.weight_zero_point`` (int32, packed
+along dim 0). The loader dequantizes ``(q - zp) * scale`` in the scale's
+dtype.
+
+Scales are stored in the model's dtype by default, as compressed-tensors
+itself does (the scale parameters of the model it loads into have the
+weights' dtype). gpuquant rounds its float32 scale to that dtype first and
+computes the codes against the rounded scale, so the loaded weights equal
+gpuquant's dequantized ones bit for bit. ``scale_dtype="float32"`` keeps the
+float32 scale in the file instead; a float16/bfloat16 model's loader then
+rounds it itself, after the codes were chosen (see the README).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from ..arrays import array_device, bf16_bits_to_f32, f32_to_bf16_bits, host_copy
+from ..calibrate import calibrate
+from ..config import QuantConfig
+from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
+from ..quantize import quantize
+from .pack32 import pack32, words_from_codes_bytes
+
+__all__ = ["PackOptions", "quantization_config", "quantize_weight", "pack_weight",
+           "SCALE_DTYPES"]
+
+SCALE_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+
+
+@dataclasses.dataclass(frozen=True)
+class PackOptions:
+    """What ``gpuquant export`` does to each Linear weight.
+
+    ``scale_dtype=None`` stores scales in the model's dtype (compressed-tensors'
+    own choice); ``targets`` is a regular expression of module names that
+    replaces finding Linear modules with transformers.
+    """
+
+    scheme: str = "int4"
+    granularity: str = "group"
+    group_size: int = 128
+    symmetric: bool = True
+    calibration: Any = "minmax"
+    scale_dtype: str | None = None
+    ignore: tuple[str, ...] = ("lm_head",)
+    targets: str | None = None
+    ignore_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if self.scheme not in ("int4", "int8"):
+            raise UnsupportedSchemeError(f"scheme={self.scheme!r}: pack-quantized export supports "
+                                         "'int4' and 'int8'")
+        if self.granularity not in ("group", "channel"):
+            raise UnsupportedSchemeError(f"granularity={self.granularity!r}: pack-quantized export "
+                                         "supports 'group' and 'channel'")
+        if self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPES:
+            raise QuantizationError(f"scale_dtype={self.scale_dtype!r}; accepted: None (the "
+                                    "model's dtype), " + ", ".join(SCALE_DTYPES))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        self.quant_config()  # validates group_size and calibration
+
+    @property
+    def bits(self) -> int:
+        return 4 if self.scheme == "int4" else 8
+
+    def quant_config(self) -> QuantConfig:
+        group = self.granularity == "group"
+        return QuantConfig(scheme=self.scheme, granularity=self.granularity,
+                           group_size=self.group_size if group else None, axis=0,
+                           symmetric=self.symmetric, calibration=self.calibration,
+                           nibble_order="low_first", ignore_nonfinite=self.ignore_nonfinite)
+
+    def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if len(shape) != 2:
+            raise InvalidShapeError(f"tensor {name!r} has shape {shape}; a Linear weight is 2-D")
+        if self.granularity == "group" and shape[1] % self.group_size:
+            raise InvalidShapeError(
+                f"tensor {name!r} has {shape[1]} input features, not a multiple of "
+                f"--group-size {self.group_size} (compressed-tensors needs whole groups); "
+                "choose a group size that divides it, or --granularity channel")
+
+
+def quantization_config(options: PackOptions, ignore: list[str], targets: list[str]) -> dict:
+    """config.json's ``quantization_config``: only keys compressed-tensors accepts."""
+    weights = {"num_bits": options.bits, "type": "int", "symmetric": options.symmetric,
+               "strategy": options.granularity, "dynamic": False}
+    if options.granularity == "group":
+        weights["group_size"] = options.group_size
+    return {"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "quantization_status": "compressed", "ignore": ignore,
+            "config_groups": {"group_0": {"targets": targets, "format": "pack-quantized",
+                                          "weights": weights}}}
+
+
+def round_scale(scale: np.ndarray, dtype: str, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(scale as stored in ``dtype`` (bfloat16 as uint16 bits), the same values in float32)."""
+    scale = np.asarray(scale, dtype=np.float32)
+    if dtype == "float32":
+        return scale, scale
+    if dtype == "bfloat16":
+        stored = f32_to_bf16_bits(scale)
+        values = bf16_bits_to_f32(stored)
+    else:
+        with np.errstate(over="ignore"):
+            stored = scale.astype(np.float16)
+        values = stored.astype(np.float32)
+    bad = ~(np.isfinite(values) & (values > 0))
+    if bad.any():
+        raise QuantizationError(
+            f"tensor {name!r}: {int(bad.sum())} scale(s) (first {float(scale[bad][0]):.3g}) "
+            f"become 0 or inf in {dtype}; pass --scale-dtype float32")
+    return stored, values
+
+
+def _rounded_qparams(w: Any, options: PackOptions, scale_dtype: str, name: str):
+    """Calibrate ``w``; (stored scale, the stored scale as float32, zero points), on the host."""
+    params = calibrate(w, options.quant_config())
+    stored, values = round_scale(host_copy(params.scale), scale_dtype, name)
+    return stored, values, host_copy(params.zero_point)
+
+
+def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = "weight"):
+    """(QuantizedTensor against the rounded scale, stored scale) of a 2-D weight.
+
+    ``w`` is NumPy, CuPy or torch; the QuantizedTensor is in its framework
+    (gpuquant's own ``dequantize`` of it is what the loader will compute).
+    """
+    stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
+    return quantize(w, options.quant_config(), qparams=(values, zp)), stored
+
+
+def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> dict[str, Any]:
+    """{suffix: NumPy array} of one Linear weight: weight_packed, weight_scale, weight_shape
+    and (asymmetric) weight_zero_point. GPU arrays quantize and pack in one kernel."""
+    options.check_shape(name, tuple(w.shape))
+    rows, cols = (int(s) for s in w.shape)
+    if array_device(w) != "cpu":
+        from ..backends.triton_export import quantize_pack32
+
+        stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
+        group = options.group_size if options.granularity == "group" else cols
+        words = host_copy(quantize_pack32(w, values, zp, options.bits, options.symmetric,
+                                             group))
+    else:
+        qt, stored = quantize_weight(w, options, scale_dtype, name)
+        zp = host_copy(qt.zero_point)
+        words = words_from_codes_bytes(host_copy(qt.data), options.bits, options.symmetric,
+                                       cols)
+    out = {"weight_packed": words, "weight_scale": stored.reshape(rows, -1),
+           "weight_shape": np.array([rows, cols], np.int64)}
+    if not options.symmetric:
+        out["weight_zero_point"] = pack32(zp.reshape(rows, -1), options.bits, dim=0)
+    return out

@@ -1,0 +1,133 @@
+"""``gpuquant quantize CKPT -o OUT.gguf --format gguf-q8_0|gguf-q4_0``: a GGUF file of blocks.
+
+Floating tensors of two or more dimensions whose rows are a multiple of 32
+(and that the include/exclude globs select) become Q8_0 or Q4_0 blocks;
+every other tensor is stored as it is: float16 as F16, other floats as F32,
+integers as I8/I16/I32/I64. The file is written through ``gguf.GGUFWriter``
+one tensor at a time (headers planned from the safetensors headers first)
+into a temporary file that is renamed when complete.
+
+The file holds tensors and ``general.architecture = "gpuquant"`` only: a
+model llama.cpp runs also needs the architecture metadata (hyperparameters,
+tokenizer) and tensor names that llama.cpp's ``convert_hf_to_gguf.py`` writes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Any
+
+import numpy as np
+
+from ..arrays import as_float, host_copy
+from ..devices import converter_for
+from ..errors import BackendUnavailableError, QuantizationError
+from ..safetensors_file import SafetensorsFile
+from ..shards import open_checkpoint
+from .ggml_blocks import BLOCK, block_bytes, quantize_blocks
+from .outputs import staged_file
+
+__all__ = ["gguf", "import_gguf", "ARCH"]
+
+ARCH = "gpuquant"
+_KEEP = {"F16": np.float16, "F32": np.float32, "F64": np.float32, "BF16": np.float32,
+         "I8": np.int8, "I16": np.int16, "I32": np.int32, "I64": np.int64}
+
+
+def import_gguf():
+    try:
+        import gguf
+    except ImportError as exc:
+        raise BackendUnavailableError(f"GGUF needs the gguf package ({exc}): "
+                                      "pip install 'gpuquant[export]'") from None
+    return gguf
+
+
+def _plan(f: SafetensorsFile, scheme: str, include: list[str], exclude: list[str]) -> list[tuple]:
+    """(key, quantized?, numpy dtype, shape written) for each tensor of one shard."""
+    plan = []
+    for key in f.keys():
+        tag, shape = f.dtype_tag(key), f.shape(key)
+        if tag not in _KEEP:
+            raise QuantizationError(f"{f.path}: tensor {key!r} has dtype {tag}, which GGUF does "
+                                    "not store; accepted: floats and I8/I16/I32/I64")
+        chosen = any(fnmatch.fnmatchcase(key, g) for g in include) and \
+            not any(fnmatch.fnmatchcase(key, g) for g in exclude)
+        if chosen and tag in ("F16", "BF16", "F32", "F64") and len(shape) >= 2 \
+                and shape[-1] % BLOCK == 0:
+            written = (*shape[:-1], shape[-1] // BLOCK * block_bytes(scheme))
+            plan.append((key, True, np.dtype(np.uint8), written))
+        else:
+            plan.append((key, False, np.dtype(_KEEP[tag]), shape))
+    return plan
+
+
+def _quantizer(device: str):
+    """(raw NumPy tensor, scheme, bf16 bits?) -> block bytes (NumPy uint8), CPU or GPU."""
+    if device == "cpu":
+        return quantize_blocks
+    to_device = converter_for(device)
+    if to_device is None:
+        return quantize_blocks
+    from ..backends.triton_export import quantize_gguf
+
+    def on_device(raw: np.ndarray, scheme: str, bf16_bits: bool) -> np.ndarray:
+        x = as_float(raw, "BF16" if bf16_bits else "F32")
+        return host_copy(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
+
+    return on_device
+
+
+def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
+         include: list[str] | None = None, exclude: list[str] | None = None,
+         device: str = "cpu") -> dict[str, Any]:
+    """Write the tensors of a safetensors checkpoint to a GGUF file with Q8_0 or Q4_0 blocks.
+
+    Args:
+        source: a .safetensors file, a folder of shards, or an index .json.
+        output: the .gguf file; an existing one needs ``force=True``.
+        scheme: "q8_0" or "q4_0".
+        include, exclude: glob patterns of tensor names (default: all, none).
+        device: "cpu", "auto" or "cuda" (the Triton kernel of kernels/gguf.py).
+    """
+    block_bytes(scheme)
+    lib = import_gguf()
+    qtype = {"q8_0": lib.GGMLQuantizationType.Q8_0, "q4_0": lib.GGMLQuantizationType.Q4_0}[scheme]
+    start = time.perf_counter()
+    checkpoint = open_checkpoint(source)
+    include, exclude = include or ["*"], exclude or []
+    plans = []
+    for shard in checkpoint.shards:
+        with SafetensorsFile(shard) as f:
+            plans.append((shard, _plan(f, scheme, include, exclude)))
+    quantize_fn = _quantizer(device)
+    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
+    with staged_file(output, force) as tmp:
+        writer = lib.GGUFWriter(None, ARCH)
+        writer.add_file_type(int({"q8_0": lib.LlamaFileType.MOSTLY_Q8_0,
+                                  "q4_0": lib.LlamaFileType.MOSTLY_Q4_0}[scheme]))
+        for _, plan in plans:
+            for key, quantized, dtype, shape in plan:
+                writer.add_tensor_info(key, shape, dtype, int(np.prod(shape)) * dtype.itemsize,
+                                       raw_dtype=qtype if quantized else None)
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for shard, plan in plans:
+            with SafetensorsFile(shard) as f:
+                for key, quantized, dtype, _ in plan:
+                    raw = f.get(key)
+                    stats["bytes_in"] += raw.nbytes
+                    bf16 = f.dtype_tag(key) == "BF16"
+                    try:
+                        data = quantize_fn(raw, scheme, bf16) if quantized else \
+                            as_float(raw, f.dtype_tag(key)).astype(dtype, copy=False)
+                    except QuantizationError as exc:
+                        raise type(exc)(f"{f.path}: tensor {key!r}: {exc}") from None
+                    stats["quantized" if quantized else "kept"] += 1
+                    stats["bytes_out"] += data.nbytes
+                    writer.write_tensor_data(np.ascontiguousarray(data))
+        writer.close()
+    stats["seconds"] = time.perf_counter() - start
+    return stats

@@ -1,0 +1,183 @@
+"""``gpuquant export``: a Hugging Face model folder -> a compressed-tensors pack-quantized folder.
+
+Everything is planned from the safetensors headers first (every shard is
+opened and checked, every selected weight's shape validated), so bad input
+fails before anything is written. Then each shard is streamed tensor by
+tensor into a staging folder beside the output, next to the rewritten index,
+the new config.json and copies of every other file (tokenizer, generation
+config, ...); the staging folder becomes the output only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from typing import Any
+
+from ..arrays import as_float
+from ..devices import converter_for
+from ..errors import FormatError, QuantizationError
+from ..safetensors_file import SafetensorsFile, write_safetensors_stream
+from ..shards import INDEX_NAME, open_checkpoint
+from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
+from .outputs import check_new_output, staged_folder
+from .pack32 import packed_width
+from .targets import select_weights
+
+__all__ = ["compressed_tensors"]
+
+_FLOAT_TAGS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float32"}
+
+
+def _read_config(model_dir: str) -> dict:
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.isdir(model_dir):
+        raise FormatError(f"{model_dir}: not a folder; export takes a Hugging Face model folder "
+                          "(config.json and safetensors)")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise FormatError(f"{model_dir}: no config.json; export takes a Hugging Face model "
+                          "folder (config.json and safetensors)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: not JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise FormatError(f"{path}: not a JSON object")
+    return config
+
+
+def _headers(shards: list[str]) -> dict[str, tuple[str, str, tuple[int, ...]]]:
+    """{tensor: (shard, dtype tag, shape)} of every shard, each header checked."""
+    found = {}
+    for shard in shards:
+        with SafetensorsFile(shard) as f:
+            for key in f.keys():
+                found[key] = (shard, f.dtype_tag(key), f.shape(key))
+    return found
+
+
+def _entries(f: SafetensorsFile, selected: dict[str, str], bits: int, symmetric: bool,
+             groups: dict[str, int], scale_tag: str) -> list[tuple[str, str, tuple[int, ...]]]:
+    entries = []
+    for key in f.keys():
+        if key not in selected:
+            entries.append((key, f.dtype_tag(key), f.shape(key)))
+            continue
+        rows, cols = f.shape(key)
+        entries += [(key + "_packed", "I32", (rows, packed_width(cols, bits))),
+                    (key + "_scale", scale_tag, (rows, groups[key])),
+                    (key + "_shape", "I64", (2,))]
+        if not symmetric:
+            entries.append((key + "_zero_point", "I32", (packed_width(rows, bits), groups[key])))
+    return entries
+
+
+def compressed_tensors(model_dir: str, output: str, options: PackOptions | None = None, *,
+                       force: bool = False, device: str = "auto", **option_values: Any) -> dict:
+    """Export a Hugging Face model folder as compressed-tensors "pack-quantized".
+
+    Args:
+        model_dir: folder with config.json and model.safetensors (or shards and
+            model.safetensors.index.json).
+        output: the new folder; an existing one needs ``force=True``.
+        options: a :class:`PackOptions`, or its fields as keyword arguments
+            (``scheme="int4"``, ``granularity="group"``, ``group_size=128``,
+            ``symmetric=True``, ``calibration="minmax"``, ``scale_dtype=None``,
+            ``ignore=("lm_head",)``, ``targets=None``, ``ignore_nonfinite=False``).
+        device: "auto" (a GPU when one works), "cpu" or "cuda".
+
+    Returns:
+        Counts, bytes and seconds of the export.
+    """
+    start = time.perf_counter()
+    options = options if options is not None else PackOptions(**option_values)
+    config = _read_config(model_dir)
+    check_new_output(output, force, folder=True)
+    checkpoint = open_checkpoint(model_dir)
+    selected, groups, scale_dtype = _plan(model_dir, config, checkpoint, options)
+    to_device = converter_for(device)
+    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "scale_dtype": scale_dtype}
+    with staged_folder(output, force) as stage:
+        weight_map = {}
+        for shard in checkpoint.shards:
+            name = os.path.basename(shard)
+            with SafetensorsFile(shard) as f:
+                entries = _entries(f, selected, options.bits, options.symmetric, groups,
+                                   SCALE_DTYPES[scale_dtype])
+                write_safetensors_stream(os.path.join(stage, name), entries,
+                                         _produce(f, selected, options, scale_dtype, to_device,
+                                                  stats), f.metadata)
+            weight_map.update({e[0]: name for e in entries})
+            stats["bytes_out"] += os.path.getsize(os.path.join(stage, name))
+        _write_side_files(model_dir, stage, config, checkpoint, weight_map, stats["bytes_out"])
+    stats["seconds"] = time.perf_counter() - start
+    return stats
+
+
+def _plan(model_dir: str, config: dict, checkpoint, options: PackOptions):
+    """(selected {tensor: module}, groups per row {tensor: n}, scale dtype), from the headers;
+    adds ``quantization_config`` to ``config``."""
+    headers = _headers(checkpoint.shards)
+    floats = {k: shape for k, (_, tag, shape) in headers.items() if tag in _FLOAT_TAGS}
+    selected, absent = select_weights(model_dir, floats, options.targets, list(options.ignore))
+    if not selected:
+        raise QuantizationError(f"{model_dir}: no Linear weight to quantize (ignore="
+                                f"{list(options.ignore)}, targets={options.targets!r})")
+    for key in selected:
+        try:
+            options.check_shape(key, floats[key])
+        except QuantizationError as exc:
+            raise type(exc)(f"{model_dir}: {exc}") from None
+    groups = {k: floats[k][1] // options.group_size if options.granularity == "group" else 1
+              for k in selected}
+    model_dtype = config.get("dtype") or config.get("torch_dtype")
+    scale_dtype = options.scale_dtype or (model_dtype if model_dtype in SCALE_DTYPES else
+                                          _FLOAT_TAGS[headers[next(iter(selected))][1]])
+    targets = ["Linear"] if options.targets is None else ["re:" + options.targets]
+    config["quantization_config"] = quantization_config(
+        options, list(options.ignore) + absent, targets)
+    return selected, groups, scale_dtype
+
+
+def _produce(f: SafetensorsFile, selected, options: PackOptions, scale_dtype: str, to_device,
+             stats: dict):
+    for key in f.keys():
+        raw = f.get(key)
+        stats["bytes_in"] += raw.nbytes
+        if key not in selected:
+            stats["kept"] += 1
+            yield raw
+            continue
+        w = as_float(raw, f.dtype_tag(key))
+        arrays = pack_weight(to_device(w) if to_device else w, options, scale_dtype, key)
+        stats["quantized"] += 1
+        yield arrays["weight_packed"]
+        yield arrays["weight_scale"]
+        yield arrays["weight_shape"]
+        if not options.symmetric:
+            yield arrays["weight_zero_point"]
+
+
+def _write_side_files(model_dir: str, stage: str, config: dict, checkpoint, weight_map: dict,
+                      total: int) -> None:
+    """The index (if the input had one), config.json, and copies of every other file."""
+    index_path = os.path.join(model_dir, INDEX_NAME)
+    if os.path.isfile(index_path):
+        index = {"metadata": {**checkpoint.index_metadata, "total_size": total},
+                 "weight_map": dict(sorted(weight_map.items()))}
+        with open(os.path.join(stage, INDEX_NAME), "w") as f:
+            json.dump(index, f, indent=2)
+    with open(os.path.join(stage, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    shards = {os.path.basename(s) for s in checkpoint.shards}
+    for name in sorted(os.listdir(model_dir)):
+        src = os.path.join(model_dir, name)
+        if name.startswith(".") or name in shards or name in (INDEX_NAME, "config.json"):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(stage, name), symlinks=True)
+        else:
+            shutil.copy2(src, os.path.join(stage, name))
