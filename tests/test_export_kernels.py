@@ -111,9 +111,10 @@ def test_export_kernels_compile_for_sm90():
 def test_device_path_of_pack_weight(rng, monkeypatch):
     """pack_weight on "GPU" arrays (torch CPU tensors under the interpreter) gives the
     arrays of its NumPy path."""
-    from gpuquant.export import devices
+    from gpuquant.export import ctensors
 
-    monkeypatch.setattr(devices, "on_gpu", lambda a: isinstance(a, torch.Tensor))
+    monkeypatch.setattr(ctensors, "array_device",
+                        lambda a: "cuda:0" if isinstance(a, torch.Tensor) else "cpu")
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     for options in (PackOptions(scheme="int4", group_size=32, symmetric=False),
                     PackOptions(scheme="int8", granularity="channel")):
@@ -127,13 +128,13 @@ def test_device_path_of_pack_weight(rng, monkeypatch):
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_device_path_of_gguf_export(rng, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
-    from gpuquant.export import devices
+    from gpuquant.export import gguf_file
     from gpuquant.safetensors_file import write_safetensors
 
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     src = str(tmp_path / "m.safetensors")
     write_safetensors(src, [("a", "F32", w), ("b", "F32", w[:, :7].copy())])
-    monkeypatch.setattr(devices, "converter", lambda choice: dev)
+    monkeypatch.setattr(gguf_file, "converter_for", lambda choice: None if choice == "cpu" else dev)
     gq.export.gguf(src, str(tmp_path / "gpu.gguf"), "q4_0", device="cuda")
     gq.export.gguf(src, str(tmp_path / "cpu.gguf"), "q4_0", device="cpu")
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
