@@ -11,7 +11,7 @@ from .arrays import FLOAT_DTYPES, TensorInfo, prepare
 from .config import QuantConfig
 from .errors import InvalidDtypeError
 from .layout import Layout
-from .nonfinite import entry
+from .nonfinite import compiling, entry
 
 __all__ = ["QuantizedTensor"]
 
@@ -92,7 +92,12 @@ class QuantizedTensor:
         only), "float32" and "float64" are accepted. ``out``: a preallocated
         contiguous output of the original shape and that dtype (a CUDA graph's
         static buffer, say). A NaN found by an earlier GPU call is raised here.
+        Inside ``torch.compile`` this is the ``gpuquant::dequantize`` operator.
         """
+        if compiling():
+            from .torch_ops import dequantize as traced
+
+            return traced(self, _output_dtype(dtype, self.dtype, self.framework), backend, out)
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)
