@@ -231,14 +231,18 @@ def _traceable(x, config, backend) -> bool:
             and backend in (None, BACKENDS.get(x.device.type)))
 
 
-@functools.cache
-def _eager(name: str):
-    """The eager public function ``name``, run outside the graph (a graph break)."""
-    from .quantize import quantize as eager_quantize
-    from .tensor import QuantizedTensor
+@torch.compiler.disable
+def _eager_quantize(x, config, qparams, backend, out):
+    """gq.quantize run outside the graph (a graph break)."""
+    from .quantize import quantize as eager
 
-    fn = {"quantize": eager_quantize, "dequantize": QuantizedTensor.dequantize}[name]
-    return torch.compiler.disable(fn, recursive=True)
+    return eager(x, config, qparams, backend, out)
+
+
+@torch.compiler.disable
+def _eager_dequantize(qt, dtype, backend, out):
+    """QuantizedTensor.dequantize run outside the graph (a graph break)."""
+    return type(qt).dequantize(qt, dtype, backend, out)
 
 
 def quantize(x, config, qparams, backend, out):
@@ -250,7 +254,7 @@ def quantize(x, config, qparams, backend, out):
     config = DEFAULT_CONFIG if config is None else config
     if not _traceable(x, config, backend) or not (
             qparams is None or all(isinstance(p, torch.Tensor) for p in qparams)):
-        return _eager("quantize")(x, config, qparams, backend, out)
+        return _eager_quantize(x, config, qparams, backend, out)
     ops, args = torch.ops.gpuquant, config_args(config)
     if qparams is not None:
         scale, zero_point = qparams
@@ -289,7 +293,7 @@ def dequantize(qt, dtype: str, backend, out):
     """QuantizedTensor.dequantize while torch.compile traces: the dequantize operator."""
     data = qt.data
     if not isinstance(data, torch.Tensor) or backend not in (None, BACKENDS.get(data.device.type)):
-        return _eager("dequantize")(qt, dtype, backend, out)
+        return _eager_dequantize(qt, dtype, backend, out)
     args = config_args(qt.config)
     if out is None:
         return torch.ops.gpuquant.dequantize(data, qt.scale, qt.zero_point, list(qt.shape),
