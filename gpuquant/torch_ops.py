@@ -46,7 +46,7 @@ from .config import QuantConfig
 from .errors import InvalidDtypeError
 from .layout import Layout
 from .nonfinite import raise_ready
-from .plan import DEFAULT_CONFIG, copy_into, plan_for
+from .plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
 
 __all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize", "dequantize"]
 
@@ -120,7 +120,7 @@ def _given(backend: str, x, scale, zero_point, config: QuantConfig, out=None):
     return plan.given(x, (scale, zero_point), out)[0]
 
 
-_dequantizers: dict = {}
+_dequantizers: dict = {}  # (shape, config, dtype, backend) -> dequantize runner
 
 
 def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, out=None):
@@ -133,6 +133,8 @@ def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, ou
     if runner is None:
         info = TensorInfo("torch", name, layout.shape, "cpu" if backend == "numpy" else "cuda")
         runner = select(info, backend).plan_dequantize(layout, config, codes, name)
+        if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.plan does with its plans
+            _dequantizers.clear()
         _dequantizers[key] = runner
     if backend == "numpy":
         y = runner(codes, scale, zero_point)
