@@ -97,7 +97,7 @@ class QuantizedTensor:
         if compiling():
             from .torch_ops import dequantize as traced
 
-            return traced(self, _output_dtype(dtype, self.dtype, self.framework), backend, out)
+            return traced(self, dtype, backend, out)
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)

@@ -43,7 +43,7 @@ import torch
 from .arrays import FLOAT_DTYPES, TensorInfo
 from .backends import select
 from .config import QuantConfig
-from .errors import InvalidDtypeError
+from .errors import InvalidDtypeError, QuantizationError
 from .layout import Layout
 from .nonfinite import raise_ready
 from .plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
@@ -63,8 +63,8 @@ SCHEMAS = {
     "quantize_given_out": f"(Tensor x, Tensor scale, Tensor zero_point, {_CFG}, Tensor(a!) codes) -> ()",
     "dequantize": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, ScalarType dtype, "
                   f"{_CFG}) -> Tensor",
-    "dequantize_out": f"(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, {_CFG}, "
-                      "Tensor(a!) out) -> ()",
+    "dequantize_out": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, "
+                      f"ScalarType dtype, {_CFG}, Tensor(a!) out) -> ()",
 }
 BACKENDS = {"cpu": "numpy", "cuda": "triton"}  # the kernel of each device type
 
@@ -168,10 +168,9 @@ def _register_kernels(backend: str, device: str) -> None:
     def dequantize(codes, scale, zero_point, shape, dtype, *cfg):
         return _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg))
 
-    def dequantize_out(codes, scale, zero_point, shape, *cfg_out):
-        out = cfg_out[-1]
-        _dequantize(backend, codes, scale, zero_point, shape, out.dtype, config_of(*cfg_out[:-1]),
-                    out)
+    def dequantize_out(codes, scale, zero_point, shape, dtype, *cfg_out):
+        _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg_out[:-1]),
+                    cfg_out[-1])  # the runner checks out's shape, dtype and device
 
     kernels = {"quantize_minmax": minmax, "quantize_minmax_out": minmax_out,
                "quantize_per_token": token, "quantize_per_token_out": token_out,
@@ -227,10 +226,23 @@ _register()
 
 
 # ----------------------------------------------- the public API, when traced
-def _traceable(x, config, backend) -> bool:
-    return (isinstance(x, torch.Tensor) and isinstance(config, QuantConfig)
+def _traceable(x, config, qparams, backend) -> bool:
+    """True for what the operators do; bad arguments are left to the eager call, which
+    raises the gq error (an error raised while tracing would not reach the caller as it is)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(config, QuantConfig)
             and isinstance(config.calibration, str) and config.calibration == "minmax"
-            and backend in (None, BACKENDS.get(x.device.type)))
+            and backend in (None, BACKENDS.get(x.device.type))
+            and str(x.dtype)[6:] in FLOAT_DTYPES):
+        return False
+    try:
+        layout = Layout.of(x.shape, config)
+        if qparams is not None:
+            scale, zero_point = qparams
+            layout.check_params("scale", tuple(scale.shape))
+            layout.check_params("zero_point", tuple(zero_point.shape))
+    except (QuantizationError, TypeError, ValueError, AttributeError):
+        return False
+    return True
 
 
 @torch.compiler.disable
@@ -254,8 +266,7 @@ def quantize(x, config, qparams, backend, out):
     default backend is traced; anything else runs eagerly, outside the graph.
     """
     config = DEFAULT_CONFIG if config is None else config
-    if not _traceable(x, config, backend) or not (
-            qparams is None or all(isinstance(p, torch.Tensor) for p in qparams)):
+    if not _traceable(x, config, qparams, backend):
         return _eager_quantize(x, config, qparams, backend, out)
     ops, args = torch.ops.gpuquant, config_args(config)
     if qparams is not None:
@@ -291,14 +302,21 @@ def _quantized(codes, scale, zero_point, x, config: QuantConfig):
     return QuantizedTensor(codes, scale, zero_point, x.shape, dtype, config, info)
 
 
-def dequantize(qt, dtype: str, backend, out):
+def dequantize(qt, dtype, backend, out):
     """QuantizedTensor.dequantize while torch.compile traces: the dequantize operator."""
+    from .tensor import _output_dtype
+
     data = qt.data
     if not isinstance(data, torch.Tensor) or backend not in (None, BACKENDS.get(data.device.type)):
         return _eager_dequantize(qt, dtype, backend, out)
+    try:
+        dtype = _output_dtype(dtype, qt.dtype, qt.framework)
+    except QuantizationError:
+        return _eager_dequantize(qt, dtype, backend, out)  # raises it, outside the graph
     args = config_args(qt.config)
     if out is None:
         return torch.ops.gpuquant.dequantize(data, qt.scale, qt.zero_point, list(qt.shape),
                                              getattr(torch, dtype), *args)
-    torch.ops.gpuquant.dequantize_out(data, qt.scale, qt.zero_point, list(qt.shape), *args, out)
+    torch.ops.gpuquant.dequantize_out(data, qt.scale, qt.zero_point, list(qt.shape),
+                                      getattr(torch, dtype), *args, out)
     return out

@@ -66,7 +66,7 @@ def test_opcheck_every_operator(shape, dtype, cfg):
              (ops.quantize_given, (x, scale, zp, *args)),
              (ops.quantize_given_out, (x, scale, zp, *args, torch.empty_like(codes))),
              (ops.dequantize, (codes, scale, zp, list(shape), torch.float32, *args)),
-             (ops.dequantize_out, (codes, scale, zp, list(shape), *args, y))]
+             (ops.dequantize_out, (codes, scale, zp, list(shape), dtype, *args, y))]
     for op, op_args in calls:
         torch.library.opcheck(op, op_args)  # runs on copies of the arguments
         op(*op_args)
@@ -180,6 +180,34 @@ def test_out_buffers_and_given_qparams_inside_a_graph():
     assert cnt.frame_count == 1
 
 
+def test_bad_out_buffers_raise_inside_a_graph_as_they_do_eagerly():
+    x = torch.randn(8, 64, dtype=torch.float16)
+    qt = gq.quantize(x, G16)
+    codes, scale, zp = (torch.empty_like(a) for a in (qt.data, qt.scale, qt.zero_point))
+    quantize = torch.compile(lambda x, *out: gq.quantize(x, G16, out=out).data, backend=counter())
+    with pytest.raises(gq.InvalidShapeError, match=r"out\[0\]"):
+        quantize(x, codes[:4], scale, zp)
+    dequantize = torch.compile(lambda qt, y: qt.dequantize(out=y), backend=counter())
+    with pytest.raises(gq.InvalidDtypeError, match="out has dtype"):
+        dequantize(qt, torch.empty(x.shape))
+    assert torch.equal(dequantize(qt, torch.empty(x.shape, dtype=torch.float16)), qt.dequantize())
+
+
+def test_bad_arguments_inside_a_graph_raise_the_eager_error():
+    x = torch.randn(4, 8)
+    bad_axis = gq.QuantConfig.int8_per_channel(axis=5)
+    with pytest.raises(gq.InvalidShapeError, match="axis=5"):
+        torch.compile(lambda x: gq.quantize(x, bad_axis).data, backend=counter())(x)
+    with pytest.raises(gq.InvalidDtypeError, match="int32"):
+        torch.compile(lambda x: gq.quantize(x.int()).data, backend=counter())(x)
+    qt = gq.quantize(x, G16.replace(group_size=4))
+    with pytest.raises(gq.InvalidShapeError, match="scale"):
+        torch.compile(lambda x: gq.quantize(x, G16, qparams=(qt.scale, qt.zero_point)).data,
+                      backend=counter())(x)
+    with pytest.raises(gq.InvalidDtypeError, match="int8"):
+        torch.compile(lambda qt: qt.dequantize(dtype="int8"), backend=counter())(qt)
+
+
 def test_other_calibrations_run_eagerly_at_a_graph_break():
     cfg = gq.QuantConfig.int8_per_channel().replace(calibration=gq.Percentile(1, 99))
 
@@ -218,6 +246,7 @@ def test_a_pending_report_does_not_break_tracing_and_is_raised_by_the_operator()
     assert torch.equal(fn(x)[0], TOKEN(x).data) and cnt.frame_count == 1
 
 
+@pytest.mark.slow
 def test_inductor_compiles_the_example_block_without_breaks():
     sys.path.insert(0, EXAMPLES)
     try:
@@ -235,6 +264,7 @@ def test_inductor_compiles_the_example_block_without_breaks():
     assert torch._dynamo.explain(block.__call__)(x).graph_break_count == 0
 
 
+@pytest.mark.slow
 def test_example_script_runs():
     sys.path.insert(0, EXAMPLES)
     try:
