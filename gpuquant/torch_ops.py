@@ -238,6 +238,9 @@ def _traceable(x, config, qparams, backend) -> bool:
         layout = Layout.of(x.shape, config)
         if qparams is not None:
             scale, zero_point = qparams
+            if not all(isinstance(p, torch.Tensor) and p.device == x.device
+                       for p in (scale, zero_point)):
+                return False  # host qparams (a Calibrator's) are copied by the eager call
             layout.check_params("scale", tuple(scale.shape))
             layout.check_params("zero_point", tuple(zero_point.shape))
     except (QuantizationError, TypeError, ValueError, AttributeError):

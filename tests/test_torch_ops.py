@@ -158,6 +158,14 @@ def test_a_quantized_tensor_made_in_a_graph_is_returned_whole():
     assert torch.equal(got.dequantize(), want.dequantize())  # eagerly, without a plan
 
 
+def test_host_qparams_inside_a_graph_are_applied_eagerly():
+    cfg = gq.QuantConfig.int8_per_channel()
+    x = torch.randn(8, 40)
+    params = gq.calibrate(x.numpy(), cfg)  # NumPy arrays
+    fn = torch.compile(lambda x: gq.quantize(x, cfg, qparams=params).data, backend=counter())
+    assert torch.equal(fn(x), gq.quantize(x, cfg, qparams=params).data)
+
+
 def test_out_buffers_and_given_qparams_inside_a_graph():
     cfg = gq.QuantConfig.int8_per_channel()
     x = torch.randn(16, 40)
