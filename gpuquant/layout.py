@@ -42,7 +42,7 @@ class Layout:
 
     @classmethod
     def of(cls, shape: tuple[int, ...], config: QuantConfig) -> Layout:
-        shape = tuple(int(s) for s in shape)
+        shape = tuple(s if type(s).__name__ == "SymInt" else int(s) for s in shape)  # traced sizes
         ndim = len(shape)
         cols = shape[-1] if ndim else 1
         rows = math.prod(shape[:-1]) if ndim else 1

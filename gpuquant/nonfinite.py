@@ -16,19 +16,26 @@ next gpuquant call. ``QuantizedTensor.check_finite()`` waits for the device
 and then polls. Nothing is raised while a CUDA graph is being captured;
 replays write to the same board, so they report too. ``gq.calibrate`` waits
 for its kernels anyway and raises at once.
+
+Inside ``torch.compile`` the entry poll is not traced (:func:`compiling`):
+the graph holds only the gpuquant operators (gpuquant.torch_ops), whose
+implementations poll the board when they run, as the next eager call does.
+A replayed CUDA graph runs no Python: the next gpuquant call after the
+replay, or ``qt.check_finite()``, reports what it found.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import sys
 import threading
 
 import numpy as np
 
 from .errors import NonFiniteError
 
-__all__ = ["entry", "raise_ready", "wait_all", "board_for", "new_slot", "nonfinite_message",
+__all__ = ["entry", "compiling", "raise_ready", "wait_all", "board_for", "new_slot", "nonfinite_message",
            "raise_counts"]
 
 SLOTS = 4096  # call sites with their own count and first unit; reused round robin
@@ -139,16 +146,24 @@ def wait_all() -> None:
     raise_ready()
 
 
+def compiling() -> bool:
+    """True while torch.compile (dynamo) traces the caller; False without torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
+
+
 def entry(fn):
-    """Decorate a public entry point: raise pending non-finite reports before any work."""
+    """Decorate a public entry point: raise pending non-finite reports before any work
+    (not while torch.compile traces it: a graph reads no host memory)."""
 
     @functools.wraps(fn)
     def checked(*args, **kwargs):
-        for board in _boards:
-            if board.host[0]:
-                error = board.take()
-                if error is not None:
-                    raise error
+        if not compiling():
+            for board in _boards:
+                if board.host[0]:
+                    error = board.take()
+                    if error is not None:
+                        raise error
         return fn(*args, **kwargs)
 
     return checked

@@ -123,8 +123,9 @@ class QuantizePlan:
         scale, zero_point = user_qparams(qparams, self, x)
         x = self.be.native(x, self.info)
         numpy = self.be.name == "numpy"
-        codes = self.given_codes(x, self.be.native(scale, self.info),
-                                 self.be.native(zero_point, self.info), None if numpy else out)
+        # qparams are read as what they are, never as x's dtype (bfloat16 x: float32 scales)
+        codes = self.given_codes(x, self.be.native(scale, self.stored),
+                                 self.be.native(zero_point, self.stored), None if numpy else out)
         codes = self.be.wrap(codes, self.stored)
         if numpy and out is not None:
             codes = copy_into((out,), (codes,))[0]

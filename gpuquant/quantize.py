@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import QuantConfig
-from .nonfinite import entry
+from .nonfinite import compiling, entry
 from .plan import plan_for
 from .tensor import QuantizedTensor
 
@@ -32,7 +32,15 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
 
     On a GPU the call does not wait for the device: NaN/Inf in the data are
     raised by the next gpuquant call, or by ``qt.check_finite()``.
+
+    Inside ``torch.compile`` a torch tensor goes through the ``torch.ops.gpuquant``
+    operators (gpuquant.torch_ops): min/max calibration and given qparams trace
+    into the graph, other calibrations run eagerly (a graph break).
     """
+    if compiling():
+        from .torch_ops import quantize as traced
+
+        return traced(x, config, qparams, backend, out)
     plan, x = plan_for(x, config, backend)
     if qparams is None:
         codes, scale, zero_point = plan.calibrated(x, out)

@@ -24,7 +24,7 @@ from .errors import (
     QuantizationError,
 )
 from .layout import Layout
-from .nonfinite import entry
+from .nonfinite import compiling, entry
 from .qparams import check_user_qparams
 
 __all__ = ["QuantizedTensor"]
@@ -124,8 +124,13 @@ class QuantizedTensor:
         float32 values rounded to bfloat16 by default, NumPy having no bfloat16.
         ``out``: a preallocated contiguous output of the original shape and that
         dtype (a CUDA graph's static buffer, say). A NaN found by an earlier GPU
-        call is raised here.
+        call is raised here. Inside ``torch.compile`` this is the
+        ``gpuquant::dequantize`` operator.
         """
+        if compiling():
+            from .torch_ops import dequantize as traced
+
+            return traced(self, dtype, backend, out)
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)

@@ -106,24 +106,104 @@ def test_torch_non_default_stream(big):
     assert torch.equal(y, qt.dequantize())
 
 
-def test_cuda_graph_capture_of_quantize():
+GRAPH_CONFIGS = [gq.QuantConfig.int4_per_group(128), gq.QuantConfig.int8_per_channel(),
+                 gq.QuantConfig.int8_symmetric()]  # fused, fused per row, three launches
+
+
+def _warm_up(fn):
+    """Run ``fn`` on a side stream first: plans built and kernels compiled before capture."""
     import torch
 
-    cfg = gq.QuantConfig.int4_per_group(128)
-    x = torch.randn(1024, 4096, device="cuda", dtype=torch.float16)
-    gq.quantize(x, cfg)  # compile outside the capture
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        gq.quantize(x, cfg)
+        for _ in range(2):
+            fn()
     torch.cuda.current_stream().wait_stream(side)
+
+
+@pytest.mark.parametrize("cfg", GRAPH_CONFIGS, ids=lambda c: c.describe())
+@pytest.mark.parametrize("with_out", [False, True], ids=["new-outputs", "out="])
+def test_cuda_graph_capture_of_quantize(cfg, with_out):
+    """quantize, dequantize and the per-token quantizer captured in one CUDAGraph: every
+    replay on new input values equals eager calls bit for bit."""
+    import torch
+
+    x = torch.randn(1024, 4096, device="cuda", dtype=torch.float16)
+    dq = gq.DynamicQuantizer("int8", per_token=True)
+    ref = gq.quantize(x, cfg)
+    ref_tok = dq(x)
+    out = tuple(torch.empty_like(a) for a in (ref.data, ref.scale, ref.zero_point))
+    out_tok = tuple(torch.empty_like(a) for a in (ref_tok.data, ref_tok.scale, ref_tok.zero_point))
+    y_out = torch.empty_like(x)
+
+    def step():
+        qt = gq.quantize(x, cfg, out=out if with_out else None)
+        y = qt.dequantize(out=y_out if with_out else None)
+        tok = dq(x, out=out_tok if with_out else None)
+        return qt, y, tok
+
+    _warm_up(step)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        captured = gq.quantize(x, cfg)
-    x.copy_(torch.randn_like(x))
+        qt, y, tok = step()
+    if with_out:
+        assert qt.data is out[0] and y is y_out and tok.scale is out_tok[1]
+    for seed in range(2):
+        x.copy_(torch.randn(x.shape, device="cuda", generator=torch.Generator(
+            device="cuda").manual_seed(seed), dtype=x.dtype))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = gq.quantize(x, cfg)
+        same(qt, want)
+        assert torch.equal(y, want.dequantize())
+        same(tok, dq(x))
+
+
+def test_make_graphed_callables_of_the_hot_calls():
+    import torch
+
+    cfg = gq.QuantConfig.int4_per_group(128)
+    dq = gq.DynamicQuantizer("int8", per_token=True)
+
+    def quantize(x):
+        qt = gq.quantize(x, cfg)
+        return qt.data, qt.scale, qt.zero_point, qt.dequantize()
+
+    def per_token(x):
+        qt = dq(x)
+        return qt.data, qt.scale
+
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    graphed = torch.cuda.make_graphed_callables((quantize, per_token), ((x,), (x,)))
+    for _ in range(2):
+        fresh = torch.randn_like(x)
+        for fn, g in zip((quantize, per_token), graphed):
+            got = [a.clone() for a in g(fresh)]
+            want = fn(fresh)
+            assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_nan_in_a_replayed_input_is_reported_after_the_replay():
+    import torch
+
+    cfg = gq.QuantConfig.int4_per_group(128)
+    x = torch.randn(64, 512, device="cuda")
+    _warm_up(lambda: gq.quantize(x, cfg))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        qt = gq.quantize(x, cfg)
+    graph.replay()
+    qt.check_finite()  # clean data: nothing to report
+    x[5, 300] = float("nan")
+    graph.replay()
+    with pytest.raises(gq.NonFiniteError, match=r"\(64, 512\) has 1 non-finite.*unit 22 "):
+        qt.check_finite()  # waits for the replay, then reads the board
     graph.replay()
     torch.cuda.synchronize()
-    same(captured, gq.quantize(x, cfg))
+    with pytest.raises(gq.NonFiniteError, match=r"\(64, 512\) has 1 non-finite"):
+        gq.quantize(torch.randn(8, 128, device="cuda"), cfg)  # the next eager call reports
+    gq.quantize(torch.randn(8, 128, device="cuda"), cfg).check_finite()  # reported once
 
 
 def test_deferred_nonfinite_report():
@@ -180,3 +260,75 @@ def test_calibrator_qparams_apply_to_gpu_data(big):
     params = cal.qparams()  # NumPy: copied to the GPU by quantize
     qt = gq.quantize(big, cfg, qparams=params)
     same(qt, gq.quantize(big.cpu(), cfg, qparams=params))
+
+
+# ------------------------------------------------- torch.compile on CUDA tensors (issue 10)
+def _compile_counter(backend="inductor"):
+    import torch._dynamo.testing
+
+    torch._dynamo.reset()
+    return torch._dynamo.testing.CompileCounterWithBackend(backend)
+
+
+def test_inductor_per_token_and_dequantize_on_cuda():
+    import torch
+
+    dq = gq.DynamicQuantizer("int8", per_token=True)
+    cfg = gq.QuantConfig.int4_per_group(128)
+
+    def per_token_codes(x):
+        qt = dq(x)
+        return qt.data, qt.scale
+
+    def dequantize_matmul(qt, w):
+        return qt.dequantize() @ w
+
+    cnt = _compile_counter()
+    fn = torch.compile(per_token_codes, backend=cnt, fullgraph=True, dynamic=True)
+    for tokens in (16, 33, 7):
+        x = torch.randn(tokens, 4096, device="cuda", dtype=torch.float16)
+        for got, want in zip(fn(x), per_token_codes(x)):
+            assert torch.equal(got, want)
+    assert cnt.frame_count == 1
+    assert torch._dynamo.explain(per_token_codes)(x).graph_break_count == 0
+    cnt = _compile_counter()
+    fn = torch.compile(dequantize_matmul, backend=cnt, fullgraph=True)
+    for _ in range(2):
+        qt = gq.quantize(torch.randn(512, 1024, device="cuda"), cfg)
+        w = torch.randn(1024, 64, device="cuda")
+        assert torch.equal(fn(qt, w), dequantize_matmul(qt, w))
+    assert cnt.frame_count == 1
+
+
+def test_inductor_out_buffers_on_cuda():
+    import torch
+
+    cfg = gq.QuantConfig.int8_per_channel()
+    x = torch.randn(256, 512, device="cuda", dtype=torch.bfloat16)
+    want = gq.quantize(x, cfg)
+
+    def fill(x, codes, scale, zero_point, y):
+        gq.quantize(x, cfg, out=(codes, scale, zero_point)).dequantize(out=y)
+
+    buffers = [torch.zeros_like(a) for a in (want.data, want.scale, want.zero_point)]
+    y = torch.zeros_like(x)
+    torch.compile(fill, backend=_compile_counter(), fullgraph=True)(x, *buffers, y)
+    for got, expected in zip(buffers, (want.data, want.scale, want.zero_point)):
+        assert torch.equal(got, expected)
+    assert torch.equal(y, want.dequantize())
+
+
+def test_compiled_example_is_faster_than_eager_on_cuda():
+    """examples/int8_activations.py: bit-identical to eager (run() raises otherwise), and its
+    compiled block (one CUDA graph, mode="reduce-overhead") beats the eager calls."""
+    import importlib.util
+
+    _compile_counter()
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "examples", "int8_activations.py")
+    spec = importlib.util.spec_from_file_location("int8_activations", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.run(tokens=16, hidden=2048, inner=4096, repeats=50, device="cuda")
+    print(f"example on {result['device']}: eager {result['eager_s'] * 1e6:.1f} us, "
+          f"compiled {result['compiled_s'] * 1e6:.1f} us")
+    assert result["compiled_s"] < result["eager_s"], result

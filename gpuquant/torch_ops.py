@@ -1,0 +1,325 @@
+"""gpuquant's hot operations as torch operators, for torch.compile and CUDA graphs.
+
+Importing this module (which needs torch) registers, in the ``gpuquant``
+namespace of ``torch.ops``, eight operators whose schemas are written once in
+:data:`SCHEMAS`:
+
+==========================  ==================================================
+``quantize_minmax``         min/max calibration + quantize, every granularity
+``quantize_per_token``      the same per row (dynamic per-token activations)
+``quantize_given``          quantize with a given scale and zero point
+``dequantize``              codes -> floats of ``dtype``
+``*_out``                   the same, writing caller buffers (``Tensor(a!)``)
+==========================  ==================================================
+
+A config goes in as plain values (``bits, symmetric, granularity, axis,
+group_size, high_first`` and, where calibration can meet NaN/Inf,
+``ignore_nonfinite``); :func:`config_args` makes them, :func:`config_of`
+turns them back into a cached :class:`QuantConfig`. ``granularity`` is the
+index into :data:`GRANULARITIES`.
+
+Each operator has a CPU kernel (the NumPy reference, also for torch CPU
+tensors under ``TRITON_INTERPRET=1``: it is bit-identical and far faster than
+the interpreter), a CUDA kernel (the Triton launch plans) and a fake kernel
+(shapes and dtypes from gpuquant.layout, symbolic sizes kept), all through
+gpuquant.plan. They are ``torch.library.define`` operators, opaque to
+Inductor, rather than ``triton_op``: a launch plan makes host decisions once
+per input class, launches kernels with constexpr specialisations and a
+host-mapped non-finite board that is no operator input, and the CPU kernel is
+NumPy; none of that is a traceable Triton call.
+
+gq.quantize, QuantizedTensor.dequantize and DynamicQuantizer call
+:func:`quantize` and :func:`dequantize` below only while torch.compile traces
+them (``torch.compiler.is_compiling()``); eager calls take the launch plans
+directly, which costs less host time. Both give the same bits.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from .arrays import FLOAT_DTYPES, TensorInfo
+from .backends import select
+from .config import QuantConfig
+from .errors import InvalidDtypeError, QuantizationError
+from .layout import Layout
+from .nonfinite import raise_ready
+from .plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
+
+__all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize", "dequantize"]
+
+GRANULARITIES = ("tensor", "channel", "group", "token")  # the operators' granularity codes
+_CFG = "int bits, bool symmetric, int granularity, int axis, int group_size, bool high_first"
+_OUT3 = "Tensor(a!) codes, Tensor(b!) scale, Tensor(c!) zero_point"
+_TOKEN = "int bits, bool symmetric, bool high_first, bool ignore_nonfinite"
+SCHEMAS = {
+    "quantize_minmax": f"(Tensor x, {_CFG}, bool ignore_nonfinite) -> (Tensor, Tensor, Tensor)",
+    "quantize_minmax_out": f"(Tensor x, {_CFG}, bool ignore_nonfinite, {_OUT3}) -> ()",
+    "quantize_per_token": f"(Tensor x, {_TOKEN}) -> (Tensor, Tensor, Tensor)",
+    "quantize_per_token_out": f"(Tensor x, {_TOKEN}, {_OUT3}) -> ()",
+    "quantize_given": f"(Tensor x, Tensor scale, Tensor zero_point, {_CFG}) -> Tensor",
+    "quantize_given_out": f"(Tensor x, Tensor scale, Tensor zero_point, {_CFG}, Tensor(a!) codes) -> ()",
+    "dequantize": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, ScalarType dtype, "
+                  f"{_CFG}) -> Tensor",
+    "dequantize_out": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, "
+                      f"ScalarType dtype, {_CFG}, Tensor(a!) out) -> ()",
+}
+BACKENDS = {"cpu": "numpy", "cuda": "triton"}  # the kernel of each device type
+
+
+# ------------------------------------------------------------------ configs
+def config_args(config: QuantConfig) -> tuple:
+    """(bits, symmetric, granularity, axis, group_size, high_first) of ``config``."""
+    return (config.bits, config.symmetric, GRANULARITIES.index(config.granularity.value),
+            config.axis, config.group_size or 0, config.nibble_order == "high_first")
+
+
+@functools.lru_cache(maxsize=512)
+def config_of(bits: int, symmetric: bool, granularity: int, axis: int, group_size: int,
+              high_first: bool, ignore_nonfinite: bool = False) -> QuantConfig:
+    """The QuantConfig of an operator's plain arguments (min/max calibration)."""
+    gran = GRANULARITIES[granularity]
+    return QuantConfig(scheme=bits, symmetric=symmetric, granularity=gran, axis=axis,
+                       group_size=group_size if gran == "group" else None,
+                       nibble_order="high_first" if high_first else "low_first",
+                       ignore_nonfinite=ignore_nonfinite)
+
+
+def _token_config(bits, symmetric, high_first, ignore_nonfinite) -> QuantConfig:
+    return config_of(bits, symmetric, 3, 0, 0, high_first, ignore_nonfinite)
+
+
+def _layout(x, config: QuantConfig) -> Layout:
+    name = str(x.dtype)[6:]
+    if name not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"x has dtype {name}; accepted: " + ", ".join(FLOAT_DTYPES))
+    return Layout.of(x.shape, config)
+
+
+def _check_qparams(layout: Layout, scale, zero_point) -> None:
+    for name, value, dtype in (("scale", scale, torch.float32),
+                               ("zero_point", zero_point, torch.int32)):
+        layout.check_params(name, tuple(value.shape))
+        if value.dtype != dtype:
+            raise InvalidDtypeError(f"{name} has dtype {value.dtype}; the operator takes {dtype}")
+
+
+# ------------------------------------------------------------------ kernels
+def _calibrated(backend: str, x, config: QuantConfig, out=None):
+    raise_ready()  # what earlier GPU calls (compiled or eager) found
+    plan, x = plan_for(x, config, backend)
+    return plan.calibrated(x, out)
+
+
+def _given(backend: str, x, scale, zero_point, config: QuantConfig, out=None):
+    raise_ready()
+    plan, x = plan_for(x, config, backend)
+    _check_qparams(plan.layout, scale, zero_point)
+    return plan.given(x, (scale, zero_point), out)[0]
+
+
+_dequantizers: dict = {}  # (shape, config, dtype, backend) -> dequantize runner
+
+
+def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, out=None):
+    raise_ready()
+    name = str(dtype)[6:]
+    key = (tuple(shape), config, name, backend)
+    runner = _dequantizers.get(key)
+    layout = Layout.of(key[0], config)
+    _check_qparams(layout, scale, zero_point)
+    if runner is None:
+        info = TensorInfo("torch", name, layout.shape, "cpu" if backend == "numpy" else "cuda")
+        runner = select(info, backend).plan_dequantize(layout, config, codes, name)
+        if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.plan does with its plans
+            _dequantizers.clear()
+        _dequantizers[key] = runner
+    if backend == "numpy":
+        y = runner(codes, scale, zero_point)
+        return y if out is None else copy_into((out,), (y,))[0]
+    return runner(codes, scale, zero_point, out)
+
+
+def _register_kernels(backend: str, device: str) -> None:
+    def minmax(x, bits, symmetric, granularity, axis, group_size, high_first, ignore):
+        cfg = config_of(bits, symmetric, granularity, axis, group_size, high_first, ignore)
+        return _calibrated(backend, x, cfg)
+
+    def minmax_out(x, bits, symmetric, granularity, axis, group_size, high_first, ignore,
+                   codes, scale, zero_point):
+        cfg = config_of(bits, symmetric, granularity, axis, group_size, high_first, ignore)
+        _calibrated(backend, x, cfg, (codes, scale, zero_point))
+
+    def token(x, bits, symmetric, high_first, ignore):
+        return _calibrated(backend, x, _token_config(bits, symmetric, high_first, ignore))
+
+    def token_out(x, bits, symmetric, high_first, ignore, codes, scale, zero_point):
+        _calibrated(backend, x, _token_config(bits, symmetric, high_first, ignore),
+                    (codes, scale, zero_point))
+
+    def given(x, scale, zero_point, *cfg):
+        return _given(backend, x, scale, zero_point, config_of(*cfg))
+
+    def given_out(x, scale, zero_point, *cfg_codes):
+        _given(backend, x, scale, zero_point, config_of(*cfg_codes[:-1]), cfg_codes[-1])
+
+    def dequantize(codes, scale, zero_point, shape, dtype, *cfg):
+        return _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg))
+
+    def dequantize_out(codes, scale, zero_point, shape, dtype, *cfg_out):
+        _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg_out[:-1]),
+                    cfg_out[-1])  # the runner checks out's shape, dtype and device
+
+    kernels = {"quantize_minmax": minmax, "quantize_minmax_out": minmax_out,
+               "quantize_per_token": token, "quantize_per_token_out": token_out,
+               "quantize_given": given, "quantize_given_out": given_out,
+               "dequantize": dequantize, "dequantize_out": dequantize_out}
+    for name, kernel in kernels.items():
+        torch.library.register_kernel(f"gpuquant::{name}", device, kernel)
+
+
+# --------------------------------------------------------------------- fakes
+def _fake_outputs(x, config: QuantConfig):
+    layout = _layout(x, config)
+    storage = getattr(torch, config.storage_dtype)
+    return (x.new_empty(layout.packed_shape(config.bits), dtype=storage),
+            x.new_empty(layout.unit_shape, dtype=torch.float32),
+            x.new_empty(layout.unit_shape, dtype=torch.int32))
+
+
+def _register_fakes() -> None:
+    def minmax(x, *cfg):
+        return _fake_outputs(x, config_of(*cfg))
+
+    def token(x, *cfg):
+        return _fake_outputs(x, _token_config(*cfg))
+
+    def given(x, scale, zero_point, *cfg):
+        config = config_of(*cfg)
+        _check_qparams(_layout(x, config), scale, zero_point)
+        return _fake_outputs(x, config)[0]
+
+    def dequantize(codes, scale, zero_point, shape, dtype, *cfg):
+        _check_qparams(Layout.of(shape, config_of(*cfg)), scale, zero_point)
+        return codes.new_empty(shape, dtype=dtype)
+
+    def mutates(*args):
+        return None
+
+    fakes = {"quantize_minmax": minmax, "quantize_per_token": token, "quantize_given": given,
+             "dequantize": dequantize}
+    for name in SCHEMAS:
+        torch.library.register_fake(f"gpuquant::{name}", fakes.get(name, mutates))
+
+
+def _register() -> None:
+    for name, schema in SCHEMAS.items():
+        torch.library.define(f"gpuquant::{name}", schema)
+    _register_kernels("numpy", "cpu")
+    _register_kernels("triton", "cuda")
+    _register_fakes()
+
+
+_register()
+
+
+# ----------------------------------------------- the public API, when traced
+def _traceable(x, config, qparams, backend) -> bool:
+    """True for what the operators do; bad arguments are left to the eager call, which
+    raises the gq error (an error raised while tracing would not reach the caller as it is)."""
+    if not (isinstance(x, torch.Tensor) and isinstance(config, QuantConfig)
+            and isinstance(config.calibration, str) and config.calibration == "minmax"
+            and backend in (None, BACKENDS.get(x.device.type))
+            and str(x.dtype)[6:] in FLOAT_DTYPES):
+        return False
+    try:
+        layout = Layout.of(x.shape, config)
+        if qparams is not None:
+            scale, zero_point = qparams
+            if not all(isinstance(p, torch.Tensor) and p.device == x.device
+                       for p in (scale, zero_point)):
+                return False  # host qparams (a Calibrator's) are copied by the eager call
+            layout.check_params("scale", tuple(scale.shape))
+            layout.check_params("zero_point", tuple(zero_point.shape))
+    except (QuantizationError, TypeError, ValueError, AttributeError):
+        return False
+    return True
+
+
+@torch.compiler.disable
+def _eager_quantize(x, config, qparams, backend, out):
+    """gq.quantize run outside the graph (a graph break)."""
+    from .quantize import quantize as eager
+
+    return eager(x, config, qparams, backend, out)
+
+
+@torch.compiler.disable
+def _eager_dequantize(qt, dtype, backend, out):
+    """QuantizedTensor.dequantize run outside the graph (a graph break)."""
+    return type(qt).dequantize(qt, dtype, backend, out)
+
+
+def quantize(x, config, qparams, backend, out):
+    """gq.quantize while torch.compile traces: the operators, then a QuantizedTensor.
+
+    Min/max calibration (or given torch qparams) on torch tensors with the device's
+    default backend is traced; anything else runs eagerly, outside the graph.
+    """
+    config = DEFAULT_CONFIG if config is None else config
+    if not _traceable(x, config, qparams, backend):
+        return _eager_quantize(x, config, qparams, backend, out)
+    ops, args = torch.ops.gpuquant, config_args(config)
+    if qparams is not None:
+        scale, zero_point = qparams
+        scale, zero_point = scale.to(torch.float32), zero_point.to(torch.int32)
+        if out is None:
+            codes = ops.quantize_given(x, scale, zero_point, *args)
+        else:
+            ops.quantize_given_out(x, scale, zero_point, *args, out)
+            codes = out
+    else:
+        ignore = config.ignore_nonfinite
+        token = config.granularity.value == "token"
+        per_token = (args[0], args[1], args[5], ignore)
+        if out is None:
+            op = ops.quantize_per_token if token else ops.quantize_minmax
+            codes, scale, zero_point = op(x, *per_token) if token else op(x, *args, ignore)
+        elif token:
+            ops.quantize_per_token_out(x, *per_token, *out)
+            codes, scale, zero_point = out
+        else:
+            ops.quantize_minmax_out(x, *args, ignore, *out)
+            codes, scale, zero_point = out
+    return _quantized(codes, scale, zero_point, x, config)
+
+
+def _quantized(codes, scale, zero_point, x, config: QuantConfig):
+    from .tensor import QuantizedTensor
+
+    dtype = str(x.dtype)[6:]
+    device = "cpu" if x.device.type == "cpu" else str(x.device)
+    info = TensorInfo("torch", dtype, tuple(x.shape), device)
+    return QuantizedTensor(codes, scale, zero_point, x.shape, dtype, config, info)
+
+
+def dequantize(qt, dtype, backend, out):
+    """QuantizedTensor.dequantize while torch.compile traces: the dequantize operator."""
+    from .tensor import _output_dtype
+
+    data = qt.data
+    if not isinstance(data, torch.Tensor) or backend not in (None, BACKENDS.get(data.device.type)):
+        return _eager_dequantize(qt, dtype, backend, out)
+    try:
+        dtype = _output_dtype(dtype, qt.dtype, qt.framework)
+    except QuantizationError:
+        return _eager_dequantize(qt, dtype, backend, out)  # raises it, outside the graph
+    args = config_args(qt.config)
+    if out is None:
+        return torch.ops.gpuquant.dequantize(data, qt.scale, qt.zero_point, list(qt.shape),
+                                             getattr(torch, dtype), *args)
+    torch.ops.gpuquant.dequantize_out(data, qt.scale, qt.zero_point, list(qt.shape),
+                                      getattr(torch, dtype), *args, out)
+    return out
