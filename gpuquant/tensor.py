@@ -74,6 +74,14 @@ class QuantizedTensor:
         self._plan = None  # made by gq.quantize: the plan with its dequantize runners
 
     @classmethod
+    def _from_parts(cls, data: Any, scale: Any, zero_point: Any, shape: tuple, dtype: str,
+                    config: QuantConfig, info: TensorInfo, layout: Layout) -> QuantizedTensor:
+        """gpuquant's own results, without checks (traceable by torch.compile)."""
+        qt = cls.__new__(cls)
+        qt._set(data, scale, zero_point, shape, dtype, config, info, layout)
+        return qt
+
+    @classmethod
     def _trusted(cls, data: Any, scale: Any, zero_point: Any, plan) -> QuantizedTensor:
         """What gq.quantize made under ``plan`` (gpuquant.plan): no checks, no recomputation."""
         qt = cls.__new__(cls)

@@ -302,7 +302,9 @@ def _quantized(codes, scale, zero_point, x, config: QuantConfig):
     dtype = str(x.dtype)[6:]
     device = "cpu" if x.device.type == "cpu" else str(x.device)
     info = TensorInfo("torch", dtype, tuple(x.shape), device)
-    return QuantizedTensor(codes, scale, zero_point, x.shape, dtype, config, info)
+    shape = tuple(x.shape)
+    return QuantizedTensor._from_parts(codes, scale, zero_point, shape, dtype, config, info,
+                                       Layout.of(shape, config))
 
 
 def dequantize(qt, dtype, backend, out):
