@@ -90,3 +90,20 @@ def wait_all() -> None:
         pending = list(_pending)
     for check in pending:
         check.raise_if_bad()
+
+
+def nonfinite_error(x2: np.ndarray, shape: tuple[int, ...], name: str = "x") -> NonFiniteError:
+    """The NonFiniteError of NumPy data: counts the NaN/Inf values and locates the first."""
+    from .chunks import run_blocks
+
+    counts = run_blocks(lambda s: np.count_nonzero(~np.isfinite(x2[s[0]:s[1], s[2]:s[3]])),
+                        *x2.shape)
+    total = int(sum(counts))
+    flat = np.flatnonzero(~np.isfinite(x2.reshape(-1)))[0] if total else 0
+    where = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+    value = x2.reshape(-1)[flat]
+    return NonFiniteError(
+        f"{name} has {total} non-finite value(s) (NaN or Inf) in its calibration data; the "
+        f"first is {value} at index {where}. Clean the data, or pass ignore_nonfinite=True "
+        "to calibrate over the finite values only"
+    )

@@ -134,6 +134,17 @@ class TorchOps:
     def event_done(event) -> bool:
         return bool(event.query())
 
+    # -- calibration helpers (gpuquant.searches, gpu_percentile) -------------
+    def concat(self, parts, axis: int = 0):
+        return self.torch.cat(parts, dim=axis)
+
+    def take_along(self, a, index):
+        """take_along_axis on the last axis (index as many dims as a)."""
+        return self.torch.take_along_dim(a, index, dim=-1)
+
+    def zeros(self, shape, dtype: str, like):
+        return self.torch.zeros(tuple(shape), dtype=self.dtype(dtype), device=like.device)
+
 
 class _CupyArg:
     """What Triton needs of a pointer argument: data_ptr() and a dtype it can name."""
@@ -217,7 +228,7 @@ class CupyOps(TorchOps):
         return a.view(np.int32)
 
     def sort(self, a):
-        from .gpu_percentile import segmented_sort  # CUB radix sort, not a comparison sort
+        from ..units import segmented_sort  # CUB radix sort, not a comparison sort
 
         return segmented_sort(self.cupy, self.cupy.ascontiguousarray(a, dtype=np.float32))
 
@@ -278,6 +289,17 @@ class CupyOps(TorchOps):
     def event_done(event) -> bool:
         return bool(event.done)
 
+    # -- calibration helpers (gpuquant.searches, gpu_percentile) -------------
+    def concat(self, parts, axis: int = 0):
+        return self.cupy.concatenate(parts, axis=axis)
+
+    def take_along(self, a, index):
+        return self.cupy.take_along_axis(a, index, axis=-1)
+
+    def zeros(self, shape, dtype: str, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.zeros(tuple(shape), dtype=np.dtype(dtype))
+
 
 class NumpyOps:
     """NumPy arrays (the reference backend): the subset the shared searches use."""
@@ -314,6 +336,16 @@ class NumpyOps:
 
     def take_last(self, a, index):
         return np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
+
+    # -- calibration helpers (gpuquant.searches) -----------------------------
+    def broadcast_to(self, a, shape):
+        return np.broadcast_to(a, shape)
+
+    def concat(self, parts, axis: int = 0):
+        return np.concatenate(parts, axis=axis)
+
+    def take_along(self, a, index):
+        return np.take_along_axis(a, index, axis=-1)
 
 
 def ops_for(x: Any):

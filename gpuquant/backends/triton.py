@@ -22,7 +22,6 @@ from .array_ops import ops_for
 try:
     import triton
 
-    from gpuquant.kernels import calibration as _cal
     from gpuquant.kernels import dequantize as _dq
     from gpuquant.kernels import minmax as _mm
     from gpuquant.kernels import quantize as _q
@@ -232,46 +231,23 @@ class TritonBackend:
 
     def percentile(self, x2, layout: Layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False):
-        from .gpu_percentile import unit_percentiles
+        from .triton_calibration import unit_percentiles
 
         ops, x2 = self._view(x2, layout)
-        return unit_percentiles(ops, x2, layout, lower, upper, ignore_nonfinite)
+        return unit_percentiles(_launch, ops, x2, layout, lower, upper, ignore_nonfinite)
 
     def abs_histogram(self, x2, layout: Layout, amax, bins: int, signed: bool = False):
-        from ..searches import abs_histogram
+        from .numpy_calibration import abs_histogram
 
         ops, x2 = self._view(x2, layout)
         return abs_histogram(ops, x2, layout, amax, bins, signed)
 
     def mse_errors(self, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
         """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""
-        from .order_stats import unit_matrices
+        from .triton_calibration import mse_errors
 
         ops, x2 = self._view(x2, layout)
-        n_cand = len(factors)
-        f = ops.from_host(factors, lo).reshape(1, -1)
-        scale, zp, inv = self._qparams(lo.reshape(-1, 1) * f, hi.reshape(-1, 1) * f, config)
-        shape2d = layout.params_2d_shape()
-        params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp)]
-        errors = ops.empty((*shape2d, n_cand), "float64", x2)
-        arg = ops.kernel_arg
-        for index, matrix in unit_matrices(x2, layout, ops):
-            n = matrix.shape[-1]
-            matrix = ops.contiguous(matrix.reshape(-1, n))
-            rows = matrix.shape[0]
-            block_l = _pow2(n, 1024)
-            chunks = triton.cdiv(n, block_l)
-            block_u = max(1, min(32, _TILE // block_l))
-            part = ops.empty((rows * chunks, n_cand), "float64", matrix)
-            unit_params = [ops.contiguous(p[index].reshape(rows, n_cand)) for p in params]
-            with ops.launching(matrix):
-                _launch(_cal.mse_sweep_kernel, (triton.cdiv(rows * chunks, block_u),),
-                        arg(matrix), *(arg(p) for p in unit_params), arg(part), rows, n, chunks,
-                        n_cand, QMIN=config.qmin, QMAX=config.qmax, BLOCK_U=block_u,
-                        BLOCK_L=block_l)
-            errors[index] = part.reshape(rows, chunks, n_cand).sum(1).reshape(
-                errors[index].shape)
-        return errors.reshape(-1, n_cand)
+        return mse_errors(self, _launch, ops, x2, layout, lo, hi, factors, config)
 
 
 def device_converter():

@@ -1,0 +1,142 @@
+"""Launchers of the calibration kernels: exact percentiles, histograms, the MSE sweep.
+
+Called by :class:`gpuquant.backends.triton.TritonBackend`, which passes its
+``_launch`` (so that a launch recorder sees these launches too) and itself.
+
+Percentiles (kernels/select.py), DESIGN.md 2.3 bit for bit, with no sort of
+the data and one host synchronisation (the non-finite check; none with
+``ignore_nonfinite``):
+
+- a whole tensor, any size: three reads (histograms of 11, 11 and 10 key
+  bits, atomically added into one small zeroed buffer), each followed by a
+  one-program select step on the device: 6 launches and one memset;
+- units of at most ``SORT_MAX`` values: one launch, each unit loaded once and
+  its keys sorted in registers (``tl.sort``);
+- larger units: one launch, one program per unit doing the three histogram
+  passes over its unit.
+
+Channels that are not rows of the 2-D view (the last axis, or an axis before
+it that rows share) are first copied to a (channels, values) matrix.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import triton
+
+from gpuquant.kernels import mse as _mse
+from gpuquant.kernels import select as _sel
+
+from ..config import QuantConfig
+from ..layout import Layout
+from ..nonfinite import NonFiniteCheck
+from ..units import unit_matrices
+
+__all__ = ["unit_percentiles", "mse_errors", "SORT_MAX"]
+
+SORT_MAX = 4096  # longest unit selected by one in-register sort
+_BINS = 2048
+_BLOCK = 4096  # values per histogram step
+_MAX_PROGRAMS = 1024  # programs of a whole-tensor histogram pass
+
+
+def _halves(p: float) -> tuple[int, int]:
+    """The float64 bits of p as two signed 32-bit ints (high, low)."""
+    bits = struct.unpack("<q", struct.pack("<d", float(p)))[0]
+    low = bits & 0xFFFFFFFF
+    return bits >> 32, low - (1 << 32) if low >= 1 << 31 else low
+
+
+def _pow2(n: int, cap: int) -> int:
+    return max(2, min(cap, triton.next_power_of_2(max(1, n))))
+
+
+def _tensor_percentiles(launch, ops, x2, lower, upper, ignore):
+    """(lo, hi, non-finite count) of all of x2 as 0-d device arrays; 3 reads, 6 launches."""
+    flat = ops.contiguous(x2).reshape(-1)
+    n = flat.shape[0]
+    buf = ops.zeros((9 * _BINS + 16,), "int64", flat)  # histograms of 1 + 4 + 4 ranks, state
+    hists = (buf[:_BINS], buf[_BINS: 5 * _BINS], buf[5 * _BINS: 9 * _BINS])
+    state = buf[9 * _BINS:]
+    out = ops.empty((2,), "float32", flat)
+    blocks = max(1, triton.cdiv(n, _BLOCK))
+    progs = min(blocks, _MAX_PROGRAMS)
+    arg = ops.kernel_arg
+    with ops.launching(flat):
+        for step in range(3):
+            launch(_sel.key_histogram_kernel, (progs,), arg(flat), n, arg(hists[step]),
+                   arg(state), triton.cdiv(blocks, progs), PASS=step, R=4, BLOCK=_BLOCK,
+                   num_warps=8)
+            launch(_sel.select_step_kernel, (1,), arg(hists[step]), arg(state), arg(out),
+                   *_halves(lower), *_halves(upper), PASS=step, IGNORE=ignore)
+    return out[0], out[1], state[9:10]
+
+
+def _unit_view(ops, x2, layout: Layout):
+    """(matrix, units, units per row, segment, columns, row stride) of the unit kernels."""
+    if layout.mode == "group":
+        return (x2, layout.rows * layout.num_groups, layout.num_groups, layout.group_size,
+                layout.cols, ops.row_stride(x2))
+    if layout.mode == "col":
+        m = ops.contiguous(x2.T)
+    elif layout.rows_are_units:
+        m = x2
+    else:
+        moved = ops.moveaxis(x2.reshape(layout.shape), layout.axis, 0)
+        m = ops.contiguous(moved).reshape(layout.shape[layout.axis], -1)
+    return m, m.shape[0], 1, m.shape[1], m.shape[1], ops.row_stride(m)
+
+
+def unit_percentiles(launch, ops, x2, layout: Layout, lower: float, upper: float,
+                     ignore_nonfinite: bool = False):
+    """float32 (P_lower, P_upper) per unit, shaped ``layout.unit_shape``."""
+    if layout.mode == "scalar":
+        lo, hi, bad = _tensor_percentiles(launch, ops, x2, lower, upper, ignore_nonfinite)
+    else:
+        m, units, per_row, seg, cols, stride = _unit_view(ops, x2, layout)
+        lo, hi = (ops.empty((units,), "float32", m) for _ in range(2))
+        bad = ops.empty((units,), "int32", m)
+        arg = ops.kernel_arg
+        args = (arg(m), arg(lo), arg(hi), arg(bad))
+        halves = (*_halves(lower), *_halves(upper))
+        with ops.launching(m):
+            if seg <= SORT_MAX:
+                block_l = _pow2(seg, SORT_MAX)
+                block_u = max(1, min(64, SORT_MAX // block_l))
+                launch(_sel.unit_sort_select_kernel, (triton.cdiv(units, block_u),), *args,
+                       units, per_row, seg, cols, stride, *halves, IGNORE=ignore_nonfinite,
+                       BLOCK_U=block_u, BLOCK_L=block_l, num_warps=8)
+            else:
+                launch(_sel.unit_radix_select_kernel, (units,), *args, per_row, seg, cols,
+                       stride, *halves, IGNORE=ignore_nonfinite, BLOCK=_BLOCK, num_warps=8)
+    if not ignore_nonfinite:
+        NonFiniteCheck(bad, layout.shape, ops, defer=False)
+    return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
+
+
+def mse_errors(be, launch, ops, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
+    """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""
+    n_cand = len(factors)
+    f = ops.from_host(factors, lo).reshape(1, -1)
+    scale, zp, inv = be._qparams(lo.reshape(-1, 1) * f, hi.reshape(-1, 1) * f, config)
+    shape2d = layout.params_2d_shape()
+    params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp)]
+    errors = ops.empty((*shape2d, n_cand), "float64", x2)
+    arg = ops.kernel_arg
+    for index, matrix in unit_matrices(x2, layout, ops):
+        n = matrix.shape[-1]
+        matrix = ops.contiguous(matrix.reshape(-1, n))
+        rows = matrix.shape[0]
+        block_l = _pow2(n, 1024)
+        chunks = triton.cdiv(n, block_l)
+        block_u = max(1, min(32, 4096 // block_l))
+        part = ops.empty((rows * chunks, n_cand), "float64", matrix)
+        unit_params = [ops.contiguous(p[index].reshape(rows, n_cand)) for p in params]
+        with ops.launching(matrix):
+            launch(_mse.mse_sweep_kernel, (triton.cdiv(rows * chunks, block_u),),
+                   arg(matrix), *(arg(p) for p in unit_params), arg(part), rows, n, chunks,
+                   n_cand, QMIN=config.qmin, QMAX=config.qmax, BLOCK_U=block_u,
+                   BLOCK_L=block_l)
+        errors[index] = part.reshape(rows, chunks, n_cand).sum(1).reshape(errors[index].shape)
+    return errors.reshape(-1, n_cand)

@@ -1,0 +1,296 @@
+"""Exact order statistics by radix selection on float32 keys: no sort of the data.
+
+Each value maps to its order-preserving int32 key (gpuquant.units.order_key:
+``bits ^ ((bits >> 31) & 0x7FFFFFFF)``), and u = key + 2^31 is an unsigned
+32-bit key. Three passes find a rank's key: a histogram of u's top 11 bits
+(2048 bins), then of the next 11 bits among the values whose top bits match,
+then of the last 10 bits. After each pass a cumulative sum picks the bin of
+every wanted rank. NaN and infinities fall exactly in bins 0-3 and 2044-2047
+of the first pass (their exponent bits are all ones), so the first histogram
+also counts the non-finite values, and ranks among finite values are ranks
+shifted by the count of bins 0-3.
+
+Ranks and interpolation follow DESIGN.md 2.3 in float64 on the device. A
+percentile p reaches the kernels as the two 32-bit halves of its float64 bits
+(a float argument would be float32). State of a selection (int64): prefixes
+of the R ranks, ranks within their prefix, then n and the non-finite count,
+then the two interpolation weights (float64 bits).
+"""
+
+import triton
+import triton.language as tl
+
+from .common import is_finite
+
+BINS = tl.constexpr(2048)
+NBAD = tl.constexpr(4)  # bins 0-3 and 2044-2047 of the first pass hold NaN/Inf exactly
+
+
+@triton.jit
+def order_key(x):
+    """float32 -> int32 key ordered as the values (its own inverse on int32 keys)."""
+    bits = x.to(tl.int32, bitcast=True)
+    return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def key_value(key):
+    """int32 key -> float32 value."""
+    return (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def radix_bin(key, PASS: tl.constexpr):
+    """Bin of a key in pass 0 (u >> 21), 1 ((u >> 10) & 2047) or 2 (u & 1023)."""
+    if PASS == 0:
+        return ((key >> 21) & 0x7FF) ^ 0x400
+    elif PASS == 1:
+        return (key >> 10) & 0x7FF
+    else:
+        return key & 0x3FF
+
+
+@triton.jit
+def radix_prefix(key, PASS: tl.constexpr):
+    """The prefix of u that pass PASS (1 or 2) matches: u >> 21 or u >> 10, as int64."""
+    if PASS == 1:
+        return (key >> 21).to(tl.int64) + 1024
+    else:
+        return (key >> 10).to(tl.int64) + 2097152
+
+
+@triton.jit
+def percent(p_hi, p_lo):
+    """float64 percentile from the halves of its bits."""
+    bits = (tl.full([1], p_hi, tl.int64) << 32) | (tl.full([1], p_lo, tl.int64) & 0xFFFFFFFF)
+    return tl.sum(bits.to(tl.float64, bitcast=True), axis=0)
+
+
+@triton.jit
+def rank_pair(n, p):
+    """(i, j, t) of DESIGN.md 2.3 for n values (int64, any shape) and percentile p (float64);
+    i and j are clamped to 0 when n = 0."""
+    h = (n - 1).to(tl.float64) * p / 100.0
+    i = tl.math.floor(h)
+    t = h - i
+    i = tl.maximum(i.to(tl.int64), 0)
+    j = tl.maximum(tl.minimum(i + 1, n - 1), 0)
+    return i, j, t
+
+
+@triton.jit
+def lerp(a, b, t):
+    """a + t * (b - a) of two float32 values, in float64, rounded to float32."""
+    a = a.to(tl.float64)
+    return (a + t * (b.to(tl.float64) - a)).to(tl.float32)
+
+
+@triton.jit
+def pick_bin(hist, rank):
+    """(bin holding 0-based rank, count below that bin) of a 1-D int64 histogram."""
+    c = tl.cumsum(hist, axis=0)
+    below = c <= rank
+    return tl.sum(below.to(tl.int64), axis=0), tl.max(tl.where(below, c, 0), axis=0)
+
+
+@triton.jit
+def hist_block(x_ptr, offs, mask, p0, p1, p2, p3, h0, h1, h2, h3,
+               PASS: tl.constexpr, R: tl.constexpr):
+    """Add one block of values to the histograms of pass PASS (int64 accumulators h0..h3).
+
+    Pass 0: h0 counts every value; passes 1 and 2: h_r counts the values whose
+    prefix is p_r, for the first R ranks.
+    """
+    key = order_key(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32))
+    bins = radix_bin(key, PASS)
+    if PASS == 0:
+        h0 += tl.histogram(bins, BINS, mask=mask).to(tl.int64)
+    else:
+        prefix = radix_prefix(key, PASS)
+        h0 += tl.histogram(bins, BINS, mask=mask & (prefix == p0)).to(tl.int64)
+        if R > 1:
+            h1 += tl.histogram(bins, BINS, mask=mask & (prefix == p1)).to(tl.int64)
+        if R > 2:
+            h2 += tl.histogram(bins, BINS, mask=mask & (prefix == p2)).to(tl.int64)
+        if R > 3:
+            h3 += tl.histogram(bins, BINS, mask=mask & (prefix == p3)).to(tl.int64)
+    return h0, h1, h2, h3
+
+
+@triton.jit
+def key_histogram_kernel(x_ptr, n, hist_ptr, state_ptr, blocks_per_prog,
+                         PASS: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+    """Pass PASS of a whole-tensor selection: atomically add this program's histograms.
+
+    Pass 0: one histogram of every value; passes 1 and 2: one per rank r (of
+    R), over the values whose prefix equals state[r], at hist_ptr + r * BINS.
+    """
+    pid = tl.program_id(0)
+    progs = tl.num_programs(0)
+    h0 = tl.zeros([BINS], tl.int64)
+    h1 = tl.zeros([BINS], tl.int64)
+    h2 = tl.zeros([BINS], tl.int64)
+    h3 = tl.zeros([BINS], tl.int64)
+    p0 = tl.load(state_ptr + 0)
+    p1 = tl.load(state_ptr + 1)
+    p2 = tl.load(state_ptr + 2)
+    p3 = tl.load(state_ptr + 3)
+    for b in range(0, blocks_per_prog):
+        offs = (b * progs + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        h0, h1, h2, h3 = hist_block(x_ptr, offs, offs < n, p0, p1, p2, p3, h0, h1, h2, h3,
+                                    PASS, R)
+    at = tl.arange(0, BINS)
+    tl.atomic_add(hist_ptr + at, h0, mask=h0 > 0)
+    if PASS > 0:
+        if R > 1:
+            tl.atomic_add(hist_ptr + BINS + at, h1, mask=h1 > 0)
+        if R > 2:
+            tl.atomic_add(hist_ptr + 2 * BINS + at, h2, mask=h2 > 0)
+        if R > 3:
+            tl.atomic_add(hist_ptr + 3 * BINS + at, h3, mask=h3 > 0)
+
+
+@triton.jit
+def unit_histograms(x_ptr, start, length, p0, p1, p2, p3, PASS: tl.constexpr,
+                    BLOCK: tl.constexpr):
+    """The four histograms of pass PASS over one unit of ``length`` values at ``start``."""
+    h0 = tl.zeros([BINS], tl.int64)
+    h1 = tl.zeros([BINS], tl.int64)
+    h2 = tl.zeros([BINS], tl.int64)
+    h3 = tl.zeros([BINS], tl.int64)
+    for off in range(0, length, BLOCK):
+        offs = off + tl.arange(0, BLOCK)
+        h0, h1, h2, h3 = hist_block(x_ptr + start, offs, offs < length, p0, p1, p2, p3,
+                                    h0, h1, h2, h3, PASS, 4)
+    return h0, h1, h2, h3
+
+
+@triton.jit
+def advance(h, prefix, rank, WIDTH: tl.constexpr):
+    """(prefix extended by the bin of rank, rank within that bin)."""
+    b, below = pick_bin(h, rank)
+    return (prefix << WIDTH) | b, rank - below
+
+
+@triton.jit
+def unit_radix_select_kernel(x_ptr, lo_ptr, hi_ptr, bad_ptr, per_row, seg, cols, stride,
+                             lo_hi, lo_lo, hi_hi, hi_lo,
+                             IGNORE: tl.constexpr, BLOCK: tl.constexpr):
+    """Percentiles of one large unit per program: three histogram passes over the unit."""
+    u = tl.program_id(0).to(tl.int64)
+    start = (u // per_row) * stride + (u % per_row) * seg
+    length = tl.minimum(seg, cols - (u % per_row) * seg).to(tl.int64)
+    zero = tl.zeros([], tl.int64)
+    h, _, _, _ = unit_histograms(x_ptr, start, length, zero, zero, zero, zero, 0, BLOCK)
+    at = tl.arange(0, BINS)
+    neg_bad = tl.sum(tl.where(at < NBAD, h, 0), axis=0)
+    bad = neg_bad + tl.sum(tl.where(at >= BINS - NBAD, h, 0), axis=0)
+    n = length - bad if IGNORE else length
+    shift = neg_bad if IGNORE else 0
+    i0, j0, t0 = rank_pair(n, percent(lo_hi, lo_lo))
+    i1, j1, t1 = rank_pair(n, percent(hi_hi, hi_lo))
+    p0, r0 = advance(h, zero, i0 + shift, 0)
+    p1, r1 = advance(h, zero, j0 + shift, 0)
+    p2, r2 = advance(h, zero, i1 + shift, 0)
+    p3, r3 = advance(h, zero, j1 + shift, 0)
+    h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, 1, BLOCK)
+    p0, r0 = advance(h0, p0, r0, 11)
+    p1, r1 = advance(h1, p1, r1, 11)
+    p2, r2 = advance(h2, p2, r2, 11)
+    p3, r3 = advance(h3, p3, r3, 11)
+    h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, 2, BLOCK)
+    p0, r0 = advance(h0, p0, r0, 10)
+    p1, r1 = advance(h1, p1, r1, 10)
+    p2, r2 = advance(h2, p2, r2, 10)
+    p3, r3 = advance(h3, p3, r3, 10)
+    lo = lerp(prefix_value(p0), prefix_value(p1), t0)
+    hi = lerp(prefix_value(p2), prefix_value(p3), t1)
+    tl.store(lo_ptr + u, tl.where(n > 0, lo, 0.0))
+    tl.store(hi_ptr + u, tl.where(n > 0, hi, 0.0))
+    tl.store(bad_ptr + u, bad.to(tl.int32))
+
+
+@triton.jit
+def prefix_value(u):
+    """The float32 of a complete unsigned key u (int64)."""
+    return key_value((u - 2147483648).to(tl.int32))
+
+
+@triton.jit
+def select_step_kernel(hist_ptr, state_ptr, out_ptr, lo_hi, lo_lo, hi_hi, hi_lo,
+                       PASS: tl.constexpr, IGNORE: tl.constexpr):
+    """One program: pick each rank's bin in this pass's histograms, update the state.
+
+    Pass 0 also counts n and the non-finite values, and places the four ranks
+    (i and j of the lower and upper percentile). Pass 2 writes the float32
+    (lower, upper) percentiles to out_ptr (0 and 0 when no value counts).
+    """
+    at = tl.arange(0, BINS)
+    if PASS == 0:
+        h = tl.load(hist_ptr + at)
+        total = tl.sum(h, axis=0)
+        neg_bad = tl.sum(tl.where(at < NBAD, h, 0), axis=0)
+        bad = neg_bad + tl.sum(tl.where(at >= BINS - NBAD, h, 0), axis=0)
+        n = total - bad if IGNORE else total
+        shift = neg_bad if IGNORE else 0
+        i0, j0, t0 = rank_pair(n, percent(lo_hi, lo_lo))
+        i1, j1, t1 = rank_pair(n, percent(hi_hi, hi_lo))
+        tl.store(state_ptr + 8, n)
+        tl.store(state_ptr + 9, bad)
+        tl.store(state_ptr + 10, t0.to(tl.int64, bitcast=True))
+        tl.store(state_ptr + 11, t1.to(tl.int64, bitcast=True))
+        for r in tl.static_range(4):
+            rank = (i0 if r == 0 else (j0 if r == 1 else (i1 if r == 2 else j1))) + shift
+            b, below = pick_bin(h, rank)
+            tl.store(state_ptr + r, b)
+            tl.store(state_ptr + 4 + r, rank - below)
+    else:
+        for r in tl.static_range(4):
+            h = tl.load(hist_ptr + r * BINS + at)
+            b, below = pick_bin(h, tl.load(state_ptr + 4 + r))
+            width = 11 if PASS == 1 else 10
+            tl.store(state_ptr + r, (tl.load(state_ptr + r) << width) | b)
+            tl.store(state_ptr + 4 + r, tl.load(state_ptr + 4 + r) - below)
+        if PASS == 2:
+            n = tl.load(state_ptr + 8)
+            lo = lerp(prefix_value(tl.load(state_ptr + 0)), prefix_value(tl.load(state_ptr + 1)),
+                      tl.load(state_ptr + 10).to(tl.float64, bitcast=True))
+            hi = lerp(prefix_value(tl.load(state_ptr + 2)), prefix_value(tl.load(state_ptr + 3)),
+                      tl.load(state_ptr + 11).to(tl.float64, bitcast=True))
+            tl.store(out_ptr + 0, tl.where(n > 0, lo, 0.0))
+            tl.store(out_ptr + 1, tl.where(n > 0, hi, 0.0))
+
+
+@triton.jit
+def unit_sort_select_kernel(x_ptr, lo_ptr, hi_ptr, bad_ptr, units, per_row, seg, cols, stride,
+                            lo_hi, lo_lo, hi_hi, hi_lo,
+                            IGNORE: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Percentiles of BLOCK_U units that fit one program: load once, sort the keys, pick.
+
+    Unit u is ``seg`` values (the last of a row may be shorter) at
+    (u // per_row) * stride + (u % per_row) * seg.
+    """
+    u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
+    start = (u // per_row) * stride + (u % per_row) * seg
+    length = tl.minimum(seg, cols - (u % per_row) * seg)
+    col = tl.arange(0, BLOCK_L)
+    mask = (u < units)[:, None] & (col[None, :] < length[:, None])
+    x = tl.load(x_ptr + start[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    finite = is_finite(x)
+    tl.store(bad_ptr + u, tl.sum((mask & ~finite).to(tl.int32), axis=1), mask=u < units)
+    valid = mask & finite if IGNORE else mask
+    n = tl.sum(valid.to(tl.int64), axis=1)
+    keys = tl.sort(tl.where(valid, order_key(x), 2147483647), dim=1)
+    lo = sorted_percentile(keys, col, n, percent(lo_hi, lo_lo))
+    tl.store(lo_ptr + u, lo, mask=u < units)
+    hi = sorted_percentile(keys, col, n, percent(hi_hi, hi_lo))
+    tl.store(hi_ptr + u, hi, mask=u < units)
+
+
+@triton.jit
+def sorted_percentile(keys, col, n, p):
+    """Percentile p of each row of sorted keys (BLOCK_U, BLOCK_L) with n values a row."""
+    i, j, t = rank_pair(n, p)
+    a = tl.sum(tl.where(col[None, :] == i[:, None], keys, 0), axis=1)
+    b = tl.sum(tl.where(col[None, :] == j[:, None], keys, 0), axis=1)
+    return tl.where(n > 0, lerp(key_value(a), key_value(b), t), 0.0)
