@@ -237,10 +237,10 @@ class TritonBackend:
         return unit_percentiles(_launch, ops, x2, layout, lower, upper, ignore_nonfinite)
 
     def abs_histogram(self, x2, layout: Layout, amax, bins: int, signed: bool = False):
-        from .numpy_calibration import abs_histogram
+        from .triton_calibration import abs_histogram
 
         ops, x2 = self._view(x2, layout)
-        return abs_histogram(ops, x2, layout, amax, bins, signed)
+        return abs_histogram(_launch, ops, x2, layout, amax, bins, signed)
 
     def mse_errors(self, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
         """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""

@@ -25,6 +25,7 @@ import struct
 
 import triton
 
+from gpuquant.kernels import histogram as _hist
 from gpuquant.kernels import mse as _mse
 from gpuquant.kernels import select as _sel
 
@@ -33,12 +34,13 @@ from ..layout import Layout
 from ..nonfinite import NonFiniteCheck
 from ..units import unit_matrices
 
-__all__ = ["unit_percentiles", "mse_errors", "SORT_MAX"]
+__all__ = ["unit_percentiles", "abs_histogram", "mse_errors", "SORT_MAX", "HIST_MAX_BINS"]
 
 SORT_MAX = 4096  # longest unit selected by one in-register sort
 _BINS = 2048
 _BLOCK = 4096  # values per histogram step
 _MAX_PROGRAMS = 1024  # programs of a whole-tensor histogram pass
+HIST_MAX_BINS = 8192  # more bins than this: the array-library histogram
 
 
 def _halves(p: float) -> tuple[int, int]:
@@ -78,7 +80,9 @@ def _unit_view(ops, x2, layout: Layout):
     if layout.mode == "group":
         return (x2, layout.rows * layout.num_groups, layout.num_groups, layout.group_size,
                 layout.cols, ops.row_stride(x2))
-    if layout.mode == "col":
+    if layout.mode == "scalar":
+        m = ops.contiguous(x2).reshape(1, -1)
+    elif layout.mode == "col":
         m = ops.contiguous(x2.T)
     elif layout.rows_are_units:
         m = x2
@@ -113,6 +117,26 @@ def unit_percentiles(launch, ops, x2, layout: Layout, lower: float, upper: float
     if not ignore_nonfinite:
         NonFiniteCheck(bad, layout.shape, ops, defer=False)
     return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
+
+
+def abs_histogram(launch, ops, x2, layout: Layout, amax, bins: int, signed: bool = False):
+    """int64 counts per unit, shaped params_2d_shape + (bins,), in one read of x2 (one
+    launch and one memset); see kernels/histogram.py for the bin rule."""
+    if bins > HIST_MAX_BINS:
+        from .numpy_calibration import abs_histogram as by_array_ops
+
+        return by_array_ops(ops, x2, layout, amax, bins, signed)
+    m, units, per_row, seg, cols, stride = _unit_view(ops, x2, layout)
+    counts = ops.zeros((units, bins), "int64", m)
+    amax = ops.contiguous(ops.astype(amax, "float32").reshape(-1))
+    blocks = max(1, triton.cdiv(seg, _BLOCK))
+    slices = min(blocks, max(1, _MAX_PROGRAMS // units))
+    arg = ops.kernel_arg
+    with ops.launching(m):
+        launch(_hist.unit_histogram_kernel, (units * slices,), arg(m), arg(amax), arg(counts),
+               per_row, seg, cols, stride, slices, triton.cdiv(blocks, slices), bins,
+               SIGNED=signed, NB=_pow2(bins, HIST_MAX_BINS), BLOCK=_BLOCK, num_warps=8)
+    return counts.reshape(*layout.params_2d_shape(), bins)
 
 
 def mse_errors(be, launch, ops, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
