@@ -56,6 +56,19 @@ def record(kernel, grid, *args, num_warps=4, **constexprs):
     specs[key] = (kernel, signature, values, attrs, num_warps)
 
 
+def exercise_calibration(be, x2, layout):
+    """The percentile selections and histograms of one input (kernels are not run, so an
+    unread non-finite count may raise after the launches are recorded)."""
+    for ignore in (False, True):
+        try:
+            be.percentile(x2, layout, 0.1, 99.9, ignore)
+        except gq.NonFiniteError:
+            pass
+    amax = torch.ones(layout.unit_shape)
+    for bins, signed in ((2048, False), (4096, True), (200, False)):
+        be.abs_histogram(x2, layout, amax, bins, signed)
+
+
 def exercise():
     launchers._launch = record
     be = launchers.TritonBackend()
@@ -89,6 +102,8 @@ def exercise():
                     if dtype == torch.float16:
                         lo, hi = be.minmax(x2, layout, ignore_nonfinite=True)
                         be.mse_errors(x2, layout, lo, hi, mse_factors(100), cfg)
+                    if scheme == "int8" and symmetric:
+                        exercise_calibration(be, x2, layout)
     cfg = gq.QuantConfig(scheme="int4", nibble_order="low_first", ignore_nonfinite=True,
                          granularity="group", group_size=128)
     layout = Layout.of((64, 256), cfg)
