@@ -134,7 +134,7 @@ class TorchOps:
     def event_done(event) -> bool:
         return bool(event.query())
 
-    # -- calibration helpers (gpuquant.searches, gpu_percentile) -------------
+    # -- calibration helpers (gpuquant.searches, triton_calibration) -------------
     def concat(self, parts, axis: int = 0):
         return self.torch.cat(parts, dim=axis)
 
@@ -289,7 +289,7 @@ class CupyOps(TorchOps):
     def event_done(event) -> bool:
         return bool(event.done)
 
-    # -- calibration helpers (gpuquant.searches, gpu_percentile) -------------
+    # -- calibration helpers (gpuquant.searches, triton_calibration) -------------
     def concat(self, parts, axis: int = 0):
         return self.cupy.concatenate(parts, axis=axis)
 
