@@ -65,7 +65,7 @@ def exercise_calibration(be, x2, layout):
         except gq.NonFiniteError:
             pass
     amax = torch.ones(layout.unit_shape)
-    for bins, signed in ((2048, False), (4096, True), (200, False)):
+    for bins, signed in ((2048, False), (4096, True), (200, False), (7, False)):
         be.abs_histogram(x2, layout, amax, bins, signed)
 
 

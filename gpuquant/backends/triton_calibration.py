@@ -135,7 +135,8 @@ def abs_histogram(launch, ops, x2, layout: Layout, amax, bins: int, signed: bool
     with ops.launching(m):
         launch(_hist.unit_histogram_kernel, (units * slices,), arg(m), arg(amax), arg(counts),
                per_row, seg, cols, stride, slices, triton.cdiv(blocks, slices), bins,
-               SIGNED=signed, NB=_pow2(bins, HIST_MAX_BINS), BLOCK=_BLOCK, num_warps=8)
+               SIGNED=signed, NB=max(64, _pow2(bins, HIST_MAX_BINS)), BLOCK=_BLOCK,
+               num_warps=8)  # NB: at least 2 bins per lane of a warp
     return counts.reshape(*layout.params_2d_shape(), bins)
 
 
