@@ -54,23 +54,21 @@ def _plogp(ops, p):
 def kl_best_bins(ops, hist, nq: int):
     """For each unit (rows of ``hist``, (U, B) int64), the candidate i with the least KL."""
     units, bins = hist.shape
-    cand = np.arange(nq, bins + 1)
-    j = np.arange(nq + 1)
-    edges = -((-j[None, :] * cand[:, None]) // nq)  # ceil(j * i / nq): group starts, (C, nq+1)
-    starts = ops.from_host(edges[:, :-1], hist)
-    ends = ops.from_host(edges[:, 1:], hist)
-    cand_dev = ops.from_host(cand, hist)
+    cand = ops.arange(nq, bins + 1, "int64", hist)  # built on the device: no host copy
+    j = ops.arange(0, nq + 1, "int64", hist)
+    edges = -((-j.reshape(1, -1) * cand.reshape(-1, 1)) // nq)  # ceil(j * i / nq), (C, nq+1)
+    starts, ends = edges[:, :-1], edges[:, 1:]
     h = ops.astype(hist, "int64")
     prefix = _with_zero(ops, ops.cumsum(h))                      # (U, B+1) exact int64
     nonempty = _with_zero(ops, ops.cumsum(ops.astype(h > 0, "int64")))
     hf = ops.astype(h, "float64")
     plogp = _with_zero(ops, ops.cumsum(_plogp(ops, hf)))
     best = []
-    step = max(1, _SEARCH_ELEMENTS // (len(cand) * nq))
+    step = max(1, _SEARCH_ELEMENTS // ((bins + 1 - nq) * nq))
     for u0 in range(0, units, step):
         rows = slice(u0, min(units, u0 + step))
         best.append(_kl_rows(ops, h[rows], prefix[rows], nonempty[rows], plogp[rows],
-                             cand_dev, starts, ends))
+                             cand, starts, ends))
     return best[0] if len(best) == 1 else ops.concat(best)
 
 

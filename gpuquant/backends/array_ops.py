@@ -145,6 +145,9 @@ class TorchOps:
     def zeros(self, shape, dtype: str, like):
         return self.torch.zeros(tuple(shape), dtype=self.dtype(dtype), device=like.device)
 
+    def arange(self, start: int, stop: int, dtype: str, like):
+        return self.torch.arange(start, stop, dtype=self.dtype(dtype), device=like.device)
+
 
 class _CupyArg:
     """What Triton needs of a pointer argument: data_ptr() and a dtype it can name."""
@@ -300,6 +303,10 @@ class CupyOps(TorchOps):
         with self.cupy.cuda.Device(like.device.id):
             return self.cupy.zeros(tuple(shape), dtype=np.dtype(dtype))
 
+    def arange(self, start: int, stop: int, dtype: str, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.arange(start, stop, dtype=np.dtype(dtype))
+
 
 class NumpyOps:
     """NumPy arrays (the reference backend): the subset the shared searches use."""
@@ -346,6 +353,9 @@ class NumpyOps:
 
     def take_along(self, a, index):
         return np.take_along_axis(a, index, axis=-1)
+
+    def arange(self, start: int, stop: int, dtype: str, like=None):
+        return np.arange(start, stop, dtype=dtype)
 
 
 def ops_for(x: Any):
