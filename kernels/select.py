@@ -27,16 +27,21 @@ NBAD = tl.constexpr(4)  # bins 0-3 and 2044-2047 of the first pass hold NaN/Inf 
 
 
 @triton.jit
-def order_key(x):
-    """float32 -> int32 key ordered as the values (its own inverse on int32 keys)."""
-    bits = x.to(tl.int32, bitcast=True)
+def flip(bits):
+    """float32 bits <-> order-preserving int32 key (the map is its own inverse)."""
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+@triton.jit
+def order_key(x):
+    """float32 -> int32 key ordered as the values, -0.0 just below +0.0."""
+    return flip(x.to(tl.int32, bitcast=True))
 
 
 @triton.jit
 def key_value(key):
     """int32 key -> float32 value."""
-    return (key ^ ((key >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    return flip(key).to(tl.float32, bitcast=True)
 
 
 @triton.jit
