@@ -12,9 +12,9 @@ shifted by the count of bins 0-3.
 
 Ranks and interpolation follow DESIGN.md 2.3 in float64 on the device. A
 percentile p reaches the kernels as the two 32-bit halves of its float64 bits
-(a float argument would be float32). State of a selection (int64): prefixes
-of the R ranks, ranks within their prefix, then n and the non-finite count,
-then the two interpolation weights (float64 bits).
+(a float argument would be float32). A whole tensor keeps nothing but its
+histograms (int64, 1 + 4 + 4 of them): each pass recomputes the earlier
+passes' choices from them, and a last one-program kernel interpolates.
 """
 
 import triton
@@ -99,12 +99,11 @@ def pick_bin(hist, rank):
 
 
 @triton.jit
-def hist_block(x_ptr, offs, mask, p0, p1, p2, p3, h0, h1, h2, h3,
-               PASS: tl.constexpr, R: tl.constexpr):
+def hist_block(x_ptr, offs, mask, p0, p1, p2, p3, h0, h1, h2, h3, PASS: tl.constexpr):
     """Add one block of values to the histograms of pass PASS (int64 accumulators h0..h3).
 
     Pass 0: h0 counts every value; passes 1 and 2: h_r counts the values whose
-    prefix is p_r, for the first R ranks.
+    key prefix is p_r.
     """
     key = order_key(tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32))
     bins = radix_bin(key, PASS)
@@ -113,46 +112,103 @@ def hist_block(x_ptr, offs, mask, p0, p1, p2, p3, h0, h1, h2, h3,
     else:
         prefix = radix_prefix(key, PASS)
         h0 += tl.histogram(bins, BINS, mask=mask & (prefix == p0)).to(tl.int64)
-        if R > 1:
-            h1 += tl.histogram(bins, BINS, mask=mask & (prefix == p1)).to(tl.int64)
-        if R > 2:
-            h2 += tl.histogram(bins, BINS, mask=mask & (prefix == p2)).to(tl.int64)
-        if R > 3:
-            h3 += tl.histogram(bins, BINS, mask=mask & (prefix == p3)).to(tl.int64)
+        h1 += tl.histogram(bins, BINS, mask=mask & (prefix == p1)).to(tl.int64)
+        h2 += tl.histogram(bins, BINS, mask=mask & (prefix == p2)).to(tl.int64)
+        h3 += tl.histogram(bins, BINS, mask=mask & (prefix == p3)).to(tl.int64)
     return h0, h1, h2, h3
 
 
 @triton.jit
-def key_histogram_kernel(x_ptr, n, hist_ptr, state_ptr, blocks_per_prog,
-                         PASS: tl.constexpr, R: tl.constexpr, BLOCK: tl.constexpr):
+def first_ranks(h, total, lo_hi, lo_lo, hi_hi, hi_lo, IGNORE: tl.constexpr):
+    """From the pass-0 histogram h of ``total`` values: (non-finite count, n, the ranks
+    i and j of the lower and of the upper percentile among all values, the two weights)."""
+    at = tl.arange(0, BINS)
+    neg_bad = tl.sum(tl.where(at < NBAD, h, 0), axis=0)
+    bad = neg_bad + tl.sum(tl.where(at >= BINS - NBAD, h, 0), axis=0)
+    n = total - bad if IGNORE else total
+    shift = neg_bad if IGNORE else 0  # non-finite values ignored: the negative ones come first
+    i0, j0, t0 = rank_pair(n, percent(lo_hi, lo_lo))
+    i1, j1, t1 = rank_pair(n, percent(hi_hi, hi_lo))
+    return bad, n, i0 + shift, j0 + shift, i1 + shift, j1 + shift, t0, t1
+
+
+@triton.jit
+def tensor_prefixes(hist_ptr, lo_hi, lo_lo, hi_hi, hi_lo, UPTO: tl.constexpr,
+                    IGNORE: tl.constexpr):
+    """The four ranks' key prefixes after passes 0 .. UPTO - 1 of a whole-tensor selection,
+    recomputed from the histograms (pass 0 at hist_ptr, pass 1 at + BINS, pass 2 at
+    + 5 BINS, one histogram a rank); then the non-finite count, n and the two weights."""
+    at = tl.arange(0, BINS)
+    h = tl.load(hist_ptr + at)
+    bad, n, r0, r1, r2, r3, t0, t1 = first_ranks(h, tl.sum(h, axis=0), lo_hi, lo_lo, hi_hi,
+                                                 hi_lo, IGNORE)
+    zero = tl.zeros([], tl.int64)
+    p0, r0 = advance(h, zero, r0, 0)
+    p1, r1 = advance(h, zero, r1, 0)
+    p2, r2 = advance(h, zero, r2, 0)
+    p3, r3 = advance(h, zero, r3, 0)
+    if UPTO > 1:
+        p0, r0 = advance(tl.load(hist_ptr + BINS + at), p0, r0, 11)
+        p1, r1 = advance(tl.load(hist_ptr + 2 * BINS + at), p1, r1, 11)
+        p2, r2 = advance(tl.load(hist_ptr + 3 * BINS + at), p2, r2, 11)
+        p3, r3 = advance(tl.load(hist_ptr + 4 * BINS + at), p3, r3, 11)
+    if UPTO > 2:
+        p0, r0 = advance(tl.load(hist_ptr + 5 * BINS + at), p0, r0, 10)
+        p1, r1 = advance(tl.load(hist_ptr + 6 * BINS + at), p1, r1, 10)
+        p2, r2 = advance(tl.load(hist_ptr + 7 * BINS + at), p2, r2, 10)
+        p3, r3 = advance(tl.load(hist_ptr + 8 * BINS + at), p3, r3, 10)
+    return p0, p1, p2, p3, bad, n, t0, t1
+
+
+@triton.jit
+def key_histogram_kernel(x_ptr, n, hist_ptr, blocks_per_prog, lo_hi, lo_lo, hi_hi, hi_lo,
+                         PASS: tl.constexpr, IGNORE: tl.constexpr, BLOCK: tl.constexpr):
     """Pass PASS of a whole-tensor selection: atomically add this program's histograms.
 
-    Pass 0: one histogram of every value; passes 1 and 2: one per rank r (of
-    R), over the values whose prefix equals state[r], at hist_ptr + r * BINS.
+    Each program first recomputes the prefixes of the earlier passes from their
+    histograms (a few cumulative sums of 2048 bins), so that no select step
+    runs between passes. Pass 0: one histogram of every value; passes 1 and
+    2: one per rank, over the values whose key prefix is the rank's.
     """
     pid = tl.program_id(0)
     progs = tl.num_programs(0)
+    if PASS > 0:
+        p0, p1, p2, p3, _, _, _, _ = tensor_prefixes(hist_ptr, lo_hi, lo_lo, hi_hi, hi_lo,
+                                                     PASS, IGNORE)
+    else:
+        p0 = tl.zeros([], tl.int64)
+        p1 = p0
+        p2 = p0
+        p3 = p0
     h0 = tl.zeros([BINS], tl.int64)
     h1 = tl.zeros([BINS], tl.int64)
     h2 = tl.zeros([BINS], tl.int64)
     h3 = tl.zeros([BINS], tl.int64)
-    p0 = tl.load(state_ptr + 0)
-    p1 = tl.load(state_ptr + 1)
-    p2 = tl.load(state_ptr + 2)
-    p3 = tl.load(state_ptr + 3)
     for b in range(0, blocks_per_prog):
         offs = (b * progs + pid).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         h0, h1, h2, h3 = hist_block(x_ptr, offs, offs < n, p0, p1, p2, p3, h0, h1, h2, h3,
-                                    PASS, R)
+                                    PASS)
     at = tl.arange(0, BINS)
-    tl.atomic_add(hist_ptr + at, h0, mask=h0 > 0)
+    out = hist_ptr + (PASS > 0) * BINS + (PASS > 1) * 4 * BINS
+    tl.atomic_add(out + at, h0, mask=h0 > 0)
     if PASS > 0:
-        if R > 1:
-            tl.atomic_add(hist_ptr + BINS + at, h1, mask=h1 > 0)
-        if R > 2:
-            tl.atomic_add(hist_ptr + 2 * BINS + at, h2, mask=h2 > 0)
-        if R > 3:
-            tl.atomic_add(hist_ptr + 3 * BINS + at, h3, mask=h3 > 0)
+        tl.atomic_add(out + BINS + at, h1, mask=h1 > 0)
+        tl.atomic_add(out + 2 * BINS + at, h2, mask=h2 > 0)
+        tl.atomic_add(out + 3 * BINS + at, h3, mask=h3 > 0)
+
+
+@triton.jit
+def tensor_select_kernel(hist_ptr, out_ptr, bad_ptr, lo_hi, lo_lo, hi_hi, hi_lo,
+                         IGNORE: tl.constexpr):
+    """One program, after the three passes: the float32 (lower, upper) percentiles (0 and 0
+    when no value counts) and the non-finite count."""
+    p0, p1, p2, p3, bad, n, t0, t1 = tensor_prefixes(hist_ptr, lo_hi, lo_lo, hi_hi, hi_lo, 3,
+                                                     IGNORE)
+    lo = lerp(prefix_value(p0), prefix_value(p1), t0)
+    hi = lerp(prefix_value(p2), prefix_value(p3), t1)
+    tl.store(out_ptr + 0, tl.where(n > 0, lo, 0.0))
+    tl.store(out_ptr + 1, tl.where(n > 0, hi, 0.0))
+    tl.store(bad_ptr, bad)
 
 
 @triton.jit
@@ -166,7 +222,7 @@ def unit_histograms(x_ptr, start, length, p0, p1, p2, p3, PASS: tl.constexpr,
     for off in range(0, length, BLOCK):
         offs = off + tl.arange(0, BLOCK)
         h0, h1, h2, h3 = hist_block(x_ptr + start, offs, offs < length, p0, p1, p2, p3,
-                                    h0, h1, h2, h3, PASS, 4)
+                                    h0, h1, h2, h3, PASS)
     return h0, h1, h2, h3
 
 
@@ -187,17 +243,11 @@ def unit_radix_select_kernel(x_ptr, lo_ptr, hi_ptr, bad_ptr, per_row, seg, cols,
     length = tl.minimum(seg, cols - (u % per_row) * seg).to(tl.int64)
     zero = tl.zeros([], tl.int64)
     h, _, _, _ = unit_histograms(x_ptr, start, length, zero, zero, zero, zero, 0, BLOCK)
-    at = tl.arange(0, BINS)
-    neg_bad = tl.sum(tl.where(at < NBAD, h, 0), axis=0)
-    bad = neg_bad + tl.sum(tl.where(at >= BINS - NBAD, h, 0), axis=0)
-    n = length - bad if IGNORE else length
-    shift = neg_bad if IGNORE else 0
-    i0, j0, t0 = rank_pair(n, percent(lo_hi, lo_lo))
-    i1, j1, t1 = rank_pair(n, percent(hi_hi, hi_lo))
-    p0, r0 = advance(h, zero, i0 + shift, 0)
-    p1, r1 = advance(h, zero, j0 + shift, 0)
-    p2, r2 = advance(h, zero, i1 + shift, 0)
-    p3, r3 = advance(h, zero, j1 + shift, 0)
+    bad, n, r0, r1, r2, r3, t0, t1 = first_ranks(h, length, lo_hi, lo_lo, hi_hi, hi_lo, IGNORE)
+    p0, r0 = advance(h, zero, r0, 0)
+    p1, r1 = advance(h, zero, r1, 0)
+    p2, r2 = advance(h, zero, r2, 0)
+    p3, r3 = advance(h, zero, r3, 0)
     h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, 1, BLOCK)
     p0, r0 = advance(h0, p0, r0, 11)
     p1, r1 = advance(h1, p1, r1, 11)
@@ -219,51 +269,6 @@ def unit_radix_select_kernel(x_ptr, lo_ptr, hi_ptr, bad_ptr, per_row, seg, cols,
 def prefix_value(u):
     """The float32 of a complete unsigned key u (int64)."""
     return key_value((u - 2147483648).to(tl.int32))
-
-
-@triton.jit
-def select_step_kernel(hist_ptr, state_ptr, out_ptr, lo_hi, lo_lo, hi_hi, hi_lo,
-                       PASS: tl.constexpr, IGNORE: tl.constexpr):
-    """One program: pick each rank's bin in this pass's histograms, update the state.
-
-    Pass 0 also counts n and the non-finite values, and places the four ranks
-    (i and j of the lower and upper percentile). Pass 2 writes the float32
-    (lower, upper) percentiles to out_ptr (0 and 0 when no value counts).
-    """
-    at = tl.arange(0, BINS)
-    if PASS == 0:
-        h = tl.load(hist_ptr + at)
-        total = tl.sum(h, axis=0)
-        neg_bad = tl.sum(tl.where(at < NBAD, h, 0), axis=0)
-        bad = neg_bad + tl.sum(tl.where(at >= BINS - NBAD, h, 0), axis=0)
-        n = total - bad if IGNORE else total
-        shift = neg_bad if IGNORE else 0
-        i0, j0, t0 = rank_pair(n, percent(lo_hi, lo_lo))
-        i1, j1, t1 = rank_pair(n, percent(hi_hi, hi_lo))
-        tl.store(state_ptr + 8, n)
-        tl.store(state_ptr + 9, bad)
-        tl.store(state_ptr + 10, t0.to(tl.int64, bitcast=True))
-        tl.store(state_ptr + 11, t1.to(tl.int64, bitcast=True))
-        for r in tl.static_range(4):
-            rank = (i0 if r == 0 else (j0 if r == 1 else (i1 if r == 2 else j1))) + shift
-            b, below = pick_bin(h, rank)
-            tl.store(state_ptr + r, b)
-            tl.store(state_ptr + 4 + r, rank - below)
-    else:
-        for r in tl.static_range(4):
-            h = tl.load(hist_ptr + r * BINS + at)
-            b, below = pick_bin(h, tl.load(state_ptr + 4 + r))
-            width = 11 if PASS == 1 else 10
-            tl.store(state_ptr + r, (tl.load(state_ptr + r) << width) | b)
-            tl.store(state_ptr + 4 + r, tl.load(state_ptr + 4 + r) - below)
-        if PASS == 2:
-            n = tl.load(state_ptr + 8)
-            lo = lerp(prefix_value(tl.load(state_ptr + 0)), prefix_value(tl.load(state_ptr + 1)),
-                      tl.load(state_ptr + 10).to(tl.float64, bitcast=True))
-            hi = lerp(prefix_value(tl.load(state_ptr + 2)), prefix_value(tl.load(state_ptr + 3)),
-                      tl.load(state_ptr + 11).to(tl.float64, bitcast=True))
-            tl.store(out_ptr + 0, tl.where(n > 0, lo, 0.0))
-            tl.store(out_ptr + 1, tl.where(n > 0, hi, 0.0))
 
 
 @triton.jit

@@ -56,9 +56,9 @@ def _run(recorder, x, cfg):
 
 CASES = [  # (config, kernels launched, full reads of x, host synchronisations)
     (dict(granularity="tensor", calibration=gq.Percentile(1, 99)),
-     ["key_histogram_kernel"] * 3 + ["qparams_kernel"] + ["select_step_kernel"] * 3, 3, 1),
+     ["key_histogram_kernel"] * 3 + ["qparams_kernel", "tensor_select_kernel"], 3, 1),
     (dict(granularity="tensor", calibration=gq.Percentile(1, 99), ignore_nonfinite=True),
-     ["key_histogram_kernel"] * 3 + ["qparams_kernel"] + ["select_step_kernel"] * 3, 3, 0),
+     ["key_histogram_kernel"] * 3 + ["qparams_kernel", "tensor_select_kernel"], 3, 0),
     (dict(granularity="token", calibration=gq.Percentile(1, 99)),
      ["qparams_kernel", "unit_sort_select_kernel"], 1, 1),
     (dict(granularity="group", group_size=8, calibration=gq.Percentile(1, 99)),

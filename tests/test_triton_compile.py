@@ -18,7 +18,7 @@ pytest.importorskip("triton")
 pytest.importorskip("torch")
 
 KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "fused_segment_kernel",
-           "mse_sweep_kernel", "key_histogram_kernel", "select_step_kernel",
+           "mse_sweep_kernel", "key_histogram_kernel", "tensor_select_kernel",
            "unit_sort_select_kernel", "unit_radix_select_kernel", "unit_histogram_kernel",
            "qparams_kernel", "quantize_tile_kernel", "reciprocal_kernel", "segment_minmax_kernel"}
 

@@ -8,8 +8,9 @@ the data and one host synchronisation (the non-finite check; none with
 ``ignore_nonfinite``):
 
 - a whole tensor, any size: three reads (histograms of 11, 11 and 10 key
-  bits, atomically added into one small zeroed buffer), each followed by a
-  one-program select step on the device: 6 launches and one memset;
+  bits, atomically added into one small zeroed buffer; each pass recomputes
+  the earlier choices from the histograms) and a one-program kernel that
+  interpolates: 4 launches and one memset;
 - units of at most ``SORT_MAX`` values: one launch, each unit loaded once and
   its keys sorted in registers (``tl.sort``);
 - larger units: one launch, one program per unit doing the three histogram
@@ -55,24 +56,24 @@ def _pow2(n: int, cap: int) -> int:
 
 
 def _tensor_percentiles(launch, ops, x2, lower, upper, ignore):
-    """(lo, hi, non-finite count) of all of x2 as 0-d device arrays; 3 reads, 6 launches."""
+    """(lo, hi, non-finite count) of all of x2 as device arrays; 3 reads, 4 launches."""
     flat = ops.contiguous(x2).reshape(-1)
     n = flat.shape[0]
-    buf = ops.zeros((9 * _BINS + 16,), "int64", flat)  # histograms of 1 + 4 + 4 ranks, state
-    hists = (buf[:_BINS], buf[_BINS: 5 * _BINS], buf[5 * _BINS: 9 * _BINS])
-    state = buf[9 * _BINS:]
+    hist = ops.zeros((9 * _BINS,), "int64", flat)  # histograms of 1 + 4 + 4 ranks
     out = ops.empty((2,), "float32", flat)
+    bad = ops.empty((1,), "int64", flat)
     blocks = max(1, triton.cdiv(n, _BLOCK))
     progs = min(blocks, _MAX_PROGRAMS)
+    halves = (*_halves(lower), *_halves(upper))
     arg = ops.kernel_arg
     with ops.launching(flat):
         for step in range(3):
-            launch(_sel.key_histogram_kernel, (progs,), arg(flat), n, arg(hists[step]),
-                   arg(state), triton.cdiv(blocks, progs), PASS=step, R=4, BLOCK=_BLOCK,
-                   num_warps=8)
-            launch(_sel.select_step_kernel, (1,), arg(hists[step]), arg(state), arg(out),
-                   *_halves(lower), *_halves(upper), PASS=step, IGNORE=ignore)
-    return out[0], out[1], state[9:10]
+            launch(_sel.key_histogram_kernel, (progs,), arg(flat), n, arg(hist),
+                   triton.cdiv(blocks, progs), *halves, PASS=step, IGNORE=ignore,
+                   BLOCK=_BLOCK, num_warps=8)
+        launch(_sel.tensor_select_kernel, (1,), arg(hist), arg(out), arg(bad), *halves,
+               IGNORE=ignore)
+    return out[0], out[1], bad
 
 
 def _unit_view(ops, x2, layout: Layout):
