@@ -112,9 +112,11 @@ def hist_block(x_ptr, offs, mask, p0, p1, p2, p3, h0, h1, h2, h3, PASS: tl.const
     else:
         prefix = radix_prefix(key, PASS)
         h0 += tl.histogram(bins, BINS, mask=mask & (prefix == p0)).to(tl.int64)
-        h1 += tl.histogram(bins, BINS, mask=mask & (prefix == p1)).to(tl.int64)
+        if p1 != p0:  # i and j of a percentile mostly share a prefix: count it once
+            h1 += tl.histogram(bins, BINS, mask=mask & (prefix == p1)).to(tl.int64)
         h2 += tl.histogram(bins, BINS, mask=mask & (prefix == p2)).to(tl.int64)
-        h3 += tl.histogram(bins, BINS, mask=mask & (prefix == p3)).to(tl.int64)
+        if p3 != p2:
+            h3 += tl.histogram(bins, BINS, mask=mask & (prefix == p3)).to(tl.int64)
     return h0, h1, h2, h3
 
 
@@ -148,16 +150,26 @@ def tensor_prefixes(hist_ptr, lo_hi, lo_lo, hi_hi, hi_lo, UPTO: tl.constexpr,
     p2, r2 = advance(h, zero, r2, 0)
     p3, r3 = advance(h, zero, r3, 0)
     if UPTO > 1:
-        p0, r0 = advance(tl.load(hist_ptr + BINS + at), p0, r0, 11)
-        p1, r1 = advance(tl.load(hist_ptr + 2 * BINS + at), p1, r1, 11)
-        p2, r2 = advance(tl.load(hist_ptr + 3 * BINS + at), p2, r2, 11)
-        p3, r3 = advance(tl.load(hist_ptr + 4 * BINS + at), p3, r3, 11)
+        p0, p1, p2, p3, r0, r1, r2, r3 = advance4(hist_ptr + BINS, p0, p1, p2, p3,
+                                                  r0, r1, r2, r3, 11)
     if UPTO > 2:
-        p0, r0 = advance(tl.load(hist_ptr + 5 * BINS + at), p0, r0, 10)
-        p1, r1 = advance(tl.load(hist_ptr + 6 * BINS + at), p1, r1, 10)
-        p2, r2 = advance(tl.load(hist_ptr + 7 * BINS + at), p2, r2, 10)
-        p3, r3 = advance(tl.load(hist_ptr + 8 * BINS + at), p3, r3, 10)
+        p0, p1, p2, p3, r0, r1, r2, r3 = advance4(hist_ptr + 5 * BINS, p0, p1, p2, p3,
+                                                  r0, r1, r2, r3, 10)
     return p0, p1, p2, p3, bad, n, t0, t1
+
+
+@triton.jit
+def advance4(hist_ptr, p0, p1, p2, p3, r0, r1, r2, r3, WIDTH: tl.constexpr):
+    """Advance the four ranks with the histograms of one pass (one a rank, from hist_ptr;
+    a rank sharing its partner's prefix uses the partner's, see hist_block)."""
+    at = tl.arange(0, BINS)
+    q1 = tl.where(p1 == p0, 0, 1)
+    q3 = tl.where(p3 == p2, 2, 3)
+    a0, r0 = advance(tl.load(hist_ptr + at), p0, r0, WIDTH)
+    a1, r1 = advance(tl.load(hist_ptr + q1 * BINS + at), p1, r1, WIDTH)
+    a2, r2 = advance(tl.load(hist_ptr + 2 * BINS + at), p2, r2, WIDTH)
+    a3, r3 = advance(tl.load(hist_ptr + q3 * BINS + at), p3, r3, WIDTH)
+    return a0, a1, a2, a3, r0, r1, r2, r3
 
 
 @triton.jit
@@ -248,16 +260,15 @@ def unit_radix_select_kernel(x_ptr, lo_ptr, hi_ptr, bad_ptr, per_row, seg, cols,
     p1, r1 = advance(h, zero, r1, 0)
     p2, r2 = advance(h, zero, r2, 0)
     p3, r3 = advance(h, zero, r3, 0)
-    h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, 1, BLOCK)
-    p0, r0 = advance(h0, p0, r0, 11)
-    p1, r1 = advance(h1, p1, r1, 11)
-    p2, r2 = advance(h2, p2, r2, 11)
-    p3, r3 = advance(h3, p3, r3, 11)
-    h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, 2, BLOCK)
-    p0, r0 = advance(h0, p0, r0, 10)
-    p1, r1 = advance(h1, p1, r1, 10)
-    p2, r2 = advance(h2, p2, r2, 10)
-    p3, r3 = advance(h3, p3, r3, 10)
+    for step in tl.static_range(1, 3):
+        h0, h1, h2, h3 = unit_histograms(x_ptr, start, length, p0, p1, p2, p3, step, BLOCK)
+        h1 = tl.where(p1 == p0, h0, h1)  # a shared prefix was counted once (hist_block)
+        h3 = tl.where(p3 == p2, h2, h3)
+        width = 11 if step == 1 else 10
+        p0, r0 = advance(h0, p0, r0, width)
+        p1, r1 = advance(h1, p1, r1, width)
+        p2, r2 = advance(h2, p2, r2, width)
+        p3, r3 = advance(h3, p3, r3, width)
     lo = lerp(prefix_value(p0), prefix_value(p1), t0)
     hi = lerp(prefix_value(p2), prefix_value(p3), t1)
     tl.store(lo_ptr + u, tl.where(n > 0, lo, 0.0))
