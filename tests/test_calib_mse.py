@@ -57,3 +57,25 @@ def test_blocked_sweep_gives_the_same_bits(monkeypatch, rng, shape, kw, scheme, 
     got = numpy_calibration.mse_errors(x2, layout, lo, hi, factors, cfg)
     want = _unblocked(x2, layout, lo, hi, factors, cfg)
     np.testing.assert_array_equal(got.view(np.int64), want.view(np.int64))
+
+
+@pytest.mark.parametrize("shape,kw", [
+    ((3, 45), dict(granularity="group", group_size=16)),  # ragged last group: one launch
+    ((2, 3, 4, 9), dict(granularity="channel", axis=1)),  # channels shared by rows
+    ((5, 20), dict(granularity="channel", axis=-1)),
+])
+def test_triton_mse_choices_equal_reference(rng, shape, kw):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    from conftest import CUDA, INTERPRET
+
+    if not (CUDA or INTERPRET):
+        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1")
+    x = rng.standard_t(3, shape).astype(np.float16)
+    device = "cuda" if CUDA and not INTERPRET else "cpu"
+    for scheme, symmetric in (("int4", False), ("int8", True)):
+        cfg = gq.QuantConfig(scheme=scheme, symmetric=symmetric, calibration=gq.MSE(9), **kw)
+        got = gq.calibrate(torch.from_numpy(x).to(device), cfg, backend="triton")
+        want = gq.calibrate(x, cfg, backend="numpy")
+        np.testing.assert_array_equal(got.scale.cpu().numpy(), want.scale)
+        np.testing.assert_array_equal(got.zero_point.cpu().numpy(), want.zero_point)

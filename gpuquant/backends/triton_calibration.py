@@ -33,7 +33,6 @@ from gpuquant.kernels import select as _sel
 from ..config import QuantConfig
 from ..layout import Layout
 from ..nonfinite import NonFiniteCheck
-from ..units import unit_matrices
 
 __all__ = ["unit_percentiles", "abs_histogram", "mse_errors", "SORT_MAX", "HIST_MAX_BINS"]
 
@@ -142,27 +141,21 @@ def abs_histogram(launch, ops, x2, layout: Layout, amax, bins: int, signed: bool
 
 
 def mse_errors(be, launch, ops, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
-    """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""
+    """float64 (units, candidates) squared errors of the shrunk ranges: one launch reading x
+    once in its own dtype (after the channel copy of ``_unit_view`` where units are not
+    rows), then a sum over each unit's chunks."""
     n_cand = len(factors)
     f = ops.from_host(factors, lo).reshape(1, -1)
     scale, zp, inv = be._qparams(lo.reshape(-1, 1) * f, hi.reshape(-1, 1) * f, config)
-    shape2d = layout.params_2d_shape()
-    params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp)]
-    errors = ops.empty((*shape2d, n_cand), "float64", x2)
+    m, units, per_row, seg, cols, stride = _unit_view(ops, x2, layout)
+    block_l = _pow2(seg, 1024)
+    chunks = triton.cdiv(seg, block_l)
+    block_u = max(1, min(32, 4096 // block_l))
+    part = ops.empty((units * chunks, n_cand), "float64", m)
     arg = ops.kernel_arg
-    for index, matrix in unit_matrices(x2, layout, ops):
-        n = matrix.shape[-1]
-        matrix = ops.contiguous(matrix.reshape(-1, n))
-        rows = matrix.shape[0]
-        block_l = _pow2(n, 1024)
-        chunks = triton.cdiv(n, block_l)
-        block_u = max(1, min(32, 4096 // block_l))
-        part = ops.empty((rows * chunks, n_cand), "float64", matrix)
-        unit_params = [ops.contiguous(p[index].reshape(rows, n_cand)) for p in params]
-        with ops.launching(matrix):
-            launch(_mse.mse_sweep_kernel, (triton.cdiv(rows * chunks, block_u),),
-                   arg(matrix), *(arg(p) for p in unit_params), arg(part), rows, n, chunks,
-                   n_cand, QMIN=config.qmin, QMAX=config.qmax, BLOCK_U=block_u,
-                   BLOCK_L=block_l)
-        errors[index] = part.reshape(rows, chunks, n_cand).sum(1).reshape(errors[index].shape)
-    return errors.reshape(-1, n_cand)
+    with ops.launching(m):
+        launch(_mse.mse_sweep_kernel, (triton.cdiv(units * chunks, block_u),), arg(m),
+               *(arg(ops.contiguous(p.reshape(-1))) for p in (inv, scale, zp)), arg(part),
+               units, per_row, seg, cols, stride, chunks, n_cand, QMIN=config.qmin,
+               QMAX=config.qmax, BLOCK_U=block_u, BLOCK_L=block_l)
+    return part.reshape(units, chunks, n_cand).sum(1)
