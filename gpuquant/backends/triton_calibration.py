@@ -16,8 +16,14 @@ the data and one host synchronisation (the non-finite check; none with
 - larger units: one launch, one program per unit doing the three histogram
   passes over its unit.
 
-Channels that are not rows of the 2-D view (the last axis, or an axis before
-it that rows share) are first copied to a (channels, values) matrix.
+Histograms (kernels/histogram.py, entropy and the streamed Calibrator): one
+launch and one read into zeroed per-unit int64 counts. The MSE sweep
+(kernels/mse.py): one launch and one read for every candidate at once.
+
+All unit kernels address unit u as ``seg`` values at (u // per_row) * stride
++ (u % per_row) * seg (groups, rows), in the input's dtype. Channels that are
+not rows of the 2-D view (the last axis, or an axis before it that rows
+share) are first copied to a (channels, values) matrix.
 """
 
 from __future__ import annotations
