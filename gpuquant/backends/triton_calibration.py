@@ -120,8 +120,8 @@ def unit_percentiles(launch, ops, x2, layout: Layout, lower: float, upper: float
             else:
                 launch(_sel.unit_radix_select_kernel, (units,), *args, per_row, seg, cols,
                        stride, *halves, IGNORE=ignore_nonfinite, BLOCK=_BLOCK, num_warps=8)
-    if not ignore_nonfinite:
-        NonFiniteCheck(bad, layout.shape, ops, defer=False)
+    if not ignore_nonfinite:  # on a GPU: one pinned asynchronous copy, then one wait
+        NonFiniteCheck(bad, layout.shape, ops, defer=True).raise_if_bad()
     return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
 
 
