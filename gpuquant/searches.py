@@ -126,6 +126,14 @@ def first_minimum(ops, values):
     return ops.astype(near, "int64").argmax(-1)
 
 
-def mse_factors(candidates: int) -> np.ndarray:
-    """float32 shrink factors 1 - k / N, k = 0 .. N - 1 (computed in float64, rounded)."""
-    return (1.0 - np.arange(candidates, dtype=np.float64) / candidates).astype(np.float32)
+def mse_factors(candidates: int, ops=None, like=None):
+    """float32 shrink factors 1 - k / N, k = 0 .. N - 1 (computed in float64, rounded).
+
+    NumPy by default; with an array adapter, built on ``like``'s device (IEEE
+    float64 there too, so the same bits) instead of copied from the host.
+    """
+    if ops is None:
+        k = np.arange(candidates, dtype=np.float64)
+        return (1.0 - k / candidates).astype(np.float32)
+    k = ops.arange(0, candidates, "float64", like)
+    return ops.astype(1.0 - k / candidates, "float32")

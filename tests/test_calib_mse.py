@@ -79,3 +79,14 @@ def test_triton_mse_choices_equal_reference(rng, shape, kw):
         want = gq.calibrate(x, cfg, backend="numpy")
         np.testing.assert_array_equal(got.scale.cpu().numpy(), want.scale)
         np.testing.assert_array_equal(got.zero_point.cpu().numpy(), want.zero_point)
+
+
+def test_factors_built_on_the_device_equal_the_host_ones():
+    torch = pytest.importorskip("torch")
+    from gpuquant.backends.array_ops import TorchOps
+
+    like = torch.zeros(1)
+    for n in (1, 3, 7, 100, 999):
+        got = mse_factors(n, TorchOps(), like)
+        assert got.dtype == torch.float32
+        np.testing.assert_array_equal(got.numpy(), mse_factors(n))

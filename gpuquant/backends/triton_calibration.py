@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import triton
 
 from gpuquant.kernels import histogram as _hist
@@ -151,7 +152,8 @@ def mse_errors(be, launch, ops, x2, layout: Layout, lo, hi, factors, config: Qua
     once in its own dtype (after the channel copy of ``_unit_view`` where units are not
     rows), then a sum over each unit's chunks."""
     n_cand = len(factors)
-    f = ops.from_host(factors, lo).reshape(1, -1)
+    on_host = isinstance(factors, np.ndarray)  # gq.calibrate passes them on the device
+    f = (ops.from_host(factors, lo) if on_host else factors).reshape(1, -1)
     scale, zp, inv = be._qparams(lo.reshape(-1, 1) * f, hi.reshape(-1, 1) * f, config)
     m, units, per_row, seg, cols, stride = _unit_view(ops, x2, layout)
     block_l = _pow2(seg, 1024)
