@@ -10,7 +10,6 @@ They sit below the backends (gpuquant.backends) and the searches
 - :func:`order_key`: the order-preserving integer key of a float32, the one
   definition the host code uses (kernels/select.py writes the same map on the
   device, where host code cannot be imported);
-- :func:`segmented_sort`: one radix sort of composite keys for many units;
 - :func:`unit_matrices`: the units of a 2-D view as rows of float32 matrices.
 
 Array arguments go through an adapter ``ops`` (gpuquant.backends.array_ops
@@ -25,7 +24,7 @@ import numpy as np
 
 from .layout import Layout
 
-__all__ = ["ranks", "interpolate", "order_key", "segmented_sort", "unit_matrices"]
+__all__ = ["ranks", "interpolate", "order_key", "unit_matrices"]
 
 
 def ranks(n: int, p: float) -> tuple[int, int, float]:
@@ -50,21 +49,6 @@ def order_key(bits):
     below -inf). Works on NumPy, torch and CuPy int32 arrays alike.
     """
     return bits ^ ((bits >> 31) & 0x7FFFFFFF)
-
-
-def segmented_sort(xp, a):
-    """Sort float32 a (..., n) along the last axis with one radix sort of composite keys.
-
-    ``xp`` is numpy or cupy: CuPy hands an int64 sort to CUB's radix sort, where
-    an N-d sort along an axis would compare elements. The key of each element is
-    its unit index above the 32 bits of ``order_key + 2^31``.
-    """
-    n = a.shape[-1]
-    units = a.size // max(n, 1)
-    unit = (xp.arange(units, dtype=xp.int64) << 32).reshape(*a.shape[:-1], 1)
-    low = order_key(a.view(xp.int32)).astype(xp.int64) + (1 << 31)
-    keys = (xp.sort((unit | low).reshape(-1)) & 0xFFFFFFFF) - (1 << 31)
-    return order_key(keys.astype(xp.int32)).view(xp.float32).reshape(a.shape)
 
 
 def unit_matrices(x2, layout: Layout, ops):
