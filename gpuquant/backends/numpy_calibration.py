@@ -114,11 +114,10 @@ def _sweep(m: np.ndarray, params, config: QuantConfig, out: np.ndarray) -> None:
         with np.errstate(all="ignore"):
             np.multiply(m, unit_inv[:, c, None], out=buf)
             np.rint(buf, out=buf)
-            if not config.symmetric:  # a zero point of 0 changes no square (only signs of 0)
-                np.add(buf, z, out=buf)
-            np.clip(buf, config.qmin, config.qmax, out=buf)
-            if not config.symmetric:
-                np.subtract(buf, z, out=buf)
+            # clamp(rint + zp, qmin, qmax) - zp as one clip to (qmin - zp, qmax - zp): the
+            # same integers (exact in float32 below 2^24, clipped alike above); only the
+            # sign of a zero may differ, which changes no square
+            np.clip(buf, config.qmin - z, config.qmax - z, out=buf)
             np.multiply(buf, s, out=buf)  # float32(q - zp) * scale
         np.subtract(buf, m64, out=diff)
         out[:, c] = np.einsum("...j,...j->...", diff, diff)
