@@ -42,7 +42,8 @@ def _unblocked(x2, layout, lo, hi, factors, cfg):
     ((6, 30), dict(granularity="tensor")),
     ((3, 20000), dict(granularity="token")),  # einsum sums a long lone row differently
 ])
-@pytest.mark.parametrize("scheme,symmetric", [("int8", True), ("int4", False), ("int16", True)])
+@pytest.mark.parametrize("scheme,symmetric", [("int8", True), ("int4", False), ("int16", True),
+                                              ("int16", False)])
 def test_blocked_sweep_gives_the_same_bits(monkeypatch, rng, shape, kw, scheme, symmetric):
     monkeypatch.setattr(numpy_calibration, "_MSE_BLOCK", 100)  # a few rows per block
     x = rng.standard_t(3, shape).astype(np.float32)
