@@ -231,6 +231,16 @@ def build(op: str, x, framework: str, backend: str | None = None, peers: bool = 
             base["numpy.percentile"] = lambda: np.percentile(x, [0.1, 99.9], axis=1)
         return Case(op, lambda: gq.calibrate(x, cfg), read + _params_bytes(rows), base)
 
+    if op == "percentile-group":
+        cfg = gq.QuantConfig.int4_per_group(GROUP).replace(calibration=gq.Percentile(0.1, 99.9))
+        units = rows * math.ceil(cols / GROUP)
+        if on_torch and cols % GROUP == 0:
+            base["torch.sort(dim=-1)"] = lambda: x.reshape(rows, -1, GROUP).sort(dim=-1)
+        elif framework == "numpy" and cols % GROUP == 0:
+            base["numpy.percentile"] = lambda: np.percentile(
+                x.reshape(rows, -1, GROUP), [0.1, 99.9], axis=2)
+        return Case(op, lambda: gq.calibrate(x, cfg), read + _params_bytes(units), base)
+
     if op in ("entropy-tensor", "mse-channel"):
         cfg = (gq.QuantConfig(calibration="entropy") if op == "entropy-tensor"
                else gq.QuantConfig(granularity="channel", calibration="mse"))
@@ -251,5 +261,5 @@ def build(op: str, x, framework: str, backend: str | None = None, peers: bool = 
 OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-sym",
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
        "dynamic-per-token-small",
-       "percentile-channel", "percentile-tensor", "entropy-tensor", "mse-channel",
-       *export_ops.OPS]
+       "percentile-channel", "percentile-group", "percentile-tensor", "entropy-tensor",
+       "mse-channel", *export_ops.OPS]

@@ -65,10 +65,10 @@ def _entropy_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
 def _mse_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
     """The shrink factor with the least squared error (ties to the widest range)."""
     ops = ops_for(lo)
-    factors = mse_factors(config.calibration.candidates)
+    factors = mse_factors(config.calibration.candidates, ops, lo)  # on lo's device
     errors = be.mse_errors(x2, layout, lo, hi, factors, config)
     pick = first_minimum(ops, errors)
-    f = ops.from_host(factors, lo)[pick].reshape(layout.unit_shape)
+    f = factors[pick].reshape(layout.unit_shape)
     return lo * f, hi * f
 
 

@@ -33,10 +33,11 @@ import threading
 
 import numpy as np
 
+from .chunks import run_blocks
 from .errors import NonFiniteError
 
-__all__ = ["entry", "compiling", "raise_ready", "wait_all", "board_for", "new_slot", "nonfinite_message",
-           "raise_counts"]
+__all__ = ["entry", "compiling", "raise_ready", "wait_all", "board_for", "new_slot",
+           "nonfinite_message", "nonfinite_error", "raise_counts"]
 
 SLOTS = 4096  # call sites with their own count and first unit; reused round robin
 _INT32_MAX = np.iinfo(np.int32).max
@@ -177,3 +178,24 @@ def raise_counts(counts, shape, ops) -> None:
     if total:
         first = int(np.flatnonzero(host)[0]) if host.size > 1 else None
         raise NonFiniteError(nonfinite_message(total, first, shape))
+
+
+def nonfinite_error(x2: np.ndarray, shape: tuple[int, ...], name: str = "x") -> NonFiniteError:
+    """The NonFiniteError of NumPy data: counts the NaN/Inf values (of the data rounded to
+    float32, as the contract reads them) and locates the first."""
+    def finite(a):
+        with np.errstate(over="ignore"):
+            return np.isfinite(a.astype(np.float32, copy=False))
+
+    counts = run_blocks(lambda s: np.count_nonzero(~finite(x2[s[0]:s[1], s[2]:s[3]])),
+                        *x2.shape)
+    total = int(sum(counts))
+    flat = np.flatnonzero(~finite(x2.reshape(-1)))[0] if total else 0
+    where = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
+    value = x2.reshape(-1)[flat]
+    return NonFiniteError(
+        f"{name} has {total} non-finite value(s) (NaN or Inf, once rounded to float32) in its "
+        "calibration data; the "
+        f"first is {value} at index {where}. Clean the data, or pass ignore_nonfinite=True "
+        "to calibrate over the finite values only"
+    )

@@ -1,11 +1,13 @@
 """Entropy (KL) and MSE calibration searches, written once for NumPy, torch and CuPy.
 
-Both run on the array's own device through the adapters of
-gpuquant.backends.array_ops, with no Python loop per candidate.
+Both run on the array's own device through an array adapter ``ops`` (the
+interface of gpuquant.backends.array_ops, passed in: this module imports no
+backend), with no Python loop per candidate.
 
 Entropy (TensorRT's procedure). Per unit, a histogram h of |x| over
 [0, amax] with B bins: bin = min(floor(|x| * (B / amax)), B - 1), with
-B / amax one float32 division and one float32 multiply (int64 counts). With
+B / amax one float32 division and one float32 multiply (int64 counts; the
+backends' ``abs_histogram``). With
 nq = 2^(bits - 1) quantized bins, for each candidate i = nq .. B:
 
 - P is h[:i] with the mass of h[i:] (the outliers) added to bin i - 1;
@@ -35,49 +37,13 @@ range, and f = 1 (min/max) is never beaten by more than that tolerance.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .backends.order_stats import unit_matrices
-from .layout import Layout
-
-__all__ = ["abs_histogram", "kl_best_bins", "first_minimum", "mse_factors", "RELATIVE_TIE"]
+__all__ = ["kl_best_bins", "first_minimum", "mse_factors", "RELATIVE_TIE"]
 
 RELATIVE_TIE = 1e-9
 EPSILON = 1e-4  # counts given to a Q bin that is empty where P is not
 _SEARCH_ELEMENTS = 1 << 24  # (units, candidates, groups) per step of the KL search
-
-
-def abs_histogram(ops, x2, layout: Layout, amax, bins: int, signed: bool = False):
-    """int64 counts per unit, shaped params_2d_shape + (bins,); non-finite values skipped.
-
-    Unsigned (entropy): |x| over [0, amax], bin = min(floor(|x| * (bins / amax)), bins - 1).
-    Signed (Calibrator histograms): x over [-amax, amax], bin = floor((x + amax) *
-    (bins / (2 amax))) clipped to [0, bins - 1]. float32 arithmetic, one rounding a step.
-    """
-    shape2d = layout.params_2d_shape()
-    amax = ops.astype(amax, "float32").reshape(shape2d)
-    counts = None
-    for index, matrix in unit_matrices(x2, layout, ops):
-        lead = matrix.shape[:-1]
-        width = amax[index].reshape(*lead, 1) if lead else amax[index].reshape(1)
-        span = width + width if signed else width
-        with np.errstate(all="ignore"):
-            scale = ops.astype(bins / ops.where(span > 0, span, 1.0), "float32")
-            scaled = (matrix + width if signed else ops.abs(matrix)) * scale
-        finite = ops.isfinite(scaled)
-        idx = ops.astype(ops.floor(ops.where(finite, scaled, 0.0)), "int64")
-        idx = ops.where(idx < bins - 1, idx, bins - 1)
-        idx = ops.where(idx > 0, idx, 0)
-        units = math.prod(lead)
-        unit = ops.astype(ops.from_host(np.arange(units).reshape(*lead, 1), matrix), "int64")
-        flat = (unit * bins + idx).reshape(-1)[finite.reshape(-1)]
-        part = ops.bincount(flat, units * bins).reshape(*lead, bins)
-        if counts is None:
-            counts = ops.empty(shape2d + (bins,), "int64", matrix)
-        counts[index] = part.reshape(counts[index].shape)
-    return counts
 
 
 def _plogp(ops, p):
@@ -88,59 +54,43 @@ def _plogp(ops, p):
 def kl_best_bins(ops, hist, nq: int):
     """For each unit (rows of ``hist``, (U, B) int64), the candidate i with the least KL."""
     units, bins = hist.shape
-    cand = np.arange(nq, bins + 1)
-    j = np.arange(nq + 1)
-    edges = -((-j[None, :] * cand[:, None]) // nq)  # ceil(j * i / nq): group starts, (C, nq+1)
-    starts = ops.from_host(edges[:, :-1], hist)
-    ends = ops.from_host(edges[:, 1:], hist)
-    cand_dev = ops.from_host(cand, hist)
+    cand = ops.arange(nq, bins + 1, "int64", hist)  # built on the device: no host copy
+    j = ops.arange(0, nq + 1, "int64", hist)
+    edges = -((-j.reshape(1, -1) * cand.reshape(-1, 1)) // nq)  # ceil(j * i / nq), (C, nq+1)
+    starts, ends = edges[:, :-1], edges[:, 1:]
     h = ops.astype(hist, "int64")
     prefix = _with_zero(ops, ops.cumsum(h))                      # (U, B+1) exact int64
     nonempty = _with_zero(ops, ops.cumsum(ops.astype(h > 0, "int64")))
     hf = ops.astype(h, "float64")
     plogp = _with_zero(ops, ops.cumsum(_plogp(ops, hf)))
     best = []
-    step = max(1, _SEARCH_ELEMENTS // (len(cand) * nq))
+    step = max(1, _SEARCH_ELEMENTS // ((bins + 1 - nq) * nq))
     for u0 in range(0, units, step):
         rows = slice(u0, min(units, u0 + step))
         best.append(_kl_rows(ops, h[rows], prefix[rows], nonempty[rows], plogp[rows],
-                             cand_dev, starts, ends))
-    return best[0] if len(best) == 1 else _concat(ops, best)
+                             cand, starts, ends))
+    return best[0] if len(best) == 1 else ops.concat(best)
 
 
 def _with_zero(ops, scan):
     """Prefix sums with a leading 0 column: (U, B) -> (U, B + 1)."""
     lead = scan[:, :1] * 0
-    return _concat(ops, [lead, scan], axis=1)
-
-
-def _concat(ops, parts, axis=0):
-    if ops.name == "torch":
-        return ops.torch.cat(parts, dim=axis)
-    xp = ops.cupy if ops.name == "cupy" else np
-    return xp.concatenate(parts, axis=axis)
+    return ops.concat([lead, scan], axis=1)
 
 
 def _gather(ops, table, index):
     """table (U, B+1) gathered at index (C, G) for every unit: (U, C, G)."""
-    flat = _take_along(ops, table, _row_index(ops, index.reshape(-1), table))
+    flat = ops.take_along(table, _row_index(ops, index.reshape(-1), table))
     return flat.reshape(table.shape[0], *index.shape)
-
-
-def _take_along(ops, a, idx):
-    if ops.name == "torch":
-        return ops.torch.take_along_dim(a, idx, dim=-1)
-    xp = ops.cupy if ops.name == "cupy" else np
-    return xp.take_along_axis(a, idx, axis=-1)
 
 
 def _kl_rows(ops, h, prefix, nonempty, plogp, cand, starts, ends):
     total = ops.astype(prefix[:, -1:], "float64")                      # N      (U, 1)
-    at_i = _take_along(ops, prefix, _row_index(ops, cand, h))         # M = H[i] (U, C)
-    last = _take_along(ops, ops.astype(h, "int64"), _row_index(ops, cand - 1, h))
+    at_i = ops.take_along(prefix, _row_index(ops, cand, h))         # M = H[i] (U, C)
+    last = ops.take_along(ops.astype(h, "int64"), _row_index(ops, cand - 1, h))
     outliers = ops.astype(prefix[:, -1:] - at_i, "float64")          # mass beyond bin i-1
     p_last = ops.astype(last, "float64") + outliers                   # P[i-1]
-    p_log_p = _take_along(ops, plogp, _row_index(ops, cand - 1, h)) + _plogp(ops, p_last)
+    p_log_p = ops.take_along(plogp, _row_index(ops, cand - 1, h)) + _plogp(ops, p_last)
     mass = ops.astype(_gather(ops, prefix, ends) - _gather(ops, prefix, starts), "float64")
     count = ops.astype(_gather(ops, nonempty, ends) - _gather(ops, nonempty, starts), "float64")
     # the outliers join P's last bin (and so the last group); they make it non-empty
@@ -154,23 +104,19 @@ def _kl_rows(ops, h, prefix, nonempty, plogp, cand, starts, ends):
         ops.where(total > 0, total, 1.0)
     kl = ops.where(m > 0, kl, float("inf"))
     pick = first_minimum(ops, kl)
-    return _take_along(ops, _row_index(ops, cand, h), pick.reshape(-1, 1)).reshape(-1)
+    return ops.take_along(_row_index(ops, cand, h), pick.reshape(-1, 1)).reshape(-1)
 
 
 def _row_index(ops, index, like):
     """A 1-D index broadcast to one row per unit of ``like``."""
-    units = like.shape[0]
     row = index.reshape(1, -1)
-    if ops.name == "torch":
-        return row.expand(units, -1)
-    xp = ops.cupy if ops.name == "cupy" else np
-    return xp.broadcast_to(row, (units, row.shape[1]))
+    return ops.broadcast_to(row, (like.shape[0], row.shape[1]))
 
 
 def _add_last(ops, a, extra):
     """a[..., -1] += extra (per unit and candidate), out of place."""
     pad = [a[..., :-1], (a[..., -1] + extra)[..., None]]
-    return _concat(ops, pad, axis=-1)
+    return ops.concat(pad, axis=-1)
 
 
 def first_minimum(ops, values):
@@ -180,6 +126,14 @@ def first_minimum(ops, values):
     return ops.astype(near, "int64").argmax(-1)
 
 
-def mse_factors(candidates: int) -> np.ndarray:
-    """float32 shrink factors 1 - k / N, k = 0 .. N - 1 (computed in float64, rounded)."""
-    return (1.0 - np.arange(candidates, dtype=np.float64) / candidates).astype(np.float32)
+def mse_factors(candidates: int, ops=None, like=None):
+    """float32 shrink factors 1 - k / N, k = 0 .. N - 1 (computed in float64, rounded).
+
+    NumPy by default; with an array adapter, built on ``like``'s device (IEEE
+    float64 there too, so the same bits) instead of copied from the host.
+    """
+    if ops is None:
+        k = np.arange(candidates, dtype=np.float64)
+        return (1.0 - k / candidates).astype(np.float32)
+    k = ops.arange(0, candidates, "float64", like)
+    return ops.astype(1.0 - k / candidates, "float32")

@@ -73,6 +73,19 @@ def signature_of(launch):
     return key, (kernel, signature, values, attrs, launch.num_warps)
 
 
+def exercise_calibration(be, x2, layout):
+    """The percentile selections and histograms of one input (kernels are not run, so an
+    unread non-finite count may raise after the launches are recorded)."""
+    for ignore in (False, True):
+        try:
+            be.percentile(x2, layout, 0.1, 99.9, ignore)
+        except gq.NonFiniteError:
+            pass
+    amax = torch.ones(layout.unit_shape)
+    for bins, signed in ((2048, False), (4096, True), (200, False), (7, False)):
+        be.abs_histogram(x2, layout, amax, bins, signed)
+
+
 # (scheme, symmetric, input dtypes): every scheme and both symmetries, the input dtypes on int4
 CONFIGS = [("int4", True, (torch.float16, torch.bfloat16, torch.float32)),
            ("int4", False, (torch.float16, torch.bfloat16, torch.float32)),
@@ -113,6 +126,8 @@ def one_config(be, shape, dtype, cfg, full: bool):
     be.qparams(lo, hi, cfg)
     if cfg.bits != 16:
         be.mse_errors(x2, layout, lo, hi, mse_factors(100), cfg)
+    if cfg.bits == 8 and cfg.symmetric:
+        exercise_calibration(be, x2, layout)
 
 
 _SPECS: list = []

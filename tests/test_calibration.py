@@ -253,14 +253,15 @@ def test_streamed_entropy_and_mse_behave(rng):
         gq.Calibrator(mse_cfg, momentum=0.1)
 
 
-def test_segmented_sort_by_composite_keys(rng):
-    """The key transform CuPy's per-unit percentiles use, checked with NumPy."""
-    from gpuquant.backends.gpu_percentile import order_keys, segmented_sort
+def test_order_key_orders_floats_and_is_its_own_inverse(rng):
+    """The host's float -> sort-key map (kernels/select.py writes the same on the device)."""
+    from gpuquant.units import order_key
 
-    x = rng.standard_normal((5, 3, 17)).astype(np.float32) * 100
-    x[0, 0, :4] = [0.0, -0.0, np.inf, -np.inf]
-    x[1, 2, :3] = np.finfo(np.float32).max * np.array([1, -1, 1e-40], np.float32)
-    out = segmented_sort(np, x)
-    np.testing.assert_array_equal(out, np.sort(x, axis=-1))
-    keys = order_keys(np, np.array([-np.inf, -1.0, -0.0, 0.0, 1e-45, 1.0, np.inf], np.float32))
-    assert np.all(np.diff(keys) > 0)
+    values = np.array([-np.inf, -3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1e-40, 1.0, np.inf],
+                      np.float32)
+    keys = order_key(values.view(np.int32))
+    assert np.all(np.diff(keys.astype(np.int64)) > 0)
+    np.testing.assert_array_equal(order_key(keys).view(np.float32), values)
+    x = rng.standard_normal(1000).astype(np.float32)
+    np.testing.assert_array_equal(np.sort(order_key(x.view(np.int32))),
+                                  order_key(np.sort(x).view(np.int32)))

@@ -19,7 +19,8 @@ pytest.importorskip("torch")
 
 KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "finalize_qparams_kernel",
            "fused_units_kernel", "mse_sweep_kernel", "quantize_tile_kernel",
-           "segment_minmax_kernel"}
+           "segment_minmax_kernel", "key_histogram_kernel", "tensor_select_kernel",
+           "unit_sort_select_kernel", "unit_radix_select_kernel", "unit_histogram_kernel"}
 
 
 @pytest.mark.slow

@@ -192,9 +192,11 @@ def test_streamed_calibrator_matches_reference(rng):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_whole_tensor_percentile_by_radix_selection(rng, monkeypatch):
-    from gpuquant.backends import gpu_percentile
+    from gpuquant.backends import triton_calibration
 
-    monkeypatch.setattr(gpu_percentile, "_CHUNK", 1000)  # several chunks, as past 2^30
+    # several programs, each adding several blocks to the shared histograms
+    monkeypatch.setattr(triton_calibration, "_BLOCK", 256)
+    monkeypatch.setattr(triton_calibration, "_MAX_PROGRAMS", 3)
     x = tensor(rng, (50, 97), torch.float32)
     x[0, :7] = 0.0
     x[1, :5] = -0.0

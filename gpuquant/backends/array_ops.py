@@ -122,26 +122,25 @@ class TorchOps:
     def bincount(self, idx, length: int):
         return self.torch.bincount(idx, minlength=length)
 
-    def bits32(self, a):
-        """float32 values reinterpreted as int32."""
-        return a.view(self.torch.int32)
-
-    def sort(self, a):
-        return self.torch.sort(a, dim=-1).values
-
     def isfinite(self, a):
         return self.torch.isfinite(a)
 
     def where(self, cond, a, b):
         return self.torch.where(cond, a, b)
 
-    def count(self, mask):
-        """Number of True along the last axis, as int64."""
-        return mask.sum(dim=-1)
+    # -- calibration helpers (gpuquant.searches, backends/triton_calibration.py) -------
+    def concat(self, parts, axis: int = 0):
+        return self.torch.cat(parts, dim=axis)
 
-    def take_last(self, a, index):
-        """a[..., index[...]] along the last axis, index shaped a.shape[:-1]."""
-        return self.torch.take_along_dim(a, index[..., None], dim=-1)[..., 0]
+    def take_along(self, a, index):
+        """take_along_axis on the last axis (index as many dims as a)."""
+        return self.torch.take_along_dim(a, index, dim=-1)
+
+    def zeros(self, shape, dtype: str, like):
+        return self.torch.zeros(tuple(shape), dtype=getattr(self.torch, dtype), device=like.device)
+
+    def arange(self, start: int, stop: int, dtype: str, like):
+        return self.torch.arange(start, stop, dtype=getattr(self.torch, dtype), device=like.device)
 
 
 class _CupyArg:
@@ -283,25 +282,26 @@ class CupyOps:
     def bincount(self, idx, length: int):
         return self.cupy.bincount(idx, minlength=length)
 
-    def bits32(self, a):
-        return a.view(np.int32)
-
-    def sort(self, a):
-        from .gpu_percentile import segmented_sort  # CUB radix sort, not a comparison sort
-
-        return segmented_sort(self.cupy, self.cupy.ascontiguousarray(a, dtype=np.float32))
-
     def isfinite(self, a):
         return self.cupy.isfinite(a)
 
     def where(self, cond, a, b):
         return self.cupy.where(cond, a, b)
 
-    def count(self, mask):
-        return mask.sum(axis=-1)
+    # -- calibration helpers (gpuquant.searches, backends/triton_calibration.py) -------
+    def concat(self, parts, axis: int = 0):
+        return self.cupy.concatenate(parts, axis=axis)
 
-    def take_last(self, a, index):
-        return self.cupy.take_along_axis(a, index[..., None], axis=-1)[..., 0]
+    def take_along(self, a, index):
+        return self.cupy.take_along_axis(a, index, axis=-1)
+
+    def zeros(self, shape, dtype: str, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.zeros(tuple(shape), dtype=np.dtype(dtype))
+
+    def arange(self, start: int, stop: int, dtype: str, like):
+        with self.cupy.cuda.Device(like.device.id):
+            return self.cupy.arange(start, stop, dtype=np.dtype(dtype))
 
 
 class NumpyOps:
@@ -337,8 +337,18 @@ class NumpyOps:
     def bincount(self, idx, length: int):
         return np.bincount(idx, minlength=length)
 
-    def take_last(self, a, index):
-        return np.take_along_axis(a, index[..., None], axis=-1)[..., 0]
+    # -- calibration helpers (gpuquant.searches) -----------------------------
+    def broadcast_to(self, a, shape):
+        return np.broadcast_to(a, shape)
+
+    def concat(self, parts, axis: int = 0):
+        return np.concatenate(parts, axis=axis)
+
+    def take_along(self, a, index):
+        return np.take_along_axis(a, index, axis=-1)
+
+    def arange(self, start: int, stop: int, dtype: str, like=None):
+        return np.arange(start, stop, dtype=dtype)
 
 
 _adapters: dict[str, Any] = {}

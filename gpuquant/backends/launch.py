@@ -4,7 +4,8 @@ Every launcher calls :func:`launch`. Tests and ``python -m bench
 --host-overhead`` wrap a call in :func:`recording`: launches are then
 recorded (kernel name, grid, arguments, constexprs) instead of executed, so
 launch counts, kernel specialisations and the host work around a launch can
-be measured on a machine without a GPU.
+be measured on a machine without a GPU; ``recording(execute=True)`` records
+and runs them (to count the reads of a calibration, say).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Launch:
 
 
 _recorder: list | None = None
+_execute = False
 _wrappers: dict[type, object] = {}  # array type -> what Triton takes as a pointer argument
 
 
@@ -49,18 +51,22 @@ def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
         args = tuple(_wrappers[type(a)](a) if type(a) in _wrappers else a for a in args)
     if _recorder is not None:
         _recorder.append(Launch(kernel, tuple(grid), args, num_warps, constexprs))
-    elif _INTERPRET:
+        if not _execute:
+            return
+    if _INTERPRET:
         kernel[grid](*args, **constexprs)
     else:
         kernel[grid](*args, num_warps=num_warps, **constexprs, **OPTIONS)
 
 
 @contextlib.contextmanager
-def recording():
-    """Record launches instead of running them: ``with recording() as launches: ...``."""
-    global _recorder
-    saved, _recorder = _recorder, []
+def recording(execute: bool = False):
+    """Record launches instead of running them (``execute``: and run them too):
+    ``with recording() as launches: ...``."""
+    global _recorder, _execute
+    saved = _recorder, _execute
+    _recorder, _execute = [], execute
     try:
         yield _recorder
     finally:
-        _recorder = saved
+        _recorder, _execute = saved

@@ -3,31 +3,22 @@
 DESIGN.md section 2.3: for the n sorted values v of a unit and a percentile p,
 h = (n - 1) * p / 100 (float64), i = floor(h), j = min(i + 1, n - 1), and the
 result v[i] + (h - i) * (v[j] - v[i]) is computed in float64 and rounded to
-float32. Values are float32 (float64 inputs are rounded first).
+float32. Values are float32 (float64 inputs are rounded first). The shared pieces live in
+gpuquant.units.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ..layout import Layout
-from .reference import nonfinite_error
+from ..nonfinite import nonfinite_error
+from ..units import interpolate, ranks, unit_matrices
+from .array_ops import NumpyOps
 
-__all__ = ["unit_percentiles", "unit_matrices", "interpolate", "ranks"]
+__all__ = ["unit_percentiles"]
 
-
-def ranks(n: int, p: float) -> tuple[int, int, float]:
-    h = (n - 1) * p / 100.0
-    i = math.floor(h)
-    return i, min(i + 1, n - 1), h - i
-
-
-def interpolate(lower_v: np.ndarray, upper_v: np.ndarray, t: float) -> np.ndarray:
-    """v[i] + t * (v[j] - v[i]) in float64, rounded to float32."""
-    a = lower_v.astype(np.float64)
-    return (a + t * (upper_v.astype(np.float64) - a)).astype(np.float32)
+_NUMPY = NumpyOps()
 
 
 def _select(matrix: np.ndarray, ps: tuple[float, ...]) -> list[np.ndarray]:
@@ -36,33 +27,7 @@ def _select(matrix: np.ndarray, ps: tuple[float, ...]) -> list[np.ndarray]:
     where = [ranks(n, p) for p in ps]
     kth = sorted({k for i, j, _ in where for k in (i, j)})
     part = np.partition(matrix, kth, axis=-1)
-    return [interpolate(part[..., i], part[..., j], t) for i, j, t in where]
-
-
-def unit_matrices(x2, layout: Layout, ops=None):
-    """Yield (index into the 2-D params array, float32 array with one unit per last-axis row)."""
-    from .array_ops import NumpyOps
-
-    ops = ops or NumpyOps()
-    mode = layout.mode
-    f32 = "float32"
-    if mode == "scalar":
-        yield (), ops.astype(x2, f32).reshape(1, -1)
-    elif mode == "col":
-        yield np.s_[:], ops.astype(x2.T, f32)
-    elif mode == "row" and layout.rows_are_units:
-        yield np.s_[:], ops.astype(x2, f32)
-    elif mode == "row":
-        x = x2.reshape(layout.shape)
-        yield np.s_[:], ops.astype(ops.moveaxis(x, layout.axis, 0), f32).reshape(
-            layout.shape[layout.axis], -1)
-    else:
-        size, full = layout.group_size, layout.cols // layout.group_size
-        if full:
-            head = ops.astype(x2[:, : full * size], f32).reshape(layout.rows, full, size)
-            yield np.s_[:, :full], head
-        if layout.cols % size:
-            yield np.s_[:, full:], ops.astype(x2[:, full * size:], f32)[:, None, :]
+    return [interpolate(_NUMPY, part[..., i], part[..., j], t) for i, j, t in where]
 
 
 def unit_percentiles(x2: np.ndarray, layout: Layout, lower: float, upper: float,
@@ -71,7 +36,7 @@ def unit_percentiles(x2: np.ndarray, layout: Layout, lower: float, upper: float,
     shape2d = layout.params_2d_shape()
     lo = np.zeros(shape2d, np.float32)
     hi = np.zeros(shape2d, np.float32)
-    for index, matrix in unit_matrices(x2, layout):
+    for index, matrix in unit_matrices(x2, layout, _NUMPY):
         finite = np.isfinite(matrix)
         if finite.all():
             lo_v, hi_v = _select(matrix, (lower, upper))

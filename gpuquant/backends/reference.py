@@ -20,9 +20,9 @@ import numpy as np
 from ..arrays import TensorInfo, from_numpy, to_numpy
 from ..chunks import run_blocks
 from ..config import QuantConfig
-from ..errors import NonFiniteError
 from ..kernels.modes import COL, GROUP, ROW, SCALAR
 from ..layout import Layout
+from ..nonfinite import nonfinite_error
 from ..packing import pack_rows, unpack_rows
 from ..qparams import compute_qparams
 
@@ -107,26 +107,6 @@ class _Params:
         return out
 
 
-def nonfinite_error(x2: np.ndarray, shape: tuple[int, ...], name: str = "x") -> NonFiniteError:
-    """Count the NaN/Inf values and locate the first, for the error message."""
-    def finite(a):  # of the values rounded to float32, as the contract reads them
-        with np.errstate(over="ignore"):
-            return np.isfinite(a.astype(F32, copy=False))
-
-    counts = run_blocks(lambda s: np.count_nonzero(~finite(x2[s[0]:s[1], s[2]:s[3]])),
-                        *x2.shape)
-    total = int(sum(counts))
-    flat = np.flatnonzero(~finite(x2.reshape(-1)))[0] if total else 0
-    where = tuple(int(i) for i in np.unravel_index(flat, shape)) if shape else ()
-    value = x2.reshape(-1)[flat]
-    return NonFiniteError(
-        f"{name} has {total} non-finite value(s) (NaN or Inf, once rounded to float32) in its "
-        "calibration data; the "
-        f"first is {value} at index {where}. Clean the data, or pass ignore_nonfinite=True "
-        "to calibrate over the finite values only"
-    )
-
-
 # ------------------------------------------------------------------ backend
 class NumpyBackend:
     """The reference primitives on NumPy arrays (see the module docstring)."""
@@ -207,48 +187,18 @@ class NumpyBackend:
 
     def abs_histogram(self, x2: np.ndarray, layout: Layout, amax, bins: int,
                       signed: bool = False):
-        """int64 counts per unit of |x| over [0, amax] (or x over [-amax, amax]);
-        see gpuquant.searches."""
-        from ..searches import abs_histogram
+        """int64 counts per unit of |x| over [0, amax] (or x over [-amax, amax])."""
         from .array_ops import NumpyOps
+        from .numpy_calibration import abs_histogram
 
         return abs_histogram(NumpyOps(), x2, layout, amax, bins, signed)
 
     def mse_errors(self, x2: np.ndarray, layout: Layout, lo, hi, factors: np.ndarray,
                    config: QuantConfig) -> np.ndarray:
-        """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor.
+        """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor."""
+        from .numpy_calibration import mse_errors
 
-        The reference takes one pass per candidate over each unit matrix; the
-        GPU backend sums every candidate in one read.
-        """
-        from .order_stats import unit_matrices
-
-        n_cand = len(factors)
-        shape2d = layout.params_2d_shape()
-        lo = np.asarray(lo, F32).reshape(-1, 1)
-        hi = np.asarray(hi, F32).reshape(-1, 1)
-        scale, zp = self.qparams(lo * factors[None, :], hi * factors[None, :], config)
-        with np.errstate(all="ignore"):
-            inv = F32(1) / scale
-        params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp.astype(F32))]
-        errors = np.zeros((*shape2d, n_cand), np.float64)
-        for index, m in unit_matrices(x2, layout):
-            m = np.where(np.isfinite(m), m, F32(0))  # a zero quantizes and dequantizes to 0
-            m64 = m.astype(np.float64)
-            buf, diff = np.empty_like(m), np.empty_like(m64)
-            unit_inv, unit_scale, unit_zp = (p[index] for p in params)
-            for c in range(n_cand):
-                s, z = unit_scale[..., c, None], unit_zp[..., c, None]
-                with np.errstate(all="ignore"):
-                    np.multiply(m, unit_inv[..., c, None], out=buf)
-                    np.rint(buf, out=buf)
-                    np.add(buf, z, out=buf)
-                    np.clip(buf, config.qmin, config.qmax, out=buf)
-                    np.subtract(buf, z, out=buf)
-                    np.multiply(buf, s, out=buf)  # float32(q - zp) * scale
-                np.subtract(buf, m64, out=diff)
-                errors[index][..., c] = np.einsum("...j,...j->...", diff, diff)
-        return errors.reshape(-1, n_cand)
+        return mse_errors(x2, layout, lo, hi, factors, config)
 
     # -- quantize ------------------------------------------------------------
     def quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale,

@@ -23,9 +23,9 @@ from .array_ops import ops_for
 try:
     import triton
 
-    from gpuquant.kernels import calibration as _cal
     from gpuquant.kernels import quantize as _q
 
+    from . import triton_calibration as calibration
     from . import triton_runners as runners
     from .launch import launch
 except ImportError as exc:  # pragma: no cover - depends on the machine
@@ -127,44 +127,17 @@ class TritonBackend:
 
     def percentile(self, x2, layout: Layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False):
-        from .gpu_percentile import unit_percentiles
-
         ops = ops_for(x2)
         x2 = ops.as_2d(x2, layout.rows, layout.cols)
-        return unit_percentiles(ops, x2, layout, lower, upper, ignore_nonfinite)
+        return calibration.unit_percentiles(ops, x2, layout, lower, upper, ignore_nonfinite)
 
     def abs_histogram(self, x2, layout: Layout, amax, bins: int, signed: bool = False):
-        from ..searches import abs_histogram
-
         ops = ops_for(x2)
-        return abs_histogram(ops, ops.as_2d(x2, layout.rows, layout.cols), layout, amax, bins,
-                             signed)
+        return calibration.abs_histogram(ops, ops.as_2d(x2, layout.rows, layout.cols), layout,
+                                         amax, bins, signed)
 
     def mse_errors(self, x2, layout: Layout, lo, hi, factors, config: QuantConfig):
         """float64 (units, candidates) squared errors of the shrunk ranges, one read of x."""
-        from .order_stats import unit_matrices
-
         ops = ops_for(x2)
-        x2 = ops.as_2d(x2, layout.rows, layout.cols)
-        n_cand = len(factors)
-        f = ops.from_host(factors, lo).reshape(1, -1)
-        scale, zp, inv = self._qparams(lo.reshape(-1, 1) * f, hi.reshape(-1, 1) * f, config)
-        shape2d = layout.params_2d_shape()
-        params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp)]
-        errors = ops.empty((*shape2d, n_cand), "float64", x2)
-        for index, matrix in unit_matrices(x2, layout, ops):
-            n = matrix.shape[-1]
-            matrix = ops.contiguous(matrix.reshape(-1, n))
-            rows = matrix.shape[0]
-            block_l = runners.pow2(n, 1024)
-            chunks = triton.cdiv(n, block_l)
-            block_u = max(1, min(32, _TILE // block_l))
-            part = ops.empty((rows * chunks, n_cand), "float64", matrix)
-            unit_params = [ops.contiguous(p[index].reshape(rows, n_cand)) for p in params]
-            with ops.launching(matrix):
-                launch(_cal.mse_sweep_kernel, (triton.cdiv(rows * chunks, block_u),), matrix,
-                       *unit_params, part, rows, n, chunks, n_cand, QMIN=config.qmin,
-                       QMAX=config.qmax, BLOCK_U=block_u, BLOCK_L=block_l)
-            errors[index] = part.reshape(rows, chunks, n_cand).sum(1).reshape(
-                errors[index].shape)
-        return errors.reshape(-1, n_cand)
+        return calibration.mse_errors(self, ops, ops.as_2d(x2, layout.rows, layout.cols),
+                                      layout, lo, hi, factors, config)

@@ -9,9 +9,10 @@ from .common import codes, is_finite
 @triton.jit
 def mse_sweep_kernel(
     x_ptr, inv_ptr, scale_ptr, zp_ptr, err_ptr,
-    # x is a contiguous (n_units, unit_len) float32 matrix, one unit a row; each unit
-    # is cut into n_chunks chunks of BLOCK_L, a program takes BLOCK_U (unit, chunk) pairs
-    n_units, unit_len, n_chunks, n_cand,
+    # unit u is ``seg`` values (the last of a row may be shorter) at
+    # (u // per_row) * stride + (u % per_row) * seg, in the input's dtype; each unit is
+    # cut into n_chunks chunks of BLOCK_L, a program takes BLOCK_U (unit, chunk) pairs
+    n_units, per_row, seg, cols, stride, n_chunks, n_cand,
     QMIN: tl.constexpr, QMAX: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Partial sums of (dequantize(quantize(x)) - x)^2 in float64 per (unit, chunk, candidate).
@@ -22,11 +23,14 @@ def mse_sweep_kernel(
     s = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     s_ok = s < n_units * n_chunks
     unit = s // n_chunks
+    start = (unit // per_row) * stride + (unit % per_row) * seg
+    length = tl.minimum(seg, cols - (unit % per_row) * seg)
     col = (s % n_chunks)[:, None] * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
-    mask = s_ok[:, None] & (col < unit_len)
-    x = tl.load(x_ptr + unit[:, None] * unit_len + col, mask=mask, other=0.0)
+    mask = s_ok[:, None] & (col < length[:, None])
+    x = tl.load(x_ptr + start[:, None] + col, mask=mask, other=0.0).to(tl.float32)
     fin = mask & is_finite(x)
     x = tl.where(fin, x, 0.0)
+    x64 = x.to(tl.float64)
     for c in range(n_cand):
         at = unit * n_cand + c
         inv = tl.load(inv_ptr + at, mask=s_ok, other=1.0)
@@ -34,6 +38,6 @@ def mse_sweep_kernel(
         zp = tl.load(zp_ptr + at, mask=s_ok, other=0)
         q = codes(x, inv[:, None], zp[:, None], QMIN, QMAX)
         deq = (q - zp[:, None]).to(tl.float32) * scale[:, None]
-        d = deq.to(tl.float64) - x.to(tl.float64)
+        d = deq.to(tl.float64) - x64
         err = tl.sum(tl.where(fin, d * d, 0.0), axis=1)
         tl.store(err_ptr + s * n_cand + c, err, mask=s_ok)
