@@ -152,3 +152,28 @@ def host_copy(a: Any) -> np.ndarray:
     if framework == "torch":
         return a.detach().cpu().numpy()
     return np.asarray(a)
+
+
+def output_dtype(dtype: Any, original: str, framework: str) -> str:
+    """The output dtype name of a dequantize: ``dtype`` checked, or the original's."""
+    if dtype is None:
+        name = original
+        if framework == "cupy" and name == "bfloat16":
+            name = "float32"  # CuPy has no bfloat16
+        # NumPy has none either: "bfloat16" here makes the NumPy backend compute float32 and
+        # gpuquant.arrays.from_numpy round the values to bfloat16, kept in float32
+        return name
+    name = str(dtype).replace("torch.", "")
+    if isinstance(dtype, type) and issubclass(dtype, np.generic):
+        name = np.dtype(dtype).name
+    if name not in FLOAT_DTYPES:
+        raise InvalidDtypeError(
+            f"dtype={dtype!r} is not an output dtype; accepted: "
+            + ", ".join(FLOAT_DTYPES)
+        )
+    if name == "bfloat16" and framework != "torch":
+        raise InvalidDtypeError(
+            f"dtype='bfloat16' needs torch tensors; this QuantizedTensor holds {framework} "
+            "arrays, which have no bfloat16: use 'float16' or 'float32'"
+        )
+    return name

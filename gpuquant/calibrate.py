@@ -15,7 +15,7 @@ import numpy as np
 from .arrays import prepare
 from .backends import select
 from .backends.array_ops import ops_for
-from .config import MSE, Entropy, Percentile, QuantConfig
+from .config import QuantConfig
 from .errors import (
     CalibrationRequiredError,
     InvalidCalibrationError,
@@ -23,58 +23,21 @@ from .errors import (
     QuantizationError,
 )
 from .layout import Layout
-from .nonfinite import raise_ready
+from .nonfinite import entry
 from .qparams import QParams
-from .searches import first_minimum, kl_best_bins, mse_factors
+from .ranges import calibration_range
 from .streaming import DEFAULT_BINS, HistogramState
 
-__all__ = ["calibrate", "calibration_range", "Calibrator"]
+__all__ = ["calibrate", "Calibrator"]
 
 
-def calibration_range(be, x2, layout: Layout, config: QuantConfig, defer: bool = False):
-    """float32 (lo, hi) per unit by the config's calibration method.
-
-    ``defer``: a GPU backend may report NaN/Inf later instead of waiting for
-    the device (see gpuquant.nonfinite); the quantize path asks for that.
-    """
-    cal = config.calibration
-    if isinstance(cal, Percentile):
-        return be.percentile(x2, layout, cal.lower, cal.upper, config.ignore_nonfinite)
-    lo, hi = be.minmax(x2, layout, config.ignore_nonfinite, defer=defer)
-    if isinstance(cal, Entropy):
-        return _entropy_range(be, x2, layout, config, lo, hi)
-    if isinstance(cal, MSE):
-        return _mse_range(be, x2, layout, config, lo, hi)
-    return lo, hi
-
-
-def _entropy_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
-    """Clip to the KL threshold T: (-T, T) symmetric, (max(lo, -T), min(hi, T)) otherwise."""
-    ops = ops_for(lo)
-    bins = config.calibration.bins
-    amax = ops.where(ops.abs(lo) > ops.abs(hi), ops.abs(lo), ops.abs(hi))
-    hist = be.abs_histogram(x2, layout, amax, bins).reshape(-1, bins)
-    best = kl_best_bins(ops, hist, 1 << (config.bits - 1))
-    width = ops.astype(amax, "float64").reshape(-1) / bins
-    t = ops.astype(width * ops.astype(best, "float64"), "float32").reshape(layout.unit_shape)
-    if config.symmetric:
-        return -t, t
-    return ops.where(lo > -t, lo, -t), ops.where(hi < t, hi, t)
-
-
-def _mse_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
-    """The shrink factor with the least squared error (ties to the widest range)."""
-    ops = ops_for(lo)
-    factors = mse_factors(config.calibration.candidates, ops, lo)  # on lo's device
-    errors = be.mse_errors(x2, layout, lo, hi, factors, config)
-    pick = first_minimum(ops, errors)
-    f = factors[pick].reshape(layout.unit_shape)
-    return lo * f, hi * f
-
-
+@entry
 def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = None) -> QParams:
-    """Per-unit scales and zero points of ``x`` under ``config``, in ``x``'s framework."""
-    raise_ready()
+    """Per-unit scales and zero points of ``x`` under ``config``, in ``x``'s framework.
+
+    On a GPU this waits for the device once (it returns host decisions) and raises
+    NaN/Inf at once; a NaN found by an earlier GPU quantize is raised here too.
+    """
     config = QuantConfig() if config is None else config
     x, info = prepare(x)
     layout = Layout.of(info.shape, config)
@@ -123,9 +86,10 @@ class Calibrator:
         self._unit_shape: tuple[int, ...] | None = None
         self._hist = None if self.config.calibration == "minmax" else HistogramState(bins)
 
+    @entry
     def update(self, batch: Any) -> Calibrator:
-        """Fold one batch into the running state. Returns self."""
-        raise_ready()
+        """Fold one batch into the running state. Returns self. NaN/Inf raise here, as do
+        those an earlier GPU quantize found."""
         x, info = prepare(batch, "batch")
         layout = Layout.of(info.shape, self.config)
         be = select(info, self.backend)

@@ -23,11 +23,11 @@ import numpy as np
 
 from .arrays import TensorInfo, prepare
 from .backends import select
-from .calibrate import calibration_range
 from .config import QuantConfig
 from .errors import QuantizationError
 from .layout import Layout
 from .qparams import QParams, check_user_qparams
+from .ranges import calibration_range
 
 __all__ = ["plan_for", "QuantizePlan", "clear", "DEFAULT_CONFIG"]
 

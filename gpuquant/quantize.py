@@ -38,9 +38,12 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     into the graph, other calibrations run eagerly (a graph break).
     """
     if compiling():
-        from .torch_ops import quantize as traced
+        from .torch_ops import eager, quantize_parts
 
-        return traced(x, config, qparams, backend, out)
+        parts = quantize_parts(x, config, qparams, backend, out)
+        if parts is None:
+            return eager(quantize, x, config, qparams, backend, out)
+        return QuantizedTensor._from_parts(*parts)
     plan, x = plan_for(x, config, backend)
     if qparams is None:
         codes, scale, zero_point = plan.calibrated(x, out)

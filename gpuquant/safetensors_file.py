@@ -265,22 +265,8 @@ def write_safetensors(path: str | os.PathLike,
                              (arr for _, _, arr in items), metadata)
 
 
-def write_safetensors_stream(path: str | os.PathLike,
-                             entries: list[tuple[str, str, tuple[int, ...]]],
-                             arrays: Iterable[np.ndarray],
-                             metadata: dict[str, str] | None = None) -> None:
-    """Write a file whose header is known up front and whose arrays come one at a time.
-
-    ``entries`` are (name, dtype tag, shape) in file order; ``arrays`` yields
-    the matching arrays lazily, so peak memory stays near the largest one.
-    The file appears under ``path`` only once complete (temporary file in the
-    same folder, fsync, rename); on any failure nothing is left behind.
-    """
-    path = os.fspath(path)
-    directory = _output_folder(path)
-    if len(entries) > MAX_TENSORS:
-        raise FormatError(f"{path}: {len(entries)} tensors; a file holds at most {MAX_TENSORS} "
-                          "(shard the checkpoint)")
+def _header_blob(path: str, entries, metadata) -> bytes:
+    """The JSON header of ``entries`` (offsets in file order), padded to 8 bytes."""
     header: dict[str, object] = {}
 
     def fail(problem: str) -> FormatError:
@@ -299,7 +285,26 @@ def write_safetensors_stream(path: str | os.PathLike,
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
-    blob += b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+    return blob + b" " * (-len(blob) % 8)  # data starts 8-byte aligned
+
+
+def write_safetensors_stream(path: str | os.PathLike,
+                             entries: list[tuple[str, str, tuple[int, ...]]],
+                             arrays: Iterable[np.ndarray],
+                             metadata: dict[str, str] | None = None) -> None:
+    """Write a file whose header is known up front and whose arrays come one at a time.
+
+    ``entries`` are (name, dtype tag, shape) in file order; ``arrays`` yields
+    the matching arrays lazily, so peak memory stays near the largest one.
+    The file appears under ``path`` only once complete (temporary file in the
+    same folder, fsync, rename); on any failure nothing is left behind.
+    """
+    path = os.fspath(path)
+    directory = _output_folder(path)
+    if len(entries) > MAX_TENSORS:
+        raise FormatError(f"{path}: {len(entries)} tensors; a file holds at most {MAX_TENSORS} "
+                          "(shard the checkpoint)")
+    blob = _header_blob(path, entries, metadata)
     try:
         fd, tmp = tempfile.mkstemp(prefix=".gpuquant-", suffix=".tmp", dir=directory)
     except OSError as exc:

@@ -14,6 +14,7 @@ from .arrays import (
     as_ndarray,
     dtype_name,
     framework_of,
+    output_dtype,
     prepare,
 )
 from .config import QuantConfig
@@ -142,7 +143,7 @@ class QuantizedTensor:
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)
-        runner = plan.dequantizer(_output_dtype(dtype, self.dtype, self.framework), self.data)
+        runner = plan.dequantizer(output_dtype(dtype, self.dtype, self.framework), self.data)
         if plan.be.name == "numpy" and out is not None:
             from .plan import copy_into
 
@@ -156,7 +157,7 @@ class QuantizedTensor:
 
         info = prepare(self.data, "data", require_float=False)[1]
         be = select(info, backend)
-        out_dtype = _output_dtype(dtype, self.dtype, self.framework)
+        out_dtype = output_dtype(dtype, self.dtype, self.framework)
         runner = be.plan_dequantize(self.layout, self.config, self.data, out_dtype)
         if be.name == "numpy":
             y = runner(self.data, self.scale, self.zero_point)
@@ -188,30 +189,6 @@ class QuantizedTensor:
                 f"data={self.config.storage_dtype}{tuple(self.data.shape)}, "
                 f"size_bytes={self.size_bytes}, compression_ratio={self.compression_ratio:.2f}, "
                 f"framework={self.framework}, device={self.device})")
-
-
-def _output_dtype(dtype: Any, original: str, framework: str) -> str:
-    if dtype is None:
-        name = original
-        if framework == "cupy" and name == "bfloat16":
-            name = "float32"  # CuPy has no bfloat16
-        # NumPy has none either: "bfloat16" here makes the NumPy backend compute float32 and
-        # gpuquant.arrays.from_numpy round the values to bfloat16, kept in float32
-        return name
-    name = str(dtype).replace("torch.", "")
-    if isinstance(dtype, type) and issubclass(dtype, np.generic):
-        name = np.dtype(dtype).name
-    if name not in FLOAT_DTYPES:
-        raise InvalidDtypeError(
-            f"dtype={dtype!r} is not an output dtype; accepted: "
-            + ", ".join(FLOAT_DTYPES)
-        )
-    if name == "bfloat16" and framework != "torch":
-        raise InvalidDtypeError(
-            f"dtype='bfloat16' needs torch tensors; this QuantizedTensor holds {framework} "
-            "arrays, which have no bfloat16: use 'float16' or 'float32'"
-        )
-    return name
 
 
 # ------------------------------------------------------------- validation

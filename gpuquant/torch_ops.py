@@ -40,7 +40,7 @@ import functools
 
 import torch
 
-from .arrays import FLOAT_DTYPES, TensorInfo
+from .arrays import FLOAT_DTYPES, TensorInfo, output_dtype
 from .backends import select
 from .config import QuantConfig
 from .errors import InvalidDtypeError, QuantizationError
@@ -48,7 +48,8 @@ from .layout import Layout
 from .nonfinite import raise_ready
 from .plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
 
-__all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize", "dequantize"]
+__all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
+           "eager"]
 
 GRANULARITIES = ("tensor", "channel", "group", "token")  # the operators' granularity codes
 _CFG = "int bits, bool symmetric, int granularity, int axis, int group_size, bool high_first"
@@ -248,29 +249,20 @@ def _traceable(x, config, qparams, backend) -> bool:
     return True
 
 
-@torch.compiler.disable
-def _eager_quantize(x, config, qparams, backend, out):
-    """gq.quantize run outside the graph (a graph break)."""
-    from .quantize import quantize as eager
-
-    return eager(x, config, qparams, backend, out)
+def eager(fn, *args):
+    """``fn(*args)`` run outside the graph being traced (a graph break)."""
+    return torch.compiler.disable(fn)(*args)
 
 
-@torch.compiler.disable
-def _eager_dequantize(qt, dtype, backend, out):
-    """QuantizedTensor.dequantize run outside the graph (a graph break)."""
-    return type(qt).dequantize(qt, dtype, backend, out)
-
-
-def quantize(x, config, qparams, backend, out):
-    """gq.quantize while torch.compile traces: the operators, then a QuantizedTensor.
-
-    Min/max calibration (or given torch qparams) on torch tensors with the device's
-    default backend is traced; anything else runs eagerly, outside the graph.
+def quantize_parts(x, config, qparams, backend, out):
+    """gq.quantize while torch.compile traces: the operators' results as the parts of a
+    QuantizedTensor (``QuantizedTensor._from_parts``), or None where the call is not
+    traceable: min/max calibration (or given torch qparams) on torch tensors with the
+    device's default backend is traced; anything else runs eagerly, outside the graph.
     """
     config = DEFAULT_CONFIG if config is None else config
     if not _traceable(x, config, qparams, backend):
-        return _eager_quantize(x, config, qparams, backend, out)
+        return None
     ops, args = torch.ops.gpuquant, config_args(config)
     if qparams is not None:
         scale, zero_point = qparams
@@ -293,31 +285,22 @@ def quantize(x, config, qparams, backend, out):
         else:
             ops.quantize_minmax_out(x, *args, ignore, *out)
             codes, scale, zero_point = out
-    return _quantized(codes, scale, zero_point, x, config)
-
-
-def _quantized(codes, scale, zero_point, x, config: QuantConfig):
-    from .tensor import QuantizedTensor
-
     dtype = str(x.dtype)[6:]
     device = "cpu" if x.device.type == "cpu" else str(x.device)
-    info = TensorInfo("torch", dtype, tuple(x.shape), device)
     shape = tuple(x.shape)
-    return QuantizedTensor._from_parts(codes, scale, zero_point, shape, dtype, config, info,
-                                       Layout.of(shape, config))
+    info = TensorInfo("torch", dtype, shape, device)
+    return codes, scale, zero_point, shape, dtype, config, info, Layout.of(shape, config)
 
 
 def dequantize(qt, dtype, backend, out):
     """QuantizedTensor.dequantize while torch.compile traces: the dequantize operator."""
-    from .tensor import _output_dtype
-
     data = qt.data
     if not isinstance(data, torch.Tensor) or backend not in (None, BACKENDS.get(data.device.type)):
-        return _eager_dequantize(qt, dtype, backend, out)
+        return eager(type(qt).dequantize, qt, dtype, backend, out)
     try:
-        dtype = _output_dtype(dtype, qt.dtype, qt.framework)
+        dtype = output_dtype(dtype, qt.dtype, qt.framework)
     except QuantizationError:
-        return _eager_dequantize(qt, dtype, backend, out)  # raises it, outside the graph
+        return eager(type(qt).dequantize, qt, dtype, backend, out)  # raises it, outside the graph
     args = config_args(qt.config)
     if out is None:
         return torch.ops.gpuquant.dequantize(data, qt.scale, qt.zero_point, list(qt.shape),

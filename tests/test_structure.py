@@ -12,16 +12,17 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own layer (without a cycle) and the layers below
 LAYERS = [
     ("kernels", ["gpuquant.kernels"]),
-    ("foundation", ["gpuquant.errors", "gpuquant.config", "gpuquant.arrays", "gpuquant.qparams",
-                    "gpuquant.packing", "gpuquant.chunks", "gpuquant.nonfinite",
-                    "gpuquant.metrics", "gpuquant.safetensors_file", "gpuquant.devices"]),
+    ("foundation", ["gpuquant.errors", "gpuquant.config", "gpuquant.calibration_methods",
+                    "gpuquant.arrays", "gpuquant.qparams", "gpuquant.packing", "gpuquant.chunks",
+                    "gpuquant.nonfinite", "gpuquant.metrics", "gpuquant.safetensors_file",
+                    "gpuquant.devices"]),
     ("layout", ["gpuquant.layout", "gpuquant.units", "gpuquant.searches"]),
     ("backends", ["gpuquant.backends"]),
-    ("plan", ["gpuquant.plan", "gpuquant.ranges"]),
+    ("plan", ["gpuquant.plan", "gpuquant.ranges", "gpuquant.torch_ops"]),
     ("api", ["gpuquant.quantize", "gpuquant.calibrate", "gpuquant.dynamic", "gpuquant.tensor",
-             "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.torch_ops",
+             "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.shards",
              "gpuquant.export"]),
-    ("application", ["gpuquant.checkpoint", "gpuquant.shards", "gpuquant.cli", "gpuquant.demo",
+    ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.demo",
                      "gpuquant.__main__", "gpuquant"]),
 ]
 
