@@ -1,4 +1,4 @@
-"""Save and load quantized tensors as safetensors (DESIGN.md section 3).
+"""Save and load quantized tensors as safetensors (docs/FORMAT.md).
 
 A quantized tensor NAME is stored as three tensors, ``NAME.qdata``,
 ``NAME.scale`` (F32) and ``NAME.zero_point`` (I32). The file's metadata holds

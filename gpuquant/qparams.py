@@ -1,4 +1,4 @@
-"""(lo, hi) -> (scale, zero_point): the one formula of DESIGN.md section 2.4.
+"""(lo, hi) -> (scale, zero_point): the one formula of the contract (docs/ARCHITECTURE.md, 3.4).
 
 Written against the NumPy API so that NumPy and CuPy arrays share it. The
 Triton kernels that compute qparams on the device implement the same steps,
@@ -59,7 +59,7 @@ def asymmetric_scale(lo, hi, qmin: int, qmax: int, xp=np):
     """(hi - lo) / (qmax - qmin) for lo <= 0 <= hi, without overflow; float32 steps.
 
     The plain quotient is used whenever ``hi - lo`` is finite, so its bits are
-    those of DESIGN.md 2.4. Where ``hi - lo`` overflows (a range wider than
+    those of docs/ARCHITECTURE.md 3.4. Where ``hi - lo`` overflows (a range wider than
     float32, such as [-3e38, 3e38]), the halved form
     ``(hi * 0.5 - lo * 0.5) / ((qmax - qmin) * 0.5)`` is used instead. Proof that
     it is then exact: an overflow needs |lo| + |hi| > FLOAT32_MAX, so the smaller

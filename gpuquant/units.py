@@ -3,7 +3,7 @@
 They sit below the backends (gpuquant.backends) and the searches
 (gpuquant.searches), so that both import them and neither imports the other:
 
-- :func:`ranks` and :func:`interpolate`: DESIGN.md section 2.3. For the n
+- :func:`ranks` and :func:`interpolate`: the contract (docs/ARCHITECTURE.md, 3.3). For the n
   sorted values v of a unit and a percentile p, h = (n - 1) * p / 100
   (float64), i = floor(h), j = min(i + 1, n - 1), and the result
   v[i] + (h - i) * (v[j] - v[i]) is computed in float64 and rounded to float32;
@@ -28,7 +28,7 @@ __all__ = ["ranks", "interpolate", "order_key", "unit_matrices"]
 
 
 def ranks(n: int, p: float) -> tuple[int, int, float]:
-    """(i, j, h - i) of DESIGN.md 2.3 for n values and the percentile p."""
+    """(i, j, h - i) of docs/ARCHITECTURE.md 3.3 for n values and the percentile p."""
     h = (n - 1) * p / 100.0
     i = math.floor(h)
     return i, min(i + 1, n - 1), h - i

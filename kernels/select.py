@@ -10,7 +10,7 @@ of the first pass (their exponent bits are all ones), so the first histogram
 also counts the non-finite values, and ranks among finite values are ranks
 shifted by the count of bins 0-3.
 
-Ranks and interpolation follow DESIGN.md 2.3 in float64 on the device. A
+Ranks and interpolation follow docs/ARCHITECTURE.md 3.3 in float64 on the device. A
 percentile p reaches the kernels as the two 32-bit halves of its float64 bits
 (a float argument would be float32). A whole tensor keeps nothing but its
 histograms (int64, 1 + 4 + 4 of them): each pass recomputes the earlier
@@ -73,7 +73,7 @@ def percent(p_hi, p_lo):
 
 @triton.jit
 def rank_pair(n, p):
-    """(i, j, t) of DESIGN.md 2.3 for n values (int64, any shape) and percentile p (float64);
+    """(i, j, t) of docs/ARCHITECTURE.md 3.3 for n values (int64, any shape) and percentile p (float64);
     i and j are clamped to 0 when n = 0."""
     h = (n - 1).to(tl.float64) * p / 100.0
     i = tl.math.floor(h)

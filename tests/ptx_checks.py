@@ -1,4 +1,4 @@
-"""PTX patterns that would break bit-exactness with the NumPy reference (DESIGN.md 2)."""
+"""PTX patterns that would break bit-exactness with the NumPy reference (docs/ARCHITECTURE.md, 3)."""
 
 import re
 

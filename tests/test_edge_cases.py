@@ -1,4 +1,4 @@
-"""Hand-computed cases that pin the numerical contract (DESIGN.md section 2)."""
+"""Hand-computed cases that pin the numerical contract (docs/ARCHITECTURE.md, 3)."""
 
 import numpy as np
 import pytest

@@ -3,7 +3,7 @@
 The interpreter accepts code that the compiler rejects (globals that are not
 constexpr, unsupported casts...), so CI also compiles for a real target: no
 GPU is needed. The script also checks the PTX for approximate division,
-contractible float arithmetic and flushed subnormals (DESIGN.md section 2).
+contractible float arithmetic and flushed subnormals (docs/ARCHITECTURE.md, 3).
 """
 
 import json

@@ -1,6 +1,6 @@
 """Exact percentiles per unit on the CPU, by selection (``np.partition``).
 
-DESIGN.md section 2.3: for the n sorted values v of a unit and a percentile p,
+the contract (docs/ARCHITECTURE.md, 3.3): for the n sorted values v of a unit and a percentile p,
 h = (n - 1) * p / 100 (float64), i = floor(h), j = min(i + 1, n - 1), and the
 result v[i] + (h - i) * (v[j] - v[i]) is computed in float64 and rounded to
 float32. Values are float32 (float64 inputs are rounded first). The shared pieces live in
