@@ -40,24 +40,22 @@ def save_bert(path) -> str:
     return str(path)
 
 
-def read_tensors(folder) -> dict[str, np.ndarray]:
-    """Every tensor of a folder's safetensors files, raw (bfloat16 as uint16 bits)."""
+def _each_tensor(folder, value) -> dict:
+    """name -> value(file, name) over every safetensors file of a folder."""
     from gpuquant.safetensors_file import SafetensorsFile
 
     out = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".safetensors"):
             with SafetensorsFile(os.path.join(folder, name)) as f:
-                out.update({k: f.get(k) for k in f.keys()})
+                out.update({k: value(f, k) for k in f.keys()})
     return out
+
+
+def read_tensors(folder) -> dict[str, np.ndarray]:
+    """Every tensor of a folder's safetensors files, raw (bfloat16 as uint16 bits)."""
+    return _each_tensor(folder, lambda f, k: f.get(k))
 
 
 def dtype_tags(folder) -> dict[str, str]:
-    from gpuquant.safetensors_file import SafetensorsFile
-
-    out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".safetensors"):
-            with SafetensorsFile(os.path.join(folder, name)) as f:
-                out.update({k: f.dtype_tag(k) for k in f.keys()})
-    return out
+    return _each_tensor(folder, lambda f, k: f.dtype_tag(k))

@@ -22,3 +22,19 @@ def narrow_code_stores(name, ptx):
     if re.search(r"\bst\.global(\.v\d)?\.(b8|u8|s8)\b", ptx):
         return [f"{name}: byte-wide stores of packed codes"]
     return []
+
+
+def compile_report(script: str) -> dict:
+    """Run a compile script of tests/ (without TRITON_INTERPRET) and return its JSON report."""
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    path = pathlib.Path(__file__).with_name(script)
+    out = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env,
+                         timeout=900)
+    assert out.returncode in (0, 1), out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])

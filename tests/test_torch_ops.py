@@ -254,13 +254,19 @@ def test_a_pending_report_does_not_break_tracing_and_is_raised_by_the_operator()
     assert torch.equal(fn(x)[0], TOKEN(x).data) and cnt.frame_count == 1
 
 
-@pytest.mark.slow
-def test_inductor_compiles_the_example_block_without_breaks():
+def _example(name):
+    """An attribute of examples/int8_activations.py."""
     sys.path.insert(0, EXAMPLES)
     try:
-        from int8_activations import Int8MLP
+        import int8_activations
     finally:
         sys.path.remove(EXAMPLES)
+    return getattr(int8_activations, name)
+
+
+@pytest.mark.slow
+def test_inductor_compiles_the_example_block_without_breaks():
+    Int8MLP = _example("Int8MLP")  # noqa: N806 - a class
     block = Int8MLP(hidden=256, inner=384, dtype=torch.float32, device="cpu")
     cnt = counter("inductor")
     fn = torch.compile(block.__call__, backend=cnt, fullgraph=True)
@@ -274,12 +280,7 @@ def test_inductor_compiles_the_example_block_without_breaks():
 
 @pytest.mark.slow
 def test_example_script_runs():
-    sys.path.insert(0, EXAMPLES)
-    try:
-        from int8_activations import run
-    finally:
-        sys.path.remove(EXAMPLES)
-    result = run(tokens=8, hidden=128, inner=256, repeats=2)  # raises if outputs differ
+    result = _example("run")(tokens=8, hidden=128, inner=256, repeats=2)  # raises if outputs differ
     assert result["device"] == "cpu" and result["eager_s"] > 0 and result["compiled_s"] > 0
 
 
