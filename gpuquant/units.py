@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from .kernels.modes import COL, ROW, SCALAR
 from .layout import Layout
 
 __all__ = ["ranks", "interpolate", "order_key", "unit_matrices"]
@@ -55,13 +56,13 @@ def unit_matrices(x2, layout: Layout, ops):
     """Yield (index into the 2-D params array, float32 array with one unit per last-axis row)."""
     mode = layout.mode
     f32 = "float32"
-    if mode == "scalar":
+    if mode == SCALAR:
         yield (), ops.astype(x2, f32).reshape(1, -1)
-    elif mode == "col":
+    elif mode == COL:
         yield np.s_[:], ops.astype(x2.T, f32)
-    elif mode == "row" and layout.rows_are_units:
+    elif mode == ROW and layout.rows_are_units:
         yield np.s_[:], ops.astype(x2, f32)
-    elif mode == "row":
+    elif mode == ROW:
         x = x2.reshape(layout.shape)
         yield np.s_[:], ops.astype(ops.moveaxis(x, layout.axis, 0), f32).reshape(
             layout.shape[layout.axis], -1)
