@@ -76,12 +76,9 @@ step "machine" 30 bash -c machine
 
 if ! step "install (no dependencies, no network)" 90 \
     python3 -m pip install -q --no-deps --no-build-isolation -e .; then
-  # no usable setuptools there: lay the package out as installed (kernels/ inside it)
-  mkdir "$tmp/tree" "$tmp/tree/gpuquant"
-  ln -s "$PWD"/gpuquant/* "$tmp/tree/gpuquant/"
-  ln -s "$PWD/kernels" "$tmp/tree/gpuquant/kernels"
-  export PYTHONPATH="$tmp/tree${PYTHONPATH:+:$PYTHONPATH}"
-  echo "editable install failed; using the source tree through $tmp/tree"
+  # no usable setuptools there: the source tree is the package as installed
+  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+  echo "editable install failed; using the source tree"
 fi
 python3 -c "import gpuquant.kernels, gpuquant; print('gpuquant from', gpuquant.__file__)"
 

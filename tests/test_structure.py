@@ -33,9 +33,6 @@ def module_files():
         if parts[-1] == "__init__":
             parts.pop()
         yield ".".join(parts), path
-    for path in sorted((ROOT / "kernels").rglob("*.py")):
-        name = path.relative_to(ROOT / "kernels").with_suffix("").as_posix().replace("/", ".")
-        yield "gpuquant.kernels" + ("" if name == "__init__" else "." + name), path
 
 
 def layer_of(module: str) -> int:
