@@ -104,7 +104,7 @@ def _make_board(framework: str, x) -> Board:
             stream = cupy.cuda.get_current_stream()
             return bool(getattr(stream, "is_capturing", lambda: False)())
 
-        board = Board(framework, host, host, capturing)
+        board = Board(framework, _HostPointer(host), host, capturing)
     else:
         import torch
 
@@ -115,6 +115,18 @@ def _make_board(framework: str, x) -> Board:
     _by_framework[framework] = board
     _boards.append(board)
     return board
+
+
+class _HostPointer:
+    """A pinned NumPy array as a Triton pointer argument (its unified address)."""
+
+    __slots__ = ("array", "dtype")
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.dtype = array, array.dtype
+
+    def data_ptr(self) -> int:
+        return int(self.array.ctypes.data)
 
 
 def new_slot(shape: tuple[int, ...], num_units: int) -> int:
