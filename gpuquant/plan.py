@@ -24,7 +24,7 @@ import numpy as np
 from .arrays import TensorInfo, prepare
 from .backends import select
 from .config import QuantConfig
-from .errors import QuantizationError
+from .errors import InvalidDtypeError, InvalidShapeError, QuantizationError
 from .layout import Layout
 from .qparams import QParams, check_user_qparams
 from .ranges import calibration_range
@@ -111,7 +111,12 @@ class QuantizePlan:
                                    defer=True)
         scale, zero_point = be.qparams(lo, hi, config)
         scale, zero_point = scale.reshape(layout.unit_shape), zero_point.reshape(layout.unit_shape)
-        return self.given_codes(x, scale, zero_point, out), scale, zero_point
+        if out is None:
+            return self.given_codes(x, scale, zero_point), scale, zero_point
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise InvalidShapeError("out= takes 3 buffers: (codes, scale, zero_point)")
+        codes = self.given_codes(x, scale, zero_point, out[0])
+        return (codes, *copy_into(out[1:], (scale, zero_point)))
 
     def given_codes(self, x, scale, zero_point, out=None):
         if self._given is None:
@@ -172,8 +177,6 @@ class _NumpyEnds:
 
 def copy_into(out, results):
     """Copy CPU results into the caller's ``out=`` buffers after checking them."""
-    from .errors import InvalidDtypeError, InvalidShapeError
-
     if not isinstance(out, (tuple, list)) or len(out) != len(results):
         raise InvalidShapeError(f"out= takes {len(results)} buffer(s)")
     for index, (buf, value) in enumerate(zip(out, results)):
@@ -189,7 +192,7 @@ def copy_into(out, results):
         if hasattr(buf, "copy_"):
             buf.copy_(value)
         else:
-            np.copyto(buf, value)
+            buf[...] = value  # NumPy or CuPy
     return tuple(out)
 
 

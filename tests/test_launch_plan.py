@@ -240,3 +240,17 @@ def test_quantize_warns_once_when_storage_would_grow():
         warnings.simplefilter("error")  # the plan is cached: no second warning
         gq.quantize(x + 1, cfg)
         gq.quantize(np.ones((64, 64), np.float32), cfg)  # 4096 + 512 bytes < 16384: quiet
+
+
+@pytest.mark.parametrize("backend", ["triton", "numpy"])
+def test_out_buffers_with_a_percentile_calibration(backend):
+    cfg = gq.QuantConfig.int8_per_channel().replace(calibration=gq.Percentile(1, 99))
+    x = torch.randn(8, 64)
+    want = gq.quantize(x, cfg, backend=backend)
+    out = tuple(torch.empty_like(a) for a in (want.data, want.scale, want.zero_point))
+    got = gq.quantize(x, cfg, backend=backend, out=out)
+    assert all(a is b for a, b in zip((got.data, got.scale, got.zero_point), out))
+    for a, b in zip(out, (want.data, want.scale, want.zero_point)):
+        assert torch.equal(a, b)
+    with pytest.raises(gq.InvalidShapeError, match="out"):
+        gq.quantize(x, cfg, backend=backend, out=(out[0], out[1][:2], out[2]))
