@@ -60,12 +60,13 @@ def launch(kernel, grid, *args, num_warps: int = 4, **constexprs) -> None:
 
 
 @contextlib.contextmanager
-def recording(execute: bool = False):
+def recording(execute: bool = False, sink=None):
     """Record launches instead of running them (``execute``: and run them too):
-    ``with recording() as launches: ...``."""
+    ``with recording() as launches: ...``. ``sink``: any object with ``append`` to take
+    each Launch instead of a new list (to keep a summary, not the arrays)."""
     global _recorder, _execute
     saved = _recorder, _execute
-    _recorder, _execute = [], execute
+    _recorder, _execute = ([] if sink is None else sink), execute
     try:
         yield _recorder
     finally:
