@@ -248,3 +248,13 @@ def test_random_configs_match_reference(shape, scheme, symmetric, gran, group_si
     assert_same(got, reference(x, cfg))
     assert torch.equal(got.dequantize(dtype="float32").cpu(), reference(x, cfg).dequantize(
         dtype="float32"))
+
+
+@pytest.mark.parametrize("kw", [dict(granularity="group", group_size=8),
+                                dict(granularity="token"), dict(granularity="channel", axis=0)])
+def test_fused_paths_on_transposed_and_sliced_inputs(rng, kw):
+    """Views whose 2-D form is a copy must not be read as if they were contiguous."""
+    base = tensor(rng, (24, 40), torch.float16)
+    for x in (base.t(), base[:, 8:], base.t()[::2]):
+        cfg = gq.QuantConfig(scheme="int4", **kw)
+        assert_same(gq.quantize(x, cfg, backend="triton"), reference(x.contiguous(), cfg))

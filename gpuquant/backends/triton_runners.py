@@ -73,7 +73,7 @@ class _Runner:
         self.layout, self.config = layout, config
         self.ops = ops_for(x)
         self.x2 = self.ops.as_2d(x, layout.rows, layout.cols)
-        self.contiguous = self.ops.row_stride(self.x2) == layout.cols
+        self.contiguous = self.ops.is_contiguous(x)  # strides are part of the plan's key
         self.on_gpu = self.ops.is_gpu(x)
         self.code_shape = layout.packed_shape(config.bits)
         self.storage = config.storage_dtype
@@ -85,6 +85,8 @@ class _Runner:
             return (ops.empty(self.code_shape, self.storage, like),
                     ops.empty(layout.unit_shape, "float32", like),
                     ops.empty(layout.unit_shape, "int32", like))
+        if not isinstance(out, (tuple, list)) or len(out) != 3:
+            raise InvalidShapeError("out= takes 3 buffers: (codes, scale, zero_point)")
         codes, scale, zero_point = out
         check_out(ops, "out[0] (codes)", codes, self.code_shape, self.storage, like)
         check_out(ops, "out[1] (scale)", scale, layout.unit_shape, "float32", like)
