@@ -72,7 +72,8 @@ class _Runner:
     def __init__(self, layout: Layout, config: QuantConfig, x):
         self.layout, self.config = layout, config
         self.ops = ops_for(x)
-        self.x2 = self.ops.as_2d(x, layout.rows, layout.cols)
+        # the row stride of the 2-D view each call makes (not the view: plans are cached)
+        self.row_stride = self.ops.row_stride(self.ops.as_2d(x, layout.rows, layout.cols))
         self.contiguous = self.ops.is_contiguous(x)  # strides are part of the plan's key
         self.on_gpu = self.ops.is_gpu(x)
         self.code_shape = layout.packed_shape(config.bits)
@@ -127,7 +128,7 @@ class FusedQuantize(_Runner):
             (config.bits != 4 or seg % 2 == 0)
         dtype = self.ops.dtype_name(x)
         self.pairs = config.bits == 4 and seg % 2 == 0 and layout.cols % 2 == 0 and \
-            dtype in _PAIR_WORD and self.ops.row_stride(self.x2) % 2 == 0
+            dtype in _PAIR_WORD and self.row_stride % 2 == 0
         self.word = _PAIR_WORD.get(dtype)
         cfg = tuning.config_for("fused_units_kernel", layout.rows * layout.cols)
         block_l = pow2(seg, FUSED_MAX_SEGMENT)
@@ -135,7 +136,7 @@ class FusedQuantize(_Runner):
         self.grid = (triton.cdiv(units, block_u),)
         self.slot = new_slot(layout.shape, layout.num_units)
         q_stride = (layout.cols + 1) // 2 if config.bits == 4 else layout.cols
-        self.ints = (units, per_row, seg, layout.cols, self.ops.row_stride(self.x2), q_stride,
+        self.ints = (units, per_row, seg, layout.cols, self.row_stride, q_stride,
                      self.slot)
         self.num_warps = warps(block_u * block_l, cfg["EPT"])
         self.constexprs = dict(
@@ -234,7 +235,7 @@ class StagedQuantize(_Runner):
         super().__init__(layout, config, x)
         self.slot = new_slot(layout.shape, layout.num_units)
         self.board = board_for(x).tensor
-        self.reduce = minmax_launch(layout, self.ops.row_stride(self.x2),
+        self.reduce = minmax_launch(layout, self.row_stride,
                                     not config.ignore_nonfinite, self.slot)
         n_units = 1 if layout.mode == SCALAR else layout.num_units
         block_n = pow2(n_units, 128)
@@ -270,7 +271,7 @@ class GivenQuantize(_Runner):
         col_tiles = triton.cdiv(layout.cols, block_c)
         self.grid = (triton.cdiv(layout.rows, block_r) * col_tiles,)
         q_stride = (layout.cols + 1) // 2 if config.bits == 4 else layout.cols
-        self.ints = (layout.rows, layout.cols, self.ops.row_stride(self.x2), q_stride,
+        self.ints = (layout.rows, layout.cols, self.row_stride, q_stride,
                      max(1, layout.num_groups), max(1, layout.group_size), col_tiles,
                      *layout.row_unit())
         self.constexprs = dict(MODE=layout.mode.code, QMIN=config.qmin, QMAX=config.qmax,
