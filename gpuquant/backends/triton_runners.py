@@ -146,6 +146,7 @@ class FusedQuantize(_Runner):
             EVEN=self.flat and units % block_u == 0 and seg == block_l, PAIRS=self.pairs,
             KIND=_KIND.get(dtype, 0), BLOCK_U=block_u, BLOCK_L=block_l)
         self.board = board_for(x).tensor
+        self._fallback = None
 
     def __call__(self, x, out=None):
         codes, scale, zero_point = self.outputs(x, out)
@@ -163,10 +164,12 @@ class FusedQuantize(_Runner):
         return codes, scale, zero_point
 
     def _unpaired(self) -> FusedQuantize:
-        other = _copy(self)
-        other.pairs = False
-        other.constexprs = dict(self.constexprs, PAIRS=False, EVEN=False)
-        return other
+        """The same plan without pair loads (for inputs whose data pointer is misaligned)."""
+        if self._fallback is None:
+            self._fallback = _copy(self)
+            self._fallback.pairs = False
+            self._fallback.constexprs = dict(self.constexprs, PAIRS=False, EVEN=False)
+        return self._fallback
 
 
 def _copy(runner):
