@@ -10,13 +10,15 @@ the counts.
 
 The binning (backends' ``abs_histogram(..., signed=True)``, written once in
 NumPy and once in Triton): bin = floor(x * s) + bins / 2 with s = (bins / 2) / R,
-clipped to [0, bins - 1]. s is a power of two, so x * s is exact (a negative
-product that underflows to -0 is taken as below zero) and the bin is the exact
-floor. Then floor(x * s / 2) = floor(floor(x * s) / 2): binning at 2R is
-exactly doubling the histogram at R, and as R is strictly above every value,
-none is ever clipped. The counts (and so every qparam) are the same bits
+clipped to [0, bins - 1]. s is a power of two, so x * s is exact (a product
+below 2^-126 may round, but keeps its sign, and its floor, 0 or -1, needs only
+the sign: a negative one that rounds to -0 is taken as below zero), and the bin
+is the exact floor. Then floor(x * s / 2) = floor(floor(x * s) / 2): binning at
+2R is exactly doubling the histogram at R, and as R is strictly above every
+value, none is ever clipped. The counts (and so every qparam) are the same bits
 whatever the batch order, split or merge (``Calibrator.merge``, ``all_reduce``).
-Values of magnitude 2^127 or more (R capped) are clipped into the end bins.
+Values of magnitude 2^127 or more (R is capped there) fall in the end bins, the
+same in any order, as they are only ever binned at that cap.
 
 The approximation: values are known only to their bin. With bin width
 w = 2R / bins and R <= 2 * max|x| (R doubles only when needed; above the

@@ -123,8 +123,9 @@ def test_bins_must_be_a_power_of_two(bins):
         HistogramState.from_state(hist)
 
 
+@pytest.mark.parametrize("bins", [4096, 16384])  # 16384: torch through the array ops
 @pytest.mark.parametrize("cal", CALIBRATIONS, ids=str)
-def test_triton_backend_streams_the_same_bits(rng, cal):
+def test_triton_backend_streams_the_same_bits(rng, cal, bins):
     torch = pytest.importorskip("torch")
     pytest.importorskip("triton")
     if not (CUDA or INTERPRET):
@@ -134,8 +135,8 @@ def test_triton_backend_streams_the_same_bits(rng, cal):
     batches[0][:, 1] = 0.0  # a unit of zeros first, then other values
     batches.append(np.float32([[1.5, -0.75]] * 4))
     cfg = gq.QuantConfig(granularity="channel", axis=-1, calibration=cal)
-    want = _state(cfg, batches)
+    want = _state(cfg, batches, bins=bins)
     for order in (batches, batches[::-1]):
-        got = _state(cfg, order, backend="triton",
+        got = _state(cfg, order, backend="triton", bins=bins,
                      wrap=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device))
         _assert_same(got, want)
