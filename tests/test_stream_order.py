@@ -140,3 +140,14 @@ def test_triton_backend_streams_the_same_bits(rng, cal, bins):
         got = _state(cfg, order, backend="triton", bins=bins,
                      wrap=lambda b: torch.from_numpy(np.ascontiguousarray(b)).to(device))
         _assert_same(got, want)
+
+
+@pytest.mark.parametrize("cal", CALIBRATIONS, ids=str)
+def test_values_past_the_radius_cap_bin_alike_in_any_order(rng, cal):
+    big = np.float32([3.0e38, -2.0 ** 127, 2.0 ** 126])
+    batches = [rng.standard_normal(500).astype(np.float32), big[2:], big[:2]]
+    cfg = gq.QuantConfig(calibration=cal)
+    first = _state(cfg, batches)
+    assert first.state_dict()["histogram"]["radius"][0] == 2.0 ** 127
+    for order in itertools.permutations(batches):
+        _assert_same(_state(cfg, order), first)
