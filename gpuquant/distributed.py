@@ -188,7 +188,7 @@ def _reduce_histograms(reduce: _Collective, state: dict[str, Any], shape: tuple[
     hist = HistogramState.from_state(state["histogram"])  # a copy: the state changes at the end
     has = hist.counts is not None
     radius = reduce(hist.radius if has else np.zeros(units, np.float64), "MAX")
-    hist.radius_for(radius)  # powers of two: grows to exactly these radii (zeros when empty)
+    hist.grow_to(radius)  # powers of two: grows to exactly these radii (zeros when empty)
     summed = reduce(np.append(hist.counts.reshape(-1), np.int64(state["batches"])), "SUM")
     lo, hi = _reduce_ends(reduce, hist.lo, hist.hi, units)
     merged = dict(hist.state(), counts=summed[:-1].reshape(units, hist.bins), lo=lo, hi=hi)

@@ -1,17 +1,32 @@
 """Histograms that grow their range: percentile, entropy and MSE over many batches.
 
-Each unit keeps int64 counts of its values over [-R, R] in ``bins`` equal bins
-(4096 by default), R a power of two. When a batch reaches beyond R, R
-doubles: pairs of neighbouring bins merge, so no count is ever dropped, and
-two states merge exactly by doubling the narrower to the wider R and adding
-counts. The exact min and max of every unit are kept beside the counts.
+Each unit keeps int64 counts of its values over [-R, R) in ``bins`` equal bins
+(4096 by default; a power of two >= 4), R a power of two strictly above the
+unit's max|x| (at least 2^-100, at most 2^127). When a batch reaches R, R
+doubles: pairs of neighbouring bins merge into the middle half, so no count is
+ever dropped, and two states merge exactly by doubling the narrower to the
+wider R and adding counts. The exact min and max of every unit are kept beside
+the counts.
+
+The binning (backends' ``abs_histogram(..., signed=True)``, written once in
+NumPy and once in Triton): bin = floor(x * s) + bins / 2 with s = (bins / 2) / R,
+clipped to [0, bins - 1]. s is a power of two, so x * s is exact (a product
+below 2^-126 may round, but keeps its sign, and its floor, 0 or -1, needs only
+the sign: a negative one that rounds to -0 is taken as below zero), and the bin
+is the exact floor. Then floor(x * s / 2) = floor(floor(x * s) / 2): binning at
+2R is exactly doubling the histogram at R, and as R is strictly above every
+value, none is ever clipped. The counts (and so every qparam) are the same bits
+whatever the batch order, split or merge (``Calibrator.merge``, ``all_reduce``).
+Values of magnitude 2^127 or more (R is capped there) fall in the end bins, the
+same in any order, as they are only ever binned at that cap.
 
 The approximation: values are known only to their bin. With bin width
-w = 2R / bins and R < 2 * max|x| (R doubles only when needed):
+w = 2R / bins and R <= 2 * max|x| (R doubles only when needed; above the
+2^-100 floor):
 - a percentile interpolates (as the exact contract does) between estimates
   of the two order statistics around its rank, each taken as evenly spread
   within its bin and so within w of the truth; the result, clamped to the
-  exact [min, max], is within w < 4 max|x| / bins (0.1 % of max|x| at 4096
+  exact [min, max], is within w <= 4 max|x| / bins (0.1 % of max|x| at 4096
   bins);
 - entropy runs the same KL search on the folded |x| histogram (bins / 2
   bins over [0, R]), so its threshold is a multiple of w: within w of the
@@ -31,25 +46,34 @@ from .errors import InvalidCalibrationError, InvalidShapeError
 from .qparams import compute_qparams
 from .searches import first_minimum, kl_best_bins, mse_factors
 
-__all__ = ["HistogramState", "DEFAULT_BINS", "check_momentum", "check_calibrator_state"]
+__all__ = ["HistogramState", "DEFAULT_BINS", "RADIUS_FLOOR", "RADIUS_CAP", "check_momentum",
+           "check_calibrator_state"]
 
 DEFAULT_BINS = 4096
+MAX_BINS = 1 << 24
+RADIUS_FLOOR = 2.0 ** -100  # (bins / 2) / R stays a finite float32 for bins <= 2^24
+RADIUS_CAP = 2.0 ** 127  # the largest power of two in float32
 
 
-def _pow2_at_least(values: np.ndarray) -> np.ndarray:
-    """The smallest power of two >= each value (2^-126 for zero)."""
-    v = np.maximum(np.asarray(values, np.float64), 2.0 ** -126)
-    return np.exp2(np.ceil(np.log2(v)))
+def radius_above(amax: np.ndarray) -> np.ndarray:
+    """The smallest power of two strictly above each value, in [2^-100, 2^127]."""
+    v = np.maximum(np.asarray(amax, np.float64), RADIUS_FLOOR / 2)
+    return np.minimum(np.ldexp(1.0, np.frexp(v)[1]), RADIUS_CAP)  # v in [2^(e-1), 2^e)
+
+
+def _bins_ok(bins) -> bool:
+    return not isinstance(bins, bool) and isinstance(bins, (int, np.integer)) \
+        and 4 <= bins <= MAX_BINS and bins & (bins - 1) == 0
 
 
 class HistogramState:
     """Per-unit counts over a growing symmetric range, plus the exact min and max."""
 
     def __init__(self, bins: int = DEFAULT_BINS):
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) or bins < 4 \
-                or bins % 2:
-            raise InvalidShapeError(f"histogram bins={bins} must be an even number >= 4")
-        self.bins = bins
+        if not _bins_ok(bins):
+            raise InvalidCalibrationError(f"histogram bins={bins!r} must be a power of two in "
+                                          "[4, 2^24]")
+        self.bins = int(bins)
         self.counts: np.ndarray | None = None  # (units, bins) int64
         self.radius: np.ndarray | None = None  # (units,) float64 powers of two
         self.lo: np.ndarray | None = None
@@ -57,8 +81,13 @@ class HistogramState:
 
     # ---------------------------------------------------------------- growing
     def radius_for(self, amax: np.ndarray) -> np.ndarray:
-        """Grow every unit's range to cover amax (merging bins) and return the radii."""
-        need = _pow2_at_least(amax.reshape(-1))
+        """Grow every unit's range strictly beyond amax (merging bins); return the radii."""
+        return self.grow_to(radius_above(amax.reshape(-1)))
+
+    def grow_to(self, radius: np.ndarray) -> np.ndarray:
+        """Grow every unit's range to at least ``radius`` (powers of two, merging bins; the
+        radius of a unit seen nothing yet is at least 2^-100) and return the radii."""
+        need = np.maximum(np.asarray(radius, np.float64).reshape(-1), RADIUS_FLOOR)
         if self.radius is None:
             self.radius = need
             self.counts = np.zeros((need.size, self.bins), np.int64)
@@ -70,7 +99,8 @@ class HistogramState:
         return self.radius
 
     def _doubled(self, counts: np.ndarray) -> np.ndarray:
-        """Counts over [-2R, 2R]: neighbouring pairs merge into the middle half."""
+        """Counts over [-2R, 2R): bins 2k and 2k + 1 merge into bin bins / 4 + k, as
+        floor(x * s / 2) + bins / 2 = floor((floor(x * s) + bins / 2) / 2) + bins / 4."""
         half = counts.reshape(counts.shape[0], self.bins // 2, 2).sum(axis=-1)
         out = np.zeros_like(counts)
         out[:, self.bins // 4: self.bins // 4 + self.bins // 2] = half
@@ -96,7 +126,7 @@ class HistogramState:
         counts = other.counts.copy()
         radius = other.radius.copy()
         target = np.maximum(self.radius, radius)
-        self.radius_for(target)
+        self.grow_to(target)
         while np.any(radius < target):
             grow = radius < target
             counts[grow] = self._doubled(counts[grow])
@@ -190,10 +220,9 @@ class HistogramState:
             raise InvalidCalibrationError("histogram state must be a dict with bins, counts, "
                                           "radius, lo and hi")
         bins = state["bins"]
-        if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)) \
-                or not 4 <= bins <= 1 << 24 or bins % 2:
-            raise InvalidCalibrationError(f"histogram state: bins={bins!r} must be an even "
-                                          "integer in [4, 2^24]")
+        if not _bins_ok(bins):
+            raise InvalidCalibrationError(f"histogram state: bins={bins!r} must be a power of "
+                                          "two in [4, 2^24]")
         h = cls(int(bins))
         given = [state[k] is not None for k in ("counts", "radius", "lo", "hi")]
         if not any(given):
@@ -212,9 +241,11 @@ class HistogramState:
         hi = _state_array(state["hi"], "hi", "f", np.float32, units)
         with np.errstate(all="ignore"):
             pow2 = np.exp2(np.round(np.log2(radius))) == radius
-        if not (np.isfinite(radius).all() and (radius > 0).all() and pow2.all()):
+        # states saved before the strict radius (a value at R, 2^-126 for zeros) still load
+        if not (np.isfinite(radius).all() and (radius > 0).all()
+                and (radius <= RADIUS_CAP).all() and pow2.all()):
             raise InvalidCalibrationError("histogram state: radius must hold positive powers "
-                                          "of two")
+                                          "of two up to 2^127")
         if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo <= hi).all()
                 and (np.maximum(-lo, hi) <= radius).all()):
             raise InvalidCalibrationError("histogram state: lo and hi must be finite, lo <= hi, "

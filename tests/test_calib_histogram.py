@@ -9,6 +9,7 @@ from gpuquant.backends.array_ops import NumpyOps
 from gpuquant.backends.numpy_calibration import abs_histogram
 from gpuquant.backends.reference import NumpyBackend
 from gpuquant.layout import Layout
+from gpuquant.streaming import radius_above
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -40,9 +41,12 @@ def test_histogram_counts_equal_reference(monkeypatch, rng, kw, signed, bins):
     x = (rng.standard_normal((4, 13)) * 3).astype(np.float32)
     x[0, :3] = [np.nan, np.inf, -0.0]
     x[1] = 0.0  # a unit whose amax is 0
-    x[2, 4] = 1e-40
+    x[2, 4:7] = [1e-40, -1e-40, -1e-45]  # subnormals: a negative one is below zero
+    x[3, :2] = [2.0, -4.0]  # powers of two
     layout = Layout.of(x.shape, gq.QuantConfig(**kw))
     amax = _amax(x, layout)
+    if signed:  # as the Calibrator bins: a power of two strictly above, bins a power of two
+        amax, bins = radius_above(amax).astype(np.float32), 8 if bins == 7 else bins
     want = abs_histogram(NumpyOps(), x.reshape(layout.rows, layout.cols), layout, amax, bins,
                          signed)
     be = launchers.TritonBackend()

@@ -221,6 +221,8 @@ def test_streamed_percentile_is_within_one_bin_of_exact(rng):
     exact_hi = np.percentile(whole, 99, axis=0)
     state = cal.state_dict()["histogram"]
     width = 2 * state["radius"] / 1024
+    top = np.abs(whole).max(axis=0)  # R: the power of two strictly above max|x|
+    assert np.all(state["radius"] > top) and np.all(state["radius"] <= 2 * top)
     assert np.all(np.abs(lo - exact_lo) <= width) and np.all(np.abs(hi - exact_hi) <= width)
     assert np.all(state["counts"].sum(axis=1) == whole.shape[0])  # growing dropped nothing
 

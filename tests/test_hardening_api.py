@@ -236,7 +236,7 @@ def test_momentum_and_histogram_state_checks():
     state["config"]["calibration"] = {"method": "percentile", "lower": 1.0, "upper": 99.0}
     with pytest.raises(gq.InvalidCalibrationError, match="minmax only"):
         streaming.check_calibrator_state(state)
-    with pytest.raises(gq.InvalidShapeError, match="bins"):
+    with pytest.raises(gq.InvalidCalibrationError, match="bins"):
         HistogramState("4096")
 
 

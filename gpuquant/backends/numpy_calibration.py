@@ -28,8 +28,12 @@ def abs_histogram(ops, x2, layout: Layout, amax, bins: int, signed: bool = False
     """int64 counts per unit, shaped params_2d_shape + (bins,); non-finite values skipped.
 
     Unsigned (entropy): |x| over [0, amax], bin = min(floor(|x| * (bins / amax)), bins - 1).
-    Signed (Calibrator histograms): x over [-amax, amax], bin = floor((x + amax) *
-    (bins / (2 amax))) clipped to [0, bins - 1]. float32 arithmetic, one rounding a step.
+    Signed (the Calibrator's streamed histograms, amax the radius R > max|x|, a power of
+    two): bin = floor(x * s) + bins / 2 with s = (bins / 2) / R, clipped to [0, bins - 1];
+    a negative x whose product underflowed to -0 takes the bin below bins / 2, as the exact
+    floor does. With bins a power of two, s is one too and x * s is exact, so the bin is
+    the exact floor and binning at 2R equals merging pairs of the bins at R
+    (gpuquant.streaming). float32 arithmetic, one rounding a step.
     """
     shape2d = layout.params_2d_shape()
     amax = ops.astype(amax, "float32").reshape(shape2d)
@@ -37,12 +41,15 @@ def abs_histogram(ops, x2, layout: Layout, amax, bins: int, signed: bool = False
     for index, matrix in unit_matrices(x2, layout, ops):
         lead = matrix.shape[:-1]
         width = amax[index].reshape(*lead, 1) if lead else amax[index].reshape(1)
-        span = width + width if signed else width
         with np.errstate(all="ignore"):
-            scale = ops.astype(bins / ops.where(span > 0, span, 1.0), "float32")
-            scaled = (matrix + width if signed else ops.abs(matrix)) * scale
+            scale = ops.astype((bins // 2 if signed else bins) / ops.where(width > 0, width, 1.0),
+                               "float32")
+            scaled = (matrix if signed else ops.abs(matrix)) * scale
         finite = ops.isfinite(scaled)
-        idx = ops.astype(ops.floor(ops.where(finite, scaled, 0.0)), "int64")
+        pos = ops.floor(ops.where(finite, scaled, 0.0))
+        if signed:
+            pos = ops.where((matrix < 0) & (pos > -1), -1.0, pos) + bins // 2
+        idx = ops.astype(pos, "int64")
         idx = ops.where(idx < bins - 1, idx, bins - 1)
         idx = ops.where(idx > 0, idx, 0)
         units = math.prod(lead)
