@@ -63,7 +63,8 @@ class Calibrator:
 
     Percentile, entropy and MSE keep a histogram per unit whose range grows
     without dropping counts (gpuquant.streaming states the approximation and
-    its error bound: at most one bin, 2R / bins with R < 2 max|x|).
+    its error bound: at most one bin, 2R / bins with R <= 2 max|x|; ``bins`` is a power
+    of two, so the counts do not depend on the order of the batches).
 
     Every batch must give the same qparams shape (channels, groups) and live
     on the same backend. States save to dicts of plain values and NumPy
