@@ -101,7 +101,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .devices import converter_for
 
     config = _quantize_config(args)
-    if args.shard_size is not None or args.workers > 1 or "WORLD_SIZE" in os.environ:
+    if args.shard_size is not None or args.workers > 1 or \
+            int(os.environ.get("WORLD_SIZE") or 1) > 1:
         from .sharded import run_sharded
 
         stats = run_sharded(args, config, args.argv, lambda quiet: Progress(0, quiet))

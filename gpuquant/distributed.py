@@ -265,7 +265,12 @@ class Team:
     def reduce(self, values: Any, op: str) -> np.ndarray:
         """An all_reduce (``op``: "SUM", "MAX", "MIN") of a small array; itself when alone."""
         values = np.asarray(values)
-        return values.copy() if self._reduce is None else self._reduce(values, op)
+        if self._reduce is None:
+            return values.copy()
+        try:
+            return self._reduce(values, op)
+        except RuntimeError as exc:  # gloo/NCCL: a rank died or the timeout passed
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
 
     def together(self, fn, *args):
         """Run ``fn`` here, then agree: if it failed on any rank, every rank raises (its own

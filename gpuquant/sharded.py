@@ -177,12 +177,23 @@ def _launch(args, argv: list[str]) -> None:
         codes = [f.exitcode for f in exc.failures.values()]
         raise PeerFailed(f"{len(codes)} of {args.workers} worker(s) failed (exit codes "
                          f"{codes}); nothing was written to {args.output}") from None
+    except BaseException:  # Ctrl-C, SIGTERM: the launcher has stopped the workers
+        shutil.rmtree(staging_path(args.output, token), ignore_errors=True)
+        raise
 
 
 def run_sharded(args, config: QuantConfig, argv: list[str], progress_factory):
     """The CLI's sharded quantize: launches --workers, or runs this rank; the stats on rank 0,
-    None elsewhere (and in the launcher)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    None elsewhere (and in the launcher). A failure on another rank exits 1 (SystemExit)."""
+    try:
+        return _run(args, config, argv, progress_factory)
+    except PeerFailed as exc:  # a failure elsewhere, not a bug here: one line, exit 1
+        print(f"gpuquant: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def _run(args, config: QuantConfig, argv: list[str], progress_factory):
+    world = int(os.environ.get("WORLD_SIZE") or 1)
     if args.shard_size is None:
         raise QuantizationError("--workers and torchrun need --shard-size (e.g. --shard-size "
                                 "5GB): the shards are what the processes share out")

@@ -162,6 +162,8 @@ def test_killed_rank_leaves_nothing(model, tmp_path, dead):
     args = ["quantize", model, "-o", tmp_path / "out", "--shard-size", "10KB"]
     results = _by_hand(args, {"GPUQUANT_TEST_EXIT_RANK": dead})
     assert all(code != 0 for _, _, code in results), results
+    survivor = results[1 - int(dead)][1]
+    assert "gpuquant: error: lost another rank" in survivor and "Traceback" not in survivor
     assert sorted(os.listdir(tmp_path)) == ["in"]  # no output, no staging folder
     out = run(*args, "--workers", "2", env={"GPUQUANT_TEST_EXIT_RANK": dead})
     assert out.returncode != 0 and "worker(s) failed" in out.stderr, out.stderr[-3000:]
