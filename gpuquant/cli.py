@@ -64,6 +64,9 @@ class Progress:
         if self.bar is not None:
             self.bar.reset(total=total)
 
+    def step_to(self, name: str, done: int) -> None:
+        self.step(name, done - self.bar.n if self.bar is not None else 0)
+
     def step(self, name: str, nbytes: int) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(name[-40:])

@@ -245,6 +245,7 @@ class Team:
 
     def __init__(self):
         self.rank, self.world, self.local_rank, self._reduce = 0, 1, 0, None
+        self._store, self._counted = None, 0
 
     @classmethod
     def from_env(cls, cuda: bool, timeout_s: float = 60.0) -> Team:
@@ -260,7 +261,26 @@ class Team:
                                     timeout=timedelta(seconds=timeout_s))
         team.rank, team.world = dist.get_rank(), dist.get_world_size()
         team._reduce = _Collective(None)
+        try:  # the job's key-value store; without it each rank counts only its own share
+            team._store = dist.distributed_c10d._get_default_store()
+        except (AttributeError, RuntimeError, ValueError):
+            team._store = None
         return team
+
+    @property
+    def counts_job(self) -> bool:
+        """Whether :meth:`count` sums over every rank (else over this one only)."""
+        return self._store is not None or self.world == 1
+
+    def count(self, n: int) -> int:
+        """Add ``n`` to the job's counter; returns the total so far."""
+        self._counted += n
+        if self._store is None:
+            return self._counted
+        try:
+            return int(self._store.add("gpuquant.count", int(n)))
+        except RuntimeError as exc:  # the store went with a dead rank (or its agent)
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
 
     def reduce(self, values: Any, op: str) -> np.ndarray:
         """An all_reduce (``op``: "SUM", "MAX", "MIN") of a small array; itself when alone."""

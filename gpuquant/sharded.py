@@ -126,7 +126,8 @@ def quantize_sharded(src: str, out: str, config: QuantConfig, shard_size: int, *
     """Quantize ``src`` into shards of at most ``shard_size`` stored bytes under ``out``; with a
     ``team`` of several ranks, each writes its share. Returns the job's stats (every rank).
 
-    ``on_plan(n)`` hears the input bytes this rank will read, ``step(name, n)`` each tensor."""
+    ``on_plan(n)`` hears the input bytes to count (the job's where ``team.counts_job``,
+    else this rank's), ``step(name, total)`` each tensor with the bytes read so far."""
     team = team or Team()
     checkpoint = open_checkpoint(src)
     include, exclude = include or ["*"], exclude or []
@@ -135,8 +136,10 @@ def quantize_sharded(src: str, out: str, config: QuantConfig, shard_size: int, *
     names = shard_names(len(groups))
     mine = assign_shards([sum(items[i].nbytes for i in g) for g in groups], team.world)[team.rank]
     if on_plan is not None:
-        on_plan(sum(items[i].in_bytes for n in mine for i in groups[n]))
-    producer = Producer(config, to_device, step)
+        share = range(len(groups)) if team.counts_job else mine
+        on_plan(sum(items[i].in_bytes for n in share for i in groups[n]))
+    counted = None if step is None else (lambda name, n: step(name, team.count(n)))
+    producer = Producer(config, to_device, counted)
     start = time.perf_counter()
     token = team.together(_stage, out, checkpoint, force, names, team.rank)
     staging = staging_path(out, int(team.reduce(np.array([token], np.int64), "MAX")[0]))
@@ -213,8 +216,9 @@ def _run(args, config: QuantConfig, argv: list[str], progress_factory):
             stats = quantize_sharded(args.input, args.output, config, args.shard_size,
                                      include=args.include, exclude=args.exclude,
                                      to_device=to_device, force=args.force,
-                                     step=progress.step, on_plan=progress.set_total,
+                                     step=progress.step_to, on_plan=progress.set_total,
                                      team=team)
+            progress.step_to("", team.count(0))  # every rank is done: the whole job's bytes
         finally:
             progress.close()
     finally:

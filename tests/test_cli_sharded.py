@@ -10,8 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+import gpuquant as gq
 from gpuquant.errors import QuantizationError
 from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
+from gpuquant.sharded import quantize_sharded
 from gpuquant.shards import assign_shards, parse_size, plan_shards
 
 ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
@@ -121,6 +123,16 @@ def test_single_process_layout(model, tmp_path):
     before = files_of(sharded)
     again = run("quantize", model, "-o", sharded, "--shard-size", "12KB", "--force", "--quiet")
     assert again.returncode == 0 and files_of(sharded) == before, again.stderr
+
+
+def test_progress_counts_the_job(model, tmp_path):
+    planned, done = [], []
+    config = gq.QuantConfig(scheme="int8", granularity="channel", axis=0)
+    stats = quantize_sharded(str(model), str(tmp_path / "o"), config, 10_000,
+                             on_plan=planned.append, step=lambda name, n: done.append(n))
+    total = sum(a.nbytes for _, _, a in tensors())
+    assert planned == [total] and stats["bytes_in"] == total and stats["quantized"] == 8
+    assert done == sorted(done) and len(done) == 9 and done[-1] == total
 
 
 @pytest.mark.slow
