@@ -162,16 +162,19 @@ def quantize_sharded(src: str, out: str, config: QuantConfig, shard_size: int, *
     return stats
 
 
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _launch(args, argv: list[str]) -> None:
     """--workers N: the same command on N local processes; cleans up after a failed worker."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    if args.device == "cuda":
-        import torch
-
-        if args.workers > torch.cuda.device_count():
-            raise QuantizationError(f"--workers {args.workers}: only "
-                                    f"{torch.cuda.device_count()} GPU(s) visible with --device cuda")
+    if args.device == "cuda" and args.workers > _gpus():
+        raise QuantizationError(f"--workers {args.workers}: only {_gpus()} GPU(s) visible with "
+                                "--device cuda")
     token = secrets.randbits(48)
     try:
         launch_local(args.workers, argv, {TOKEN_ENV: f"{token:012x}"})
@@ -209,6 +212,13 @@ def _run(args, config: QuantConfig, argv: list[str], progress_factory):
     from .devices import converter_for
 
     to_device = converter_for(args.device)
+    if world > 1 and to_device is not None and _gpus() < int(os.environ.get("LOCAL_WORLD_SIZE")
+                                                          or world):
+        if args.device == "cuda":  # one GPU per process, decided alike on every rank
+            raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for "
+                                    f"{os.environ.get('LOCAL_WORLD_SIZE') or world} processes "
+                                    "on this machine; run at most one per GPU")
+        to_device = None  # auto: more processes than GPUs, so every rank works on the CPU
     team = Team.from_env(cuda=world > 1 and to_device is not None)
     try:
         progress = progress_factory(args.quiet or team.rank != 0)

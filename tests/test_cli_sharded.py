@@ -148,6 +148,12 @@ def test_two_workers_byte_identical(model, tmp_path):
               model, "-o", tr, "--shard-size", "10KB", "--quiet", module="torch.distributed.run")
     assert out.returncode == 0, out.stderr[-3000:]
     assert files_of(one) == files_of(tr)
+    # one shard for two processes: rank 1 writes nothing and still agrees
+    one, two = tmp_path / "one1", tmp_path / "two1"
+    assert run("quantize", model, "-o", one, "--shard-size", "1GB").returncode == 0
+    out = run("quantize", model, "-o", two, "--shard-size", "1GB", "--workers", "2")
+    assert out.returncode == 0 and files_of(one) == files_of(two), out.stderr[-3000:]
+    assert sorted(files_of(two)) == sorted([INDEX, "model-00001-of-00001.safetensors"])
 
 
 def _free_port():
