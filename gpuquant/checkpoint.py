@@ -80,8 +80,9 @@ def checked_described(f: SafetensorsFile) -> dict[str, Any]:
     return described
 
 
-def _file_metadata(f: SafetensorsFile, described: dict[str, Any] | None) -> dict[str, str]:
-    meta = {k: v for k, v in f.metadata.items() if not k.startswith("gpuquant.")}
+def file_metadata(metadata: dict[str, str], described: dict[str, Any] | None) -> dict[str, str]:
+    """An input file's metadata without gpuquant's keys, plus those of ``described``."""
+    meta = {k: v for k, v in metadata.items() if not k.startswith("gpuquant.")}
     if described is not None:
         meta[VERSION_KEY] = FORMAT_VERSION
         meta[TENSORS_KEY] = json.dumps(described, separators=(",", ":"))
@@ -123,7 +124,7 @@ def refuse_quantized(f: SafetensorsFile) -> None:
                                 "checkpoint, or dequantize this one first")
 
 
-class _Plan:
+class Plan:
     """One output shard: header entries, what to do with each tensor, the metadata."""
 
     def __init__(self, f: SafetensorsFile, config: QuantConfig, include, exclude):
@@ -171,6 +172,44 @@ def _quantize_one(f: SafetensorsFile, key: str, raw: np.ndarray, config: QuantCo
     return quantized_entries(key, qt)
 
 
+class Producer:
+    """Reads, quantizes and yields the stored arrays of one tensor at a time, counting."""
+
+    def __init__(self, config: QuantConfig, to_device=None, step: Step | None = None):
+        self.config, self.to_device, self.step = config, to_device, step
+        self.stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "read_s": 0.0,
+                      "compute_s": 0.0}
+
+    def arrays(self, f: SafetensorsFile, key: str, stored: list | None):
+        """The arrays of ``key`` (``stored``: its planned quantized entries, None to keep it)."""
+        stats = self.stats
+        t0 = time.perf_counter()
+        raw = f.get(key)
+        t1 = time.perf_counter()
+        stats["read_s"] += t1 - t0
+        stats["bytes_in"] += raw.nbytes
+        arrays = [raw] if stored is None else \
+            _quantize_one(f, key, raw, self.config, self.to_device)
+        if stored is not None:
+            got = [(n, tag, a.shape) for n, tag, a in arrays]
+            if got != stored:  # the header is already written: never write other bytes
+                raise QuantizationError(f"{f.path}: tensor {key!r} quantized to {got}, "
+                                        f"planned {stored}")
+            arrays = [a for _, _, a in arrays]
+            stats["compute_s"] += time.perf_counter() - t1
+        stats["quantized" if stored is not None else "kept"] += 1
+        stats["bytes_out"] += sum(a.nbytes for a in arrays)
+        if self.step is not None:
+            self.step(key, raw.nbytes)
+        return arrays
+
+
+def unmatched_globs(checkpoint, include: list[str], exclude: list[str]) -> list[str]:
+    keys = [k for _, f in checkpoint.files() for k in f.keys()]
+    return [g for g in include + exclude if g != "*" and
+            not any(fnmatch.fnmatchcase(k, g) for k in keys)]
+
+
 def quantize_checkpoint(src: str, out: str, config: QuantConfig, *, include=None, exclude=None,
                         to_device=None, force: bool = False, step: Step | None = None) -> dict:
     """Quantize every selected float tensor of 2+ dimensions; the rest passes through.
@@ -181,45 +220,26 @@ def quantize_checkpoint(src: str, out: str, config: QuantConfig, *, include=None
     """
     checkpoint = open_checkpoint(src)
     include, exclude = include or ["*"], exclude or []
-    plans = [_Plan(f, config, include, exclude) for _, f in checkpoint.files()]
-    stats = {"quantized": 0, "kept": 0, "grew": sum(p.grew for p in plans), "bytes_in": 0,
-             "bytes_out": 0, "read_s": 0.0, "compute_s": 0.0}
+    plans = [Plan(f, config, include, exclude) for _, f in checkpoint.files()]
+    producer = Producer(config, to_device, step)
     start = time.perf_counter()
 
-    def produce(f: SafetensorsFile, plan: _Plan):
+    def produce(f: SafetensorsFile, plan: Plan):
         for key, stored in plan.work:
-            t0 = time.perf_counter()
-            raw = f.get(key)
-            t1 = time.perf_counter()
-            stats["read_s"] += t1 - t0
-            stats["bytes_in"] += raw.nbytes
-            arrays = [raw] if stored is None else _quantize_one(f, key, raw, config, to_device)
-            if stored is not None:
-                got = [(n, tag, a.shape) for n, tag, a in arrays]
-                if got != stored:  # the header is already written: never write other bytes
-                    raise QuantizationError(f"{f.path}: tensor {key!r} quantized to {got}, "
-                                            f"planned {stored}")
-                arrays = [a for _, _, a in arrays]
-                stats["compute_s"] += time.perf_counter() - t1
-            stats["quantized" if stored is not None else "kept"] += 1
-            stats["bytes_out"] += sum(a.nbytes for a in arrays)
-            if step is not None:
-                step(key, raw.nbytes)
-            yield from arrays
+            yield from producer.arrays(f, key, stored)
 
     plan_of = dict(zip(checkpoint.shards, plans))
 
     def write_shard(name: str, f: SafetensorsFile, target: str) -> dict[str, str]:
         plan = plan_of[f.path]
         write_safetensors_stream(target, plan.entries, produce(f, plan),
-                                 _file_metadata(f, plan.described))
+                                 file_metadata(f.metadata, plan.described))
         return {entry[0]: name for entry in plan.entries}
 
     write_output(out, checkpoint, force, write_shard)
+    stats = dict(producer.stats, grew=sum(p.grew for p in plans))
     stats["seconds"] = time.perf_counter() - start
-    keys = [k for _, f in checkpoint.files() for k in f.keys()]
-    stats["unmatched_globs"] = [g for g in include + exclude if g != "*" and
-                                not any(fnmatch.fnmatchcase(k, g) for k in keys)]
+    stats["unmatched_globs"] = unmatched_globs(checkpoint, include, exclude)
     return stats
 
 
@@ -252,7 +272,7 @@ def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
                 yield f32_to_bf16_bits(y) if want == "bfloat16" else y.astype(want)
 
         entries = [(key, tag, shape) for key, tag, shape, _ in work]
-        write_safetensors_stream(target, entries, produce(), _file_metadata(f, None))
+        write_safetensors_stream(target, entries, produce(), file_metadata(f.metadata, None))
         return {e[0]: name for e in entries}
 
     write_output(out, checkpoint, force, write_shard)

@@ -60,6 +60,13 @@ class Progress:
             except ImportError:
                 pass
 
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.reset(total=total)
+
+    def step_to(self, name: str, done: int) -> None:
+        self.step(name, done - self.bar.n if self.bar is not None else 0)
+
     def step(self, name: str, nbytes: int) -> None:
         if self.bar is not None:
             self.bar.set_postfix_str(name[-40:])
@@ -97,6 +104,15 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from .devices import converter_for
 
     config = _quantize_config(args)
+    if args.shard_size is not None or args.workers > 1 or \
+            int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        from .sharded import run_sharded
+
+        stats = run_sharded(args, config, args.argv, lambda quiet: Progress(0, quiet))
+        if stats is None:  # not rank 0, or the launcher of --workers: rank 0 reports
+            return 0
+        args.output += f" ({stats['shards']} shard(s))"
+        return _summary(args, stats)
     to_device = converter_for(args.device)
     progress = Progress(_input_bytes(args.input), args.quiet)
     try:
@@ -105,6 +121,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
                                     force=args.force, step=progress.step)
     finally:
         progress.close()
+    return _summary(args, stats)
+
+
+def _summary(args: argparse.Namespace, stats: dict) -> int:
     for glob in stats["unmatched_globs"]:
         print(f"gpuquant: warning: {glob!r} matches no tensor in {args.input}", file=sys.stderr)
     if not args.quiet:
@@ -210,6 +230,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    from .shards import parse_size
+
+    try:
+        return parse_size(text)
+    except QuantizationError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes, 1 or more")
+    return int(text)
+
+
 def _add_quantize(sub) -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a safetensors checkpoint (file or shards)",
                        description=QUANTIZE_DESCRIPTION, formatter_class=HelpFormatter)
@@ -242,6 +277,12 @@ def _add_quantize(sub) -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true",
                    help="replace the output's files (never the input, nor other files)")
     q.add_argument("--quiet", action="store_true", help="no summary, no progress bar")
+    q.add_argument("--shard-size", type=_size, metavar="SIZE",
+                   help="write a folder of shards of at most SIZE stored bytes each (5GB, "
+                        "500MB, 100KB or bytes) and model.safetensors.index.json")
+    q.add_argument("--workers", type=_workers, default=1, metavar="N",
+                   help="processes on this machine (torch.distributed; needs --shard-size); "
+                        "or run under torchrun -m gpuquant")
     q.set_defaults(func=cmd_quantize)
     return q
 
@@ -325,6 +366,7 @@ def _quiet_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     previous = None
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)

@@ -28,6 +28,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import sys
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -36,7 +40,7 @@ from .backends import BACKENDS
 from .errors import BackendUnavailableError, InvalidShapeError, QuantizationError
 from .streaming import HistogramState
 
-__all__ = ["all_reduce_calibrator"]
+__all__ = ["all_reduce_calibrator", "Team", "PeerFailed", "launch_local"]
 
 _NO_VALUE = -(1 << 62)  # what a rank without a value gives to a MAX agreement
 
@@ -224,3 +228,101 @@ def all_reduce_calibrator(calibrator: Any, group: Any = None) -> Any:
         merged = _reduce_moving_average(reduce, state, shape)
     state.update(merged, backend=backend, unit_shape=list(shape))
     return calibrator.load_state_dict(state)
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of the job failed (its own error is on its stderr)."""
+
+
+class Team:
+    """The processes of one job: this one's rank, the world size, and agreement on success.
+
+    ``Team()`` is one process alone; :meth:`from_env` joins the job torchrun (or
+    :func:`launch_local`) describes in RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR.
+    Collectives time out after ``timeout_s``, so a rank that dies never leaves the
+    others waiting for ever.
+    """
+
+    def __init__(self):
+        self.rank, self.world, self.local_rank, self._reduce = 0, 1, 0, None
+        self._store, self._counted = None, 0
+
+    @classmethod
+    def from_env(cls, cuda: bool, timeout_s: float = 60.0) -> Team:
+        team = cls()
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return team
+        torch, dist = _torch_distributed()
+        team.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:  # NCCL reduces on each rank's own GPU
+            torch.cuda.set_device(team.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo",
+                                    timeout=timedelta(seconds=timeout_s))
+        team.rank, team.world = dist.get_rank(), dist.get_world_size()
+        team._reduce = _Collective(None)
+        try:  # the job's key-value store; without it each rank counts only its own share
+            team._store = dist.distributed_c10d._get_default_store()
+        except (AttributeError, RuntimeError, ValueError):
+            team._store = None
+        return team
+
+    @property
+    def counts_job(self) -> bool:
+        """Whether :meth:`count` sums over every rank (else over this one only)."""
+        return self._store is not None or self.world == 1
+
+    def count(self, n: int) -> int:
+        """Add ``n`` to the job's counter; returns the total so far."""
+        self._counted += n
+        if self._store is None:
+            return self._counted
+        try:
+            return int(self._store.add("gpuquant.count", int(n)))
+        except RuntimeError as exc:  # the store went with a dead rank (or its agent)
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
+
+    def reduce(self, values: Any, op: str) -> np.ndarray:
+        """An all_reduce (``op``: "SUM", "MAX", "MIN") of a small array; itself when alone."""
+        values = np.asarray(values)
+        if self._reduce is None:
+            return values.copy()
+        try:
+            return self._reduce(values, op)
+        except RuntimeError as exc:  # gloo/NCCL: a rank died or the timeout passed
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
+
+    def together(self, fn, *args):
+        """Run ``fn`` here, then agree: if it failed on any rank, every rank raises (its own
+        error where it failed, :class:`PeerFailed` elsewhere)."""
+        try:
+            result = fn(*args)
+        except BaseException:
+            try:  # tell the others; a dead or broken group must not hide this error
+                self.reduce(np.array([1], np.int64), "MAX")
+            except Exception:  # noqa: BLE001, S110 - the error being raised matters more
+                pass
+            raise
+        if self.reduce(np.array([0], np.int64), "MAX")[0]:
+            raise PeerFailed("another rank failed; its error is printed above")
+        return result
+
+    def close(self) -> None:
+        if self._reduce is not None:
+            self._reduce.dist.destroy_process_group()
+            self._reduce = None
+
+
+def launch_local(workers: int, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run ``python -m gpuquant *argv`` on ``workers`` processes of this machine through
+    torch.distributed's elastic launcher (torchrun --standalone); raises
+    ChildFailedError when a worker fails (the launcher stops the others)."""
+    _torch_distributed()
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.update(env or {})  # the workers inherit this process's environment
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers,
+                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                          local_addr="127.0.0.1")
+    elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator
@@ -21,9 +22,12 @@ from collections.abc import Callable, Iterator
 from .errors import FormatError, QuantizationError
 from .safetensors_file import SafetensorsFile
 
-__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_output"]
+__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_output", "parse_size",
+           "plan_shards", "shard_names", "assign_shards"]
 
 INDEX_NAME = "model.safetensors.index.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
 
 @dataclasses.dataclass
@@ -128,20 +132,67 @@ def _same(a: str, b: str) -> bool:
         return False
 
 
-def _targets(out: str, checkpoint: Checkpoint) -> list[str]:
-    """Every file the output consists of."""
-    if not checkpoint.sharded:
+def parse_size(text: str) -> int:
+    """Bytes of "5GB", "500MB", "100KB" (powers of 10, as Hugging Face), "2GiB" or a plain int."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", str(text), re.IGNORECASE)
+    if match is None:
+        raise QuantizationError(f"{text!r} is no size; give bytes (an integer) or a number with "
+                                "KB, MB, GB, TB (or KiB, MiB, GiB, TiB), e.g. 5GB")
+    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+    if size <= 0:
+        raise QuantizationError(f"{text!r}: the size must be positive")
+    return size
+
+
+def plan_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive items per shard, in order; a new shard starts where ``max_bytes`` would be
+    passed (an item larger than ``max_bytes`` gets a shard of its own)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if not groups or (total + size > max_bytes and groups[-1]):
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += size
+    return groups or [[]]
+
+
+def shard_names(count: int) -> list[str]:
+    """model-00001-of-0000N.safetensors, ..., as Hugging Face names shards."""
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def assign_shards(sizes: list[int], ranks: int) -> list[list[int]]:
+    """Shard numbers per rank, balanced by bytes: largest first to the least loaded rank."""
+    load = [0] * ranks
+    owned: list[list[int]] = [[] for _ in range(ranks)]
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(ranks), key=lambda r: (load[r], r))
+        owned[rank].append(i)
+        load[rank] += sizes[i]
+    return [sorted(o) for o in owned]
+
+
+def _targets(out: str, checkpoint: Checkpoint, names: list[str] | None = None) -> list[str]:
+    """Every file the output consists of (``names``: the shards of a resharded output)."""
+    if names is None and not checkpoint.sharded:
         return [out]
-    return [os.path.join(out, os.path.basename(s)) for s in checkpoint.shards] + \
-        [os.path.join(out, INDEX_NAME)]
+    if names is None:
+        names = [os.path.basename(s) for s in checkpoint.shards]
+    return [os.path.join(out, n) for n in names] + [os.path.join(out, INDEX_NAME)]
 
 
-def check_output(out: str, checkpoint: Checkpoint, force: bool) -> None:
-    """Refuse an output that is the input, exists without ``force``, or has no folder."""
+def check_output(out: str, checkpoint: Checkpoint, force: bool,
+                 names: list[str] | None = None) -> None:
+    """Refuse an output that is the input, exists without ``force``, or has no folder.
+
+    ``names``: the output is a folder of these shards (whatever the input is)."""
+    folder_out = checkpoint.sharded or names is not None
     inputs = checkpoint.shards + ([checkpoint.index] if checkpoint.index else [])
     if checkpoint.folder is not None and _same(out, checkpoint.folder):
         raise QuantizationError(f"{out}: is the input folder; choose another output folder")
-    for target in _targets(out, checkpoint):
+    for target in _targets(out, checkpoint, names):
         if any(_same(target, src) for src in inputs):
             raise QuantizationError(f"{out}: would overwrite the input {target}; choose "
                                     "another output (even --force never replaces the input)")
@@ -152,23 +203,49 @@ def check_output(out: str, checkpoint: Checkpoint, force: bool) -> None:
         return
     if not force:
         raise QuantizationError(f"{out}: exists; pass --force to replace it")
-    if checkpoint.sharded != os.path.isdir(out):
-        kind = "a folder" if checkpoint.sharded else "a file"
+    if folder_out != os.path.isdir(out):
+        kind = "a folder" if folder_out else "a file"
         raise QuantizationError(f"{out}: exists and is not {kind}; choose another output")
-    for target in _targets(out, checkpoint) if checkpoint.sharded else []:
+    for target in _targets(out, checkpoint, names) if folder_out else []:
         if os.path.isdir(target) and not os.path.islink(target):
             raise QuantizationError(f"{target}: is a folder; --force replaces only files")
 
 
-def _staging_folder(parent: str) -> str:
-    """A new hidden folder with the umask's permissions (tempfile.mkdtemp's are 0o700)."""
+def staging_path(out: str, token: int) -> str:
+    """The hidden folder where an output folder is written before it is put in place."""
+    parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
+    return os.path.join(parent, f".gpuquant-{token:012x}")
+
+
+def make_staging(out: str, token: int | None = None) -> int:
+    """Create the staging folder of ``out`` (umask permissions, unlike tempfile.mkdtemp's
+    0o700); returns its token (random unless given)."""
     while True:
-        path = os.path.join(parent, f".gpuquant-{secrets.token_hex(6)}")
+        chosen = secrets.randbits(48) if token is None else token
         try:
-            os.mkdir(path)
-            return path
+            os.mkdir(staging_path(out, chosen))
+            return chosen
         except FileExistsError:
+            if token is not None:
+                raise
             continue
+
+
+def finish_output(out: str, staging: str, names: list[str], index_metadata: dict,
+                  weight_map: dict[str, str]) -> None:
+    """Write the index into ``staging`` and put the folder in place: renamed whole as a new
+    ``out``, or into an existing one (``--force``) file by file, the index last."""
+    total = sum(os.path.getsize(os.path.join(staging, n)) for n in names)
+    index = {"metadata": {**index_metadata, "total_size": total},
+             "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(staging, INDEX_NAME), "w") as f:
+        json.dump(index, f, indent=2)
+    if not os.path.isdir(out):
+        os.replace(staging, out)
+        return
+    for name in names + [INDEX_NAME]:
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    os.rmdir(staging)
 
 
 def write_output(out: str, checkpoint: Checkpoint, force: bool,
@@ -185,25 +262,13 @@ def write_output(out: str, checkpoint: Checkpoint, force: bool,
         for _, f in checkpoint.files():
             write_shard(os.path.basename(out), f, out)
         return
-    exists = os.path.isdir(out)
-    staging = _staging_folder(out if exists else os.path.dirname(os.path.abspath(out)))
+    staging = staging_path(out, make_staging(out))
     try:
         weight_map: dict[str, str] = {}
-        total = 0
         for name, f in checkpoint.files():
-            target = os.path.join(staging, name)
-            weight_map.update(write_shard(name, f, target))
-            total += os.path.getsize(target)
-        index = {"metadata": {**checkpoint.index_metadata, "total_size": total},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        with open(os.path.join(staging, INDEX_NAME), "w") as f:
-            json.dump(index, f, indent=2)
-        if not exists:
-            os.replace(staging, out)
-            return
-        for name in [os.path.basename(s) for s in checkpoint.shards] + [INDEX_NAME]:
-            os.replace(os.path.join(staging, name), os.path.join(out, name))
-        os.rmdir(staging)
+            weight_map.update(write_shard(name, f, os.path.join(staging, name)))
+        names = [os.path.basename(s) for s in checkpoint.shards]
+        finish_output(out, staging, names, checkpoint.index_metadata, weight_map)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -23,7 +23,7 @@ LAYERS = [
              "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.shards",
              "gpuquant.export"]),
     ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.demo",
-                     "gpuquant.__main__", "gpuquant"]),
+                     "gpuquant.__main__", "gpuquant.sharded", "gpuquant"]),
 ]
 
 
