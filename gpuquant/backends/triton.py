@@ -35,7 +35,6 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 
 __all__ = ["TritonBackend"]
 
-_TILE = 4096  # elements per program of the reductions below
 
 
 class TritonBackend:
