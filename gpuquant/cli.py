@@ -19,6 +19,7 @@ import sys
 from . import __version__
 from .errors import QuantizationError
 from .export.cli import add_parsers as add_export_parsers
+from .export.cli import workers_arg
 
 __all__ = ["main", "build_parser"]
 
@@ -239,12 +240,6 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _workers(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes, 1 or more")
-    return int(text)
-
-
 def _add_quantize(sub) -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a safetensors checkpoint (file or shards)",
                        description=QUANTIZE_DESCRIPTION, formatter_class=HelpFormatter)
@@ -280,7 +275,7 @@ def _add_quantize(sub) -> argparse.ArgumentParser:
     q.add_argument("--shard-size", type=_size, metavar="SIZE",
                    help="write a folder of shards of at most SIZE stored bytes each (5GB, "
                         "500MB, 100KB or bytes) and model.safetensors.index.json")
-    q.add_argument("--workers", type=_workers, default=1, metavar="N",
+    q.add_argument("--workers", type=workers_arg, default=1, metavar="N",
                    help="processes on this machine (torch.distributed; needs --shard-size); "
                         "or run under torchrun -m gpuquant")
     q.set_defaults(func=cmd_quantize)

@@ -21,14 +21,21 @@ Ranks that saw no batch contribute nothing. Unlike ``all_gather_object`` nothing
 is pickled. The reduced arrays live on the CPU for gloo and MPI, and on the
 rank's current CUDA device for NCCL (NCCL reduces device memory only); the
 state itself stays in NumPy. torch is imported when the function is called.
+
+:class:`Team` and :func:`launch_or_join` are what the sharded ``quantize`` and
+``export`` commands share: the job's ranks, their agreement on success, and
+``--workers N`` through torch.distributed's elastic launcher.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import secrets
+import shutil
 import sys
 import uuid
 from datetime import timedelta
@@ -38,9 +45,13 @@ import numpy as np
 
 from .backends import BACKENDS
 from .errors import BackendUnavailableError, InvalidShapeError, QuantizationError
+from .shards import staging_path
 from .streaming import HistogramState
 
-__all__ = ["all_reduce_calibrator", "Team", "PeerFailed", "launch_local"]
+__all__ = ["all_reduce_calibrator", "Team", "PeerFailed", "launch_local", "launch_or_join",
+           "reporting_peer_failure"]
+TOKEN_ENV = "GPUQUANT_STAGING_TOKEN"  # set by --workers, so the launcher can clean up
+EXIT_ENV = "GPUQUANT_TEST_EXIT_RANK"  # tests: this rank dies after writing its first shard
 
 _NO_VALUE = -(1 << 62)  # what a rank without a value gives to a MAX agreement
 
@@ -326,3 +337,60 @@ def launch_local(workers: int, argv: list[str], env: dict[str, str] | None = Non
                           rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
                           local_addr="127.0.0.1")
     elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _launch(args, argv: list[str]) -> None:
+    """--workers N: the same command on N local processes; cleans up after a failed worker."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if args.device == "cuda" and args.workers > _gpus():
+        raise QuantizationError(f"--workers {args.workers}: only {_gpus()} GPU(s) visible with "
+                                "--device cuda")
+    token = secrets.randbits(48)
+    try:
+        launch_local(args.workers, argv, {TOKEN_ENV: f"{token:012x}"})
+    except BaseException as exc:  # a failed worker, or Ctrl-C / SIGTERM (workers stopped)
+        shutil.rmtree(staging_path(args.output, token), ignore_errors=True)
+        if not isinstance(exc, ChildFailedError):
+            raise
+        codes = [f.exitcode for f in exc.failures.values()]
+        raise PeerFailed(f"{len(codes)} of {args.workers} worker(s) failed (exit codes "
+                         f"{codes}); nothing was written to {args.output}") from None
+
+
+def launch_or_join(args, argv: list[str]):
+    """--workers N without torchrun: starts them here and returns None; else this rank's
+    (to_device, Team): under torchrun or --workers, the GPU of its local rank when every
+    process of this machine has one, the CPU otherwise."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world == 1 and args.workers > 1:
+        _launch(args, argv)
+        return None
+    if args.workers not in (1, world):
+        raise QuantizationError(f"--workers {args.workers} under torchrun with {world} "
+                                "processes; leave --workers out there")
+    from .devices import converter_for
+
+    to_device, local = converter_for(args.device), os.environ.get("LOCAL_WORLD_SIZE") or world
+    if world > 1 and to_device is not None and _gpus() < int(local):
+        if args.device == "cuda":  # one GPU per process, decided alike on every rank
+            raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for {local} processes "
+                                    "on this machine; run at most one per GPU")
+        to_device = None  # auto: more processes than GPUs, so every rank works on the CPU
+    return to_device, Team.from_env(cuda=world > 1 and to_device is not None)
+
+
+@contextlib.contextmanager
+def reporting_peer_failure():
+    """A failure on another rank (or worker), not a bug here: one line, exit 1."""
+    try:
+        yield
+    except PeerFailed as exc:
+        print(f"gpuquant: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

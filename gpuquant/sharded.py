@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import secrets
 import shutil
 import sys
 import time
@@ -29,7 +28,7 @@ import numpy as np
 
 from .checkpoint import Plan, Producer, file_metadata, unmatched_globs
 from .config import QuantConfig
-from .distributed import PeerFailed, Team, launch_local
+from .distributed import EXIT_ENV, TOKEN_ENV, Team, launch_or_join, reporting_peer_failure
 from .errors import QuantizationError
 from .safetensors_file import DTYPES, SafetensorsFile, write_safetensors_stream
 from .shards import (
@@ -46,8 +45,6 @@ from .shards import (
 
 __all__ = ["quantize_sharded", "run_sharded"]
 
-TOKEN_ENV = "GPUQUANT_STAGING_TOKEN"  # set by --workers, so the launcher can clean up
-EXIT_ENV = "GPUQUANT_TEST_EXIT_RANK"  # tests: this rank dies after writing its first shard
 SUMMED = ("quantized", "kept", "bytes_in", "bytes_out")
 SLOWEST = ("read_s", "compute_s")
 
@@ -162,64 +159,21 @@ def quantize_sharded(src: str, out: str, config: QuantConfig, shard_size: int, *
     return stats
 
 
-def _gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _launch(args, argv: list[str]) -> None:
-    """--workers N: the same command on N local processes; cleans up after a failed worker."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    if args.device == "cuda" and args.workers > _gpus():
-        raise QuantizationError(f"--workers {args.workers}: only {_gpus()} GPU(s) visible with "
-                                "--device cuda")
-    token = secrets.randbits(48)
-    try:
-        launch_local(args.workers, argv, {TOKEN_ENV: f"{token:012x}"})
-    except ChildFailedError as exc:
-        shutil.rmtree(staging_path(args.output, token), ignore_errors=True)
-        codes = [f.exitcode for f in exc.failures.values()]
-        raise PeerFailed(f"{len(codes)} of {args.workers} worker(s) failed (exit codes "
-                         f"{codes}); nothing was written to {args.output}") from None
-    except BaseException:  # Ctrl-C, SIGTERM: the launcher has stopped the workers
-        shutil.rmtree(staging_path(args.output, token), ignore_errors=True)
-        raise
-
-
 def run_sharded(args, config: QuantConfig, argv: list[str], progress_factory):
     """The CLI's sharded quantize: launches --workers, or runs this rank; the stats on rank 0,
     None elsewhere (and in the launcher). A failure on another rank exits 1 (SystemExit)."""
-    try:
+    with reporting_peer_failure():
         return _run(args, config, argv, progress_factory)
-    except PeerFailed as exc:  # a failure elsewhere, not a bug here: one line, exit 1
-        print(f"gpuquant: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 def _run(args, config: QuantConfig, argv: list[str], progress_factory):
-    world = int(os.environ.get("WORLD_SIZE") or 1)
     if args.shard_size is None:
         raise QuantizationError("--workers and torchrun need --shard-size (e.g. --shard-size "
                                 "5GB): the shards are what the processes share out")
-    if world == 1 and args.workers > 1:
-        _launch(args, argv)
+    joined = launch_or_join(args, argv)
+    if joined is None:
         return None
-    if args.workers not in (1, world):
-        raise QuantizationError(f"--workers {args.workers} under torchrun with {world} "
-                                "processes; leave --workers out there")
-    from .devices import converter_for
-
-    to_device = converter_for(args.device)
-    if world > 1 and to_device is not None and _gpus() < int(os.environ.get("LOCAL_WORLD_SIZE")
-                                                          or world):
-        if args.device == "cuda":  # one GPU per process, decided alike on every rank
-            raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for "
-                                    f"{os.environ.get('LOCAL_WORLD_SIZE') or world} processes "
-                                    "on this machine; run at most one per GPU")
-        to_device = None  # auto: more processes than GPUs, so every rank works on the CPU
-    team = Team.from_env(cuda=world > 1 and to_device is not None)
+    to_device, team = joined
     try:
         progress = progress_factory(args.quiet or team.rank != 0)
         try:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 from ..errors import QuantizationError
 
-__all__ = ["add_parsers", "cmd_export"]
+__all__ = ["add_parsers", "cmd_export", "workers_arg"]
 
 FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
 
@@ -30,7 +31,6 @@ def _calibration(args: argparse.Namespace):
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .ctensors import PackOptions
-    from .hf_folder import compressed_tensors
 
     options = PackOptions(scheme=args.scheme, granularity=args.granularity,
                           group_size=args.group_size, symmetric=not args.asymmetric,
@@ -38,14 +38,47 @@ def cmd_export(args: argparse.Namespace) -> int:
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
                           ignore_nonfinite=args.ignore_nonfinite)
-    stats = compressed_tensors(args.model_dir, args.output, options, force=args.force,
-                               device=args.device)
-    if not args.quiet:
+    stats = _export(args, options)
+    if stats is not None and not args.quiet:
         print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
               f"pack-quantized {args.scheme} (scales {stats['scale_dtype']}), kept "
               f"{stats['kept']} tensor(s); {stats['bytes_in'] / 1e9:.3f} GB -> "
               f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
     return 0
+
+
+def _export(args: argparse.Namespace, options):
+    """One process, or this rank of torchrun / --workers (None but on rank 0)."""
+    from .hf_folder import compressed_tensors, export_folder, prepare_export
+
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if args.workers == 1 and world == 1:
+        return compressed_tensors(args.model_dir, args.output, options, force=args.force,
+                                  device=args.device)
+    from ..distributed import launch_or_join, reporting_peer_failure
+
+    # every rank plans alike (and fails alike on bad input) before it joins the process
+    # group: transformers building its meta model after gloo started made ~1 exit in 8 abort
+    prepared = prepare_export(args.model_dir, args.output, args.force, options) \
+        if world > 1 else None
+    with reporting_peer_failure():
+        joined = launch_or_join(args, args.argv)
+        if joined is None:  # the launcher of --workers: rank 0 reported
+            return None
+        to_device, team = joined
+        try:
+            stats = export_folder(args.model_dir, args.output, options, args.force, to_device,
+                                  team, prepared)
+        finally:
+            team.close()
+    return stats if team.rank == 0 else None
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of --workers (export's and quantize's): processes, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes, 1 or more")
+    return int(text)
 
 
 def _add_export(sub) -> None:
@@ -71,6 +104,9 @@ def _add_export(sub) -> None:
                    default="model", help="dtype of the stored scales (default: the model's, "
                                          "as compressed-tensors does)")
     e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--workers", type=workers_arg, default=1, metavar="N",
+                   help="processes on this machine (torch.distributed), each writing a share "
+                        "of the shards; under torchrun leave it out")
     e.add_argument("--ignore-nonfinite", action="store_true",
                    help="calibrate over finite values instead of refusing NaN/Inf")
     e.add_argument("--force", action="store_true", help="replace the files of an existing output")
@@ -86,6 +122,9 @@ def _wrap_quantize(q: argparse.ArgumentParser) -> None:
     def run(args: argparse.Namespace) -> int:
         if args.format == "gpuquant":
             return plain(args)
+        if args.shard_size is not None or args.workers > 1:
+            raise QuantizationError(f"--format {args.format}: GGUF output is one file; leave "
+                                    "out --shard-size and --workers")
         from .gguf_file import gguf
 
         stats = gguf(args.input, args.output, args.format.split("-")[1], force=args.force,

@@ -6,6 +6,8 @@ fails before anything is written. Then each shard is streamed tensor by
 tensor into a staging folder beside the output, next to the rewritten index,
 the new config.json and copies of every other file (tokenizer, generation
 config, ...); the staging folder becomes the output only when complete.
+Under torchrun or ``--workers`` the ranks share the input shards out
+(:func:`export_folder`); rank 0 writes the other files once all succeeded.
 """
 
 from __future__ import annotations
@@ -16,17 +18,20 @@ import shutil
 import time
 from typing import Any
 
+import numpy as np
+
 from ..arrays import as_float
 from ..devices import converter_for
+from ..distributed import EXIT_ENV, TOKEN_ENV, Team
 from ..errors import FormatError, QuantizationError
 from ..safetensors_file import SafetensorsFile, write_safetensors_stream
-from ..shards import INDEX_NAME, open_checkpoint
+from ..shards import INDEX_NAME, assign_shards, make_staging, open_checkpoint, staging_path
 from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
-from .outputs import check_new_output, staged_folder
+from .outputs import check_new_output, place_folder
 from .pack32 import packed_width
 from .targets import select_weights
 
-__all__ = ["compressed_tensors"]
+__all__ = ["compressed_tensors", "export_folder", "prepare_export"]
 
 _FLOAT_TAGS = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float32"}
 
@@ -92,29 +97,79 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
     Returns:
         Counts, bytes and seconds of the export.
     """
-    start = time.perf_counter()
     options = options if options is not None else PackOptions(**option_values)
+    return export_folder(model_dir, output, options, force, converter_for(device))
+
+
+def export_folder(model_dir: str, output: str, options: PackOptions, force: bool, to_device,
+                  team: Team | None = None, prepared: tuple | None = None) -> dict:
+    """:func:`compressed_tensors` on one rank of ``team``: each rank writes the input shards
+    :func:`shards.assign_shards` gives it (balanced by bytes) into one staging folder; after
+    all agree that they succeeded, rank 0 writes the other files and puts the folder in place.
+    Every shard is written by the same code whatever the number of ranks, so the output is
+    byte-identical to one process's. The job's stats on every rank. ``prepared``: what
+    :func:`prepare_export` returned, when planned before the team was joined."""
+    start, team = time.perf_counter(), team or Team()
+    config, checkpoint, selected, groups, scale_dtype = prepared or team.together(
+        prepare_export, model_dir, output, force, options)
+    names = [os.path.basename(s) for s in checkpoint.shards]
+    entries = [_entries(f, selected, options.bits, options.symmetric, groups,
+                        SCALE_DTYPES[scale_dtype]) for _, f in checkpoint.files()]
+    mine = assign_shards([os.path.getsize(s) for s in checkpoint.shards], team.world)[team.rank]
+    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
+    token = team.together(lambda: _stage(output, force) if team.rank == 0 else 0)
+    stage = staging_path(output, int(team.reduce(np.array([token], np.int64), "MAX")[0]))
+    try:
+        team.together(_write_mine, checkpoint, stage, mine, entries, selected, options,
+                      scale_dtype, to_device, stats)
+        weight_map = {e[0]: name for name, es in zip(names, entries) for e in es}
+        total = team.together(_finish if team.rank == 0 else lambda *a: 0, model_dir, output,
+                              stage, config, checkpoint, weight_map)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    summed = team.reduce([stats[k] for k in stats], "SUM").tolist()
+    stats = dict(zip(stats, summed), scale_dtype=scale_dtype)
+    stats.update(seconds=time.perf_counter() - start, bytes_out=total or stats["bytes_out"])
+    return stats
+
+
+def prepare_export(model_dir: str, output: str, force: bool, options: PackOptions) -> tuple:
+    """(config, checkpoint, selected, groups, scale dtype), from the headers; checks output."""
     config = _read_config(model_dir)
     check_new_output(output, force, folder=True)
     checkpoint = open_checkpoint(model_dir)
-    selected, groups, scale_dtype = _plan(model_dir, config, checkpoint, options)
-    to_device = converter_for(device)
-    stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0, "scale_dtype": scale_dtype}
-    with staged_folder(output, force) as stage:
-        weight_map = {}
-        for shard in checkpoint.shards:
-            name = os.path.basename(shard)
-            with SafetensorsFile(shard) as f:
-                entries = _entries(f, selected, options.bits, options.symmetric, groups,
-                                   SCALE_DTYPES[scale_dtype])
-                write_safetensors_stream(os.path.join(stage, name), entries,
-                                         _produce(f, selected, options, scale_dtype, to_device,
-                                                  stats), f.metadata)
-            weight_map.update({e[0]: name for e in entries})
-            stats["bytes_out"] += os.path.getsize(os.path.join(stage, name))
-        _write_side_files(model_dir, stage, config, checkpoint, weight_map, stats["bytes_out"])
-    stats["seconds"] = time.perf_counter() - start
-    return stats
+    return (config, checkpoint, *_plan(model_dir, config, checkpoint, options))
+
+
+def _stage(output: str, force: bool) -> int:
+    check_new_output(output, force, folder=True)
+    token = os.environ.get(TOKEN_ENV)
+    return make_staging(output, None if token is None else int(token, 16))
+
+
+def _write_mine(checkpoint, stage: str, mine, entries, selected, options: PackOptions,
+                scale_dtype: str, to_device, stats: dict) -> None:
+    for n in mine:
+        path = os.path.join(stage, os.path.basename(checkpoint.shards[n]))
+        with SafetensorsFile(checkpoint.shards[n]) as f:
+            write_safetensors_stream(path, entries[n], _produce(f, selected, options,
+                                                               scale_dtype, to_device, stats),
+                                     f.metadata)
+        stats["bytes_out"] += os.path.getsize(path)
+        if os.environ.get(EXIT_ENV) == os.environ.get("RANK", "0"):
+            os._exit(1)
+
+
+def _finish(model_dir: str, output: str, stage: str, config: dict, checkpoint,
+            weight_map: dict) -> int:
+    """Rank 0, after every rank wrote its shards: the side files, then the folder in place;
+    returns the bytes of the shards."""
+    total = sum(os.path.getsize(os.path.join(stage, os.path.basename(s)))
+                for s in checkpoint.shards)
+    _write_side_files(model_dir, stage, config, checkpoint, weight_map, total)
+    place_folder(stage, output)
+    return total
 
 
 def _plan(model_dir: str, config: dict, checkpoint, options: PackOptions):

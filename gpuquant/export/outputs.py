@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from ..errors import QuantizationError
 
-__all__ = ["staged_folder", "staged_file", "check_new_output"]
+__all__ = ["staged_folder", "staged_file", "check_new_output", "place_folder"]
 
 _STALE_SUFFIXES = (".safetensors", ".safetensors.index.json")
 
@@ -43,12 +43,19 @@ def staged_folder(out: str, force: bool) -> Iterator[str]:
     staging = tempfile.mkdtemp(prefix=".gpuquant-export-", dir=parent)
     try:
         yield staging
-        if not os.path.exists(out):
-            os.replace(staging, out)
-            return
-        _merge_into(staging, out)
+        place_folder(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def place_folder(staging: str, out: str) -> None:
+    """Rename ``staging`` to a new ``out``, or move its files into an existing one (``force``),
+    removing the stale weight files there and then ``staging``."""
+    if not os.path.exists(out):
+        os.replace(staging, out)
+        return
+    _merge_into(staging, out)
+    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _merge_into(staging: str, out: str) -> None:
