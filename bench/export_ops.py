@@ -38,7 +38,7 @@ def build(op: str, x, framework: str, case_type, itemsize: int):
                 pass
             ours = lambda: quantize_blocks(x, scheme)  # noqa: E731
         else:
-            from gpuquant.backends.triton_export import quantize_gguf
+            from gpuquant.backends.triton.export import quantize_gguf
 
             ours = lambda: quantize_gguf(x, scheme)  # noqa: E731
         return case_type(op, ours, n * itemsize + n // 32 * _BLOCK_BYTES[op], base)
@@ -56,7 +56,7 @@ def build(op: str, x, framework: str, case_type, itemsize: int):
             ours = lambda: words_from_codes_bytes(  # noqa: E731
                 gq.quantize(x, config, qparams=params).data, 4, True, cols)
         else:
-            from gpuquant.backends.triton_export import quantize_pack32
+            from gpuquant.backends.triton.export import quantize_pack32
 
             ours = lambda: quantize_pack32(x, params.scale, params.zero_point, 4,  # noqa: E731
                                            True, 128)

@@ -249,8 +249,8 @@ def parse(argv=None):
 
 def use_tuning_table(path: str) -> None:
     """Make the launchers read the table at ``path`` (and forget launch plans made before)."""
-    from gpuquant.backends import tuning
-    from gpuquant.plan import clear
+    from gpuquant.backends.triton import tuning
+    from gpuquant.core.plan import clear
 
     table = tuning.use_table(path)
     clear()

@@ -9,7 +9,7 @@ config, after one warm-up call), print one JSON object::
 - ``python_calls``: Python function calls ("call" events of ``sys.setprofile``)
   inside the call, launches recorded instead of executed (the CPU proxy of
   issue 9: at most 40). ``c_calls`` counts the "c_call" events apart.
-- ``launches``: kernel launches of that call (``gpuquant.backends.launch.recording``).
+- ``launches``: kernel launches of that call (``gpuquant.backends.triton.launch.recording``).
 - ``host_us``: median ``perf_counter`` time of many repeated calls. ``--device cpu``
   (default): torch CPU tensors under the Triton interpreter, launches recorded,
   so the figure is gpuquant's own host work on this CPU. ``--device cuda``:
@@ -74,7 +74,7 @@ def measure(name: str, device: str, seconds: float) -> dict:
     """The figures of one operation (see the module docstring)."""
     import torch
 
-    from gpuquant.backends.launch import recording
+    from gpuquant.backends.triton.launch import recording
 
     from .ops import build
 

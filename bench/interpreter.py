@@ -13,7 +13,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_READ_AT_IMPORT = ("triton", "gpuquant.kernels", "gpuquant.backends.", "gpuquant.plan")
+_READ_AT_IMPORT = ("triton", "gpuquant.kernels", "gpuquant.backends.", "gpuquant.core.plan")
 
 
 def rerun_under_interpreter(module: str, argv: list[str]) -> int | None:

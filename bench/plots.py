@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 
-from gpuquant.demo import plot_error_vs_bits
+from gpuquant.cli.demo import plot_error_vs_bits
 
 
 def _rows(csv_path: str) -> list[dict]:

@@ -116,7 +116,7 @@ class KernelSweep:
         """Each class's current configuration, forced, as its first result. It launches what
         the table chose for the prepared references (score 1, nothing to run) unless the
         representative size falls in another class (a dry run's tiny inputs do)."""
-        from gpuquant.backends import tuning
+        from gpuquant.backends.triton import tuning
 
         for sc in classes.values():
             self.seen[sc.name] = {(op, signature([sc.workloads[op]])): (True, sc.refs[op][1])
@@ -129,7 +129,7 @@ class KernelSweep:
             self.counts[sc.name] = dict(same=0, inexact=0, failed=0)
 
     def step(self, classes: dict[str, SizeClass], device, repeats: int) -> None:
-        from gpuquant.backends import tuning
+        from gpuquant.backends.triton import tuning
 
         config = self.pending.pop(0)
         self.tried += 1
@@ -278,7 +278,7 @@ def main(argv=None) -> int:
             return status
     import torch
 
-    from gpuquant.backends import tuning
+    from gpuquant.backends.triton import tuning
 
     from .machine import Device
 

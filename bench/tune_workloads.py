@@ -11,7 +11,7 @@ import dataclasses
 import math
 
 # Which operations launch each kernel, where the launch recorder sees none (launchers that
-# do not go through gpuquant.backends.launch yet). Otherwise the recorder decides.
+# do not go through gpuquant.backends.triton.launch yet). Otherwise the recorder decides.
 USES = {
     "fused_units_kernel": ["quant-int4-g128-asym", "quant-int4-g128-sym", "quant-int8-channel",
                            "dynamic-per-token"],
@@ -24,7 +24,7 @@ USES = {
 
 def plan_clear() -> None:
     """Forget cached launch plans, so that a forced configuration is read."""
-    from gpuquant.plan import clear
+    from gpuquant.core.plan import clear
 
     clear()
 
@@ -77,7 +77,7 @@ def same_bits(a: list, b: list) -> bool:
 
 def signature(workloads: list[Workload]) -> tuple:
     """What the workloads launch (kernel, grid, warps, constexprs), recorded, not run."""
-    from gpuquant.backends.launch import recording
+    from gpuquant.backends.triton.launch import recording
 
     plan_clear()
     with recording() as launches:
@@ -90,7 +90,7 @@ def signature(workloads: list[Workload]) -> tuple:
 def uses_by_recording(workloads: dict[str, Workload], kernels) -> dict[str, list[str]]:
     """kernel -> ops that launch it, as the launch recorder sees them; USES where it sees
     no launch at all."""
-    from gpuquant.backends.launch import recording
+    from gpuquant.backends.triton.launch import recording
 
     seen: dict[str, list[str]] = {}
     for op, w in workloads.items():

@@ -10,8 +10,10 @@ True
 """
 
 from . import export  # gq.export.*: imports no optional package until called
-from .calibrate import Calibrator, calibrate
+from .calibration.calibrate import Calibrator, calibrate
 from .config import MSE, Entropy, Granularity, Percentile, QuantConfig, Scheme
+from .core.packing import pack_int4, unpack_int4
+from .core.qparams import QParams
 from .dynamic import DynamicQuantizer
 from .errors import (
     BackendUnavailableError,
@@ -30,8 +32,6 @@ from .errors import (
 )
 from .io import load, save
 from .metrics import mse, sqnr
-from .packing import pack_int4, unpack_int4
-from .qparams import QParams
 from .quantize import quantize
 from .tensor import QuantizedTensor
 

@@ -13,7 +13,7 @@ import enum
 import operator
 from typing import Any, Union
 
-from .calibration_methods import MAX_ENTROPY_BINS, MAX_MSE_CANDIDATES, MSE, Entropy, Percentile
+from .calibration.methods import MAX_ENTROPY_BINS, MAX_MSE_CANDIDATES, MSE, Entropy, Percentile
 from .errors import (
     InvalidBitWidthError,
     InvalidCalibrationError,

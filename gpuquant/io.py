@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (
+from .checkpoint.files import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
+from .config import QuantConfig
+from .core.frameworks import (
     FLOAT_DTYPES,
     TensorInfo,
     array_device,
@@ -26,11 +28,9 @@ from .arrays import (
     bf16_bits_to_f32,
     framework_of,
 )
-from .config import QuantConfig
+from .core.layout import Layout
+from .core.nonfinite import entry
 from .errors import BackendUnavailableError, FormatError, QuantizationError
-from .layout import Layout
-from .nonfinite import entry
-from .safetensors_file import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
 __all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import prepare, to_numpy
-from .chunks import run_blocks
+from .core.blocks import run_blocks
+from .core.frameworks import prepare, to_numpy
 from .errors import InvalidShapeError
 
 __all__ = ["mse", "sqnr", "error_sums"]

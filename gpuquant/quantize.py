@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .config import QuantConfig
-from .nonfinite import compiling, entry
-from .plan import plan_for
+from .core.nonfinite import compiling, entry
+from .core.plan import plan_for
 from .tensor import QuantizedTensor
 
 __all__ = ["quantize"]

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import (
+from .config import QuantConfig
+from .core.frameworks import (
     FLOAT_DTYPES,
     TensorInfo,
     array_device,
@@ -17,16 +18,10 @@ from .arrays import (
     output_dtype,
     prepare,
 )
-from .config import QuantConfig
-from .errors import (
-    BackendUnavailableError,
-    InvalidDtypeError,
-    InvalidShapeError,
-    QuantizationError,
-)
-from .layout import Layout
-from .nonfinite import compiling, entry
-from .qparams import check_user_qparams
+from .core.layout import Layout
+from .core.nonfinite import compiling, entry
+from .core.qparams import check_user_qparams
+from .errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, QuantizationError
 
 __all__ = ["QuantizedTensor"]
 
@@ -84,7 +79,7 @@ class QuantizedTensor:
 
     @classmethod
     def _trusted(cls, data: Any, scale: Any, zero_point: Any, plan) -> QuantizedTensor:
-        """What gq.quantize made under ``plan`` (gpuquant.plan): no checks, no recomputation."""
+        """What gq.quantize made under ``plan`` (gpuquant.core.plan): no checks, no recomputation."""
         qt = cls.__new__(cls)
         qt.data, qt.scale, qt.zero_point = data, scale, zero_point
         qt.shape, qt.dtype, qt.config = plan.info.shape, plan.info.dtype, plan.config
@@ -145,7 +140,7 @@ class QuantizedTensor:
             return self._dequantize_slow(dtype, backend, out)
         runner = plan.dequantizer(output_dtype(dtype, self.dtype, self.framework), self.data)
         if plan.be.name == "numpy" and out is not None:
-            from .plan import copy_into
+            from .core.plan import copy_into
 
             return copy_into((out,), (runner(self.data, self.scale, self.zero_point),))[0]
         return runner(self.data, self.scale, self.zero_point, out)
@@ -153,7 +148,7 @@ class QuantizedTensor:
     def _dequantize_slow(self, dtype, backend, out):
         """Dequantize without a plan of gq.quantize (loaded or constructed tensors)."""
         from .backends import select
-        from .plan import copy_into
+        from .core.plan import copy_into
 
         info = prepare(self.data, "data", require_float=False)[1]
         be = select(info, backend)
@@ -166,8 +161,8 @@ class QuantizedTensor:
 
     def check_finite(self) -> None:
         """Wait for the NaN/Inf checks of GPU quantize calls still in flight; raise
-        NonFiniteError if one found any (see gpuquant.nonfinite). Free on the CPU."""
-        from .nonfinite import wait_all
+        NonFiniteError if one found any (see gpuquant.core.nonfinite). Free on the CPU."""
+        from .core.nonfinite import wait_all
 
         wait_all()
 

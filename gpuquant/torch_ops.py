@@ -21,8 +21,8 @@ index into :data:`GRANULARITIES`.
 Each operator has a CPU kernel (the NumPy reference, also for torch CPU
 tensors under ``TRITON_INTERPRET=1``: it is bit-identical and far faster than
 the interpreter), a CUDA kernel (the Triton launch plans) and a fake kernel
-(shapes and dtypes from gpuquant.layout, symbolic sizes kept), all through
-gpuquant.plan. They are ``torch.library.define`` operators, opaque to
+(shapes and dtypes from gpuquant.core.layout, symbolic sizes kept), all through
+gpuquant.core.plan. They are ``torch.library.define`` operators, opaque to
 Inductor, rather than ``triton_op``: a launch plan makes host decisions once
 per input class, launches kernels with constexpr specialisations and a
 host-mapped non-finite board that is no operator input, and the CPU kernel is
@@ -40,13 +40,13 @@ import functools
 
 import torch
 
-from .arrays import FLOAT_DTYPES, TensorInfo, output_dtype
 from .backends import select
 from .config import QuantConfig
+from .core.frameworks import FLOAT_DTYPES, TensorInfo, output_dtype
+from .core.layout import Layout
+from .core.nonfinite import raise_ready
+from .core.plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
 from .errors import InvalidDtypeError, QuantizationError
-from .layout import Layout
-from .nonfinite import raise_ready
-from .plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
 
 __all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
            "eager"]
@@ -134,7 +134,7 @@ def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, ou
     if runner is None:
         info = TensorInfo("torch", name, layout.shape, "cpu" if backend == "numpy" else "cuda")
         runner = select(info, backend).plan_dequantize(layout, config, codes, name)
-        if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.plan does with its plans
+        if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.core.plan does with its plans
             _dequantizers.clear()
         _dequantizers[key] = runner
     if backend == "numpy":

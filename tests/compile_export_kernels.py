@@ -2,7 +2,7 @@
 
 Run as a script by tests/test_export_kernels.py (without TRITON_INTERPRET).
 The launchers of gpuquant/backends/triton_export.py are driven with CPU
-tensors inside gpuquant.backends.launch.recording(); compile_kernels.main
+tensors inside gpuquant.backends.triton.launch.recording(); compile_kernels.main
 builds each recorded signature for sm_90 and checks its PTX. Prints one
 JSON line like compile_kernels.py.
 """
@@ -17,7 +17,7 @@ import compile_kernels  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from gpuquant.backends import triton_export  # noqa: E402
+from gpuquant.backends.triton import export as triton_export  # noqa: E402
 
 
 def exercise():

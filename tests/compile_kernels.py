@@ -2,7 +2,7 @@
 
 Run as a script (tests/test_triton_compile.py does, without TRITON_INTERPRET):
 the runners and primitives are driven with CPU tensors inside
-``gpuquant.backends.launch.recording()``, so the recorded launches are
+``gpuquant.backends.triton.launch.recording()``, so the recorded launches are
 exactly what a GPU run would compile. Each is then built with
 ``triton.compile`` for an sm_90 target (no GPU needed) and its PTX is checked
 for the instructions that would break bit-exactness, and, on the int4 fast
@@ -27,10 +27,10 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import gpuquant as gq  # noqa: E402
-from gpuquant.backends.launch import recording  # noqa: E402
-from gpuquant.backends.triton import TritonBackend  # noqa: E402
-from gpuquant.layout import Layout  # noqa: E402
-from gpuquant.searches import mse_factors  # noqa: E402
+from gpuquant.backends.triton.backend import TritonBackend  # noqa: E402
+from gpuquant.backends.triton.launch import recording  # noqa: E402
+from gpuquant.calibration.searches import mse_factors  # noqa: E402
+from gpuquant.core.layout import Layout  # noqa: E402
 
 PTR = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "float64": "fp64",
        "int8": "i8", "uint8": "u8", "int16": "i16", "uint16": "u16", "int32": "i32",

@@ -42,7 +42,7 @@ def save_bert(path) -> str:
 
 def _each_tensor(folder, value) -> dict:
     """name -> value(file, name) over every safetensors file of a folder."""
-    from gpuquant.safetensors_file import SafetensorsFile
+    from gpuquant.checkpoint.files import SafetensorsFile
 
     out = {}
     for name in sorted(os.listdir(folder)):

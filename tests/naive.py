@@ -117,7 +117,7 @@ def naive_pack(codes, high_first=True):
 
 
 def naive_kl_best(hist, nq, eps=1e-4):
-    """TensorRT's entropy search, one candidate at a time, as gpuquant.searches states it."""
+    """TensorRT's entropy search, one candidate at a time, as gpuquant.calibration.searches states it."""
     hist = np.asarray(hist, np.int64)
     bins = hist.size
     kls = []

@@ -126,7 +126,7 @@ def test_tune_dry_run_writes_a_table_of_the_package_schema(tmp_path):
     """The sweep's code on the CPU (interpreter, tiny inputs); the package's table untouched."""
     import json
 
-    from gpuquant.backends import tuning
+    from gpuquant.backends.triton import tuning
 
     before = pathlib.Path(tuning.TABLE_PATH).read_bytes()
     out = tmp_path / "tuning.json"
@@ -162,7 +162,7 @@ def test_tuning_flag_makes_the_launchers_read_that_table(tmp_path, monkeypatch):
     import json
 
     from bench.harness import use_tuning_table
-    from gpuquant.backends import tuning
+    from gpuquant.backends.triton import tuning
 
     table = tuning.load_table()
     kernel = next(iter(table["kernels"]))

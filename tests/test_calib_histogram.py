@@ -6,18 +6,18 @@ from conftest import CUDA, INTERPRET
 
 import gpuquant as gq
 from gpuquant.backends.array_ops import NumpyOps
-from gpuquant.backends.numpy_calibration import abs_histogram
-from gpuquant.backends.reference import NumpyBackend
-from gpuquant.layout import Layout
-from gpuquant.streaming import radius_above
+from gpuquant.backends.numpy.backend import NumpyBackend
+from gpuquant.backends.numpy.calibration import abs_histogram
+from gpuquant.calibration.histograms import radius_above
+from gpuquant.core.layout import Layout
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 if not (CUDA or INTERPRET):
     pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-from gpuquant.backends import triton as launchers  # noqa: E402
-from gpuquant.backends import triton_calibration  # noqa: E402
+from gpuquant.backends.triton import backend as launchers  # noqa: E402
+from gpuquant.backends.triton import calibration as triton_calibration  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
 

@@ -1,6 +1,6 @@
 """Kernel launches, full reads of the input and host synchronisations per calibration call.
 
-The launch recorder (gpuquant.backends.launch.recording, with execute=True)
+The launch recorder (gpuquant.backends.triton.launch.recording, with execute=True)
 records each launch and still runs it. A launch reads the
 input in full when the input's pointer is among its arguments, once per
 pass of the kernel (READS). A regression to many passes fails here.
@@ -17,9 +17,10 @@ pytest.importorskip("triton")
 if not (CUDA or INTERPRET):
     pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-from gpuquant import nonfinite  # noqa: E402
-from gpuquant.backends import array_ops, triton_calibration  # noqa: E402
-from gpuquant.backends.launch import recording  # noqa: E402
+from gpuquant.backends import array_ops  # noqa: E402
+from gpuquant.backends.triton import calibration as triton_calibration  # noqa: E402
+from gpuquant.backends.triton.launch import recording  # noqa: E402
+from gpuquant.core import nonfinite  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
 READS = {"unit_radix_select_kernel": 3}  # passes over its unit inside one launch; others 1
@@ -40,7 +41,7 @@ def recorder(monkeypatch):
         return wait_all()
 
     monkeypatch.setattr(array_ops.TorchOps, "to_host", counted_to_host)
-    for module in (nonfinite, __import__("gpuquant.backends.triton", fromlist=["x"])):
+    for module in (nonfinite, __import__("gpuquant.backends.triton.backend", fromlist=["x"])):
         monkeypatch.setattr(module, "wait_all", counted_wait)
     return syncs
 

@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 
 import gpuquant as gq
-from gpuquant.backends import numpy_calibration
-from gpuquant.backends.reference import NumpyBackend
-from gpuquant.layout import Layout
-from gpuquant.qparams import compute_qparams
-from gpuquant.searches import mse_factors
+from gpuquant.backends.numpy import calibration as numpy_calibration
+from gpuquant.backends.numpy.backend import NumpyBackend
+from gpuquant.calibration.searches import mse_factors
+from gpuquant.core.layout import Layout
+from gpuquant.core.qparams import compute_qparams
 
 
 def _unblocked(x2, layout, lo, hi, factors, cfg):
     """Every unit matrix at once, one candidate at a time (the sweep before blocking)."""
     from gpuquant.backends.array_ops import NumpyOps
-    from gpuquant.units import unit_matrices
+    from gpuquant.calibration.order import unit_matrices
 
     n_cand = len(factors)
     shape2d = layout.params_2d_shape()

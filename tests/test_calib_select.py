@@ -11,16 +11,16 @@ import pytest
 from conftest import CUDA, INTERPRET
 
 import gpuquant as gq
-from gpuquant.backends.reference import NumpyBackend
-from gpuquant.layout import Layout
+from gpuquant.backends.numpy.backend import NumpyBackend
+from gpuquant.core.layout import Layout
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
 if not (CUDA or INTERPRET):
     pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-from gpuquant.backends import triton as launchers  # noqa: E402
-from gpuquant.backends import triton_calibration  # noqa: E402
+from gpuquant.backends.triton import backend as launchers  # noqa: E402
+from gpuquant.backends.triton import calibration as triton_calibration  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
 F32_MAX = float(np.finfo(np.float32).max)

@@ -20,8 +20,8 @@ def test_percentile_interpolates_fractional_bounds(rng):
 
 def test_percentile_of_small_units():
     x = np.array([[4.0, 1.0, 3.0, 2.0]], np.float32)
-    from gpuquant.backends.order_stats import unit_percentiles
-    from gpuquant.layout import Layout
+    from gpuquant.backends.numpy.order_stats import unit_percentiles
+    from gpuquant.core.layout import Layout
 
     layout = Layout.of(x.shape, gq.QuantConfig(granularity="token"))
     lo, hi = unit_percentiles(x, layout, 25.0, 90.0)
@@ -257,7 +257,7 @@ def test_streamed_entropy_and_mse_behave(rng):
 
 def test_order_key_orders_floats_and_is_its_own_inverse(rng):
     """The host's float -> sort-key map (kernels/select.py writes the same on the device)."""
-    from gpuquant.units import order_key
+    from gpuquant.calibration.order import order_key
 
     values = np.array([-np.inf, -3e38, -1.0, -1e-45, -0.0, 0.0, 1e-45, 1e-40, 1.0, np.inf],
                       np.float32)

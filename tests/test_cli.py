@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import gpuquant as gq
-from gpuquant.arrays import bf16_bits_to_f32, f32_to_bf16_bits
-from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
+from gpuquant.checkpoint.files import SafetensorsFile, write_safetensors
+from gpuquant.core.frameworks import bf16_bits_to_f32, f32_to_bf16_bits
 
 
 def one_error(out, *words):
@@ -23,7 +23,7 @@ def one_error(out, *words):
 
 def run(*args, cwd=None, env=None):
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gpuquant.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gpuquant", *args], capture_output=True,
                           text=True, timeout=300, cwd=cwd, env=full_env)
 
 
@@ -223,7 +223,8 @@ def test_usage_errors_exit_2():
 
 
 def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch):
-    from gpuquant import checkpoint, cli
+    from gpuquant.checkpoint import convert as checkpoint
+    from gpuquant.cli import main as cli
 
     calls = {"n": 0}
     real = checkpoint.quantize

@@ -11,8 +11,8 @@ import pytest
 from test_cli import one_error as _one_error
 from test_cli import run, tensors
 
+from gpuquant.checkpoint.files import SafetensorsFile, write_safetensors
 from gpuquant.io import TENSORS_KEY
-from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
 
 
 @pytest.fixture

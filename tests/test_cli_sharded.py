@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import gpuquant as gq
+from gpuquant.checkpoint.files import SafetensorsFile, write_safetensors
+from gpuquant.checkpoint.job import quantize_sharded
+from gpuquant.checkpoint.shards import assign_shards, parse_size, plan_shards
 from gpuquant.errors import QuantizationError
-from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
-from gpuquant.sharded import quantize_sharded
-from gpuquant.shards import assign_shards, parse_size, plan_shards
 
 ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
 INDEX = "model.safetensors.index.json"

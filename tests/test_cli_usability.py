@@ -11,7 +11,7 @@ from test_cli import one_error as _one_error
 from test_cli import run, tensors
 
 import gpuquant as gq
-from gpuquant.safetensors_file import SafetensorsFile, write_safetensors
+from gpuquant.checkpoint.files import SafetensorsFile, write_safetensors
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_ignore_nonfinite(tmp_path):
 
 
 def test_closed_stdout_is_a_quiet_end(single):
-    proc = subprocess.Popen([sys.executable, "-m", "gpuquant.cli", "inspect", str(single)],
+    proc = subprocess.Popen([sys.executable, "-m", "gpuquant", "inspect", str(single)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # like `| head` that has already quit: every write gets EPIPE
     err = proc.stderr.read()
@@ -98,7 +98,7 @@ def test_help_shows_defaults_and_the_default_story():
 
 
 def test_version():
-    for argv in ([sys.executable, "-m", "gpuquant.cli", "--version"],
+    for argv in ([sys.executable, "-m", "gpuquant", "--version"],
                  [sys.executable, "-m", "gpuquant", "--version"]):
         out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == f"gpuquant {gq.__version__}"
@@ -180,8 +180,8 @@ def test_the_no_gpu_message_lives_in_one_place():
 def test_demo_plot_shows_the_table_configs_distinguishably(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from gpuquant import demo
-    from gpuquant.demo import demo_configs, error_against_bits, family, plot_error_vs_bits, run_demo
+    from gpuquant.cli import demo
+    from gpuquant.cli.demo import demo_configs, error_against_bits, family, plot_error_vs_bits, run_demo
 
     monkeypatch.setattr(demo, "_SHAPES", {"attn.q_proj": (48, 256), "mlp.down_proj": (256, 48)})
     curves = error_against_bits()
@@ -221,7 +221,7 @@ def _fake_cupy(count):
 
 @pytest.mark.parametrize("count", [None, 0, 2])
 def test_device_auto_asks_cupy_before_torch(monkeypatch, count):
-    from gpuquant import devices
+    from gpuquant.core import devices
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(devices.os.path, "exists", lambda path: True)  # a driver is there

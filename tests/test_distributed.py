@@ -92,7 +92,7 @@ def test_all_reduce_on_nccl_reduces_on_each_ranks_gpu(tmp_path):
 def test_reduction_device_follows_the_backend(monkeypatch):
     import torch
 
-    from gpuquant.distributed import _reduce_device
+    from gpuquant.calibration.collective import _reduce_device
 
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
     assert _reduce_device(torch, "nccl") == torch.device("cuda", 3)

@@ -70,7 +70,7 @@ def test_float32_max():
     x = np.array([FMAX, -FMAX, 0.0], np.float32)
     sym = gq.quantize(x, INT8)
     assert sym.scale == FMAX / np.float32(127) and codes_of(sym).tolist() == [127, -127, 0]
-    # hi - lo overflows: the range is halved first (gpuquant.qparams.asymmetric_scale), giving
+    # hi - lo overflows: the range is halved first (gpuquant.core.qparams.asymmetric_scale), giving
     # scale (2 FMAX) / 255 (issue 13 item 2; it was 1.0 with every code clamped before)
     asym = gq.quantize(x, UINT8)
     assert asym.scale == FMAX / np.float32(127.5) and asym.zero_point == 128
@@ -108,7 +108,7 @@ def test_bfloat16_output_rounds_to_nearest_even():
 
 
 def test_bfloat16_bits_round_trip_and_round_to_nearest_even():
-    from gpuquant.arrays import bf16_bits_to_f32, f32_to_bf16_bits
+    from gpuquant.core.frameworks import bf16_bits_to_f32, f32_to_bf16_bits
 
     torch = pytest.importorskip("torch")
     x = np.array([1.0, 1.00390625, 1.01171875, -3.3e38, np.inf, np.nan, 1e-40, 0.0],

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from export_models import read_tensors, save_llama
 
+from gpuquant.checkpoint.files import write_safetensors
 from gpuquant.cli import main
-from gpuquant.safetensors_file import write_safetensors
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -139,7 +139,7 @@ def test_sharded_checkpoint_keeps_shards_and_rewrites_index(models, tmp_path):
 
 
 def read_tensors_of(path):
-    from gpuquant.safetensors_file import SafetensorsFile
+    from gpuquant.checkpoint.files import SafetensorsFile
 
     with SafetensorsFile(path) as f:
         return set(f.keys())
@@ -187,8 +187,8 @@ def test_quantization_config_is_what_compressed_tensors_accepts(models, tmp_path
 
 
 def test_calibration_and_ignore_options(models, tmp_path):
+    from gpuquant.checkpoint.files import SafetensorsFile
     from gpuquant.export.inspect import dequantize_packed
-    from gpuquant.safetensors_file import SafetensorsFile
 
     out = str(tmp_path / "out")
     options = PackOptions(scheme="int4", group_size=32, calibration="mse",

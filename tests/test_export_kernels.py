@@ -16,7 +16,7 @@ pytest.importorskip("triton")
 if not (CUDA or INTERPRET):
     pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-from gpuquant.backends import triton_export  # noqa: E402
+from gpuquant.backends.triton import export as triton_export  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
 
@@ -120,8 +120,8 @@ def test_device_path_of_pack_weight(rng, monkeypatch):
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_device_path_of_gguf_export(rng, tmp_path, monkeypatch):
     pytest.importorskip("gguf")
+    from gpuquant.checkpoint.files import write_safetensors
     from gpuquant.export import gguf_file
-    from gpuquant.safetensors_file import write_safetensors
 
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     src = str(tmp_path / "m.safetensors")

@@ -12,8 +12,8 @@ import pytest
 from conftest import codes_of
 
 import gpuquant as gq
-from gpuquant import streaming
-from gpuquant.streaming import HistogramState
+from gpuquant.calibration import histograms as streaming
+from gpuquant.calibration.histograms import HistogramState
 
 
 # ------------------------------------------------- float64 beyond float32 (item 9)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gpuquant as gq
-from gpuquant import safetensors_file
+from gpuquant.checkpoint import files as safetensors_file
 
 
 def _file(tmp_path, header, data=b"", name="bad.safetensors"):

@@ -6,8 +6,8 @@ from naive import naive_quantize
 from naive import qparams as naive_qparams
 
 import gpuquant as gq
-from gpuquant import qparams
-from gpuquant.qparams import FLOAT32_TINY, compute_qparams
+from gpuquant.core import qparams
+from gpuquant.core.qparams import FLOAT32_TINY, compute_qparams
 
 F32 = np.float32
 MAX = np.finfo(F32).max

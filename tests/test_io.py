@@ -7,7 +7,7 @@ import pytest
 from conftest import codes_of
 
 import gpuquant as gq
-from gpuquant import safetensors_file
+from gpuquant.checkpoint import files as safetensors_file
 
 
 @pytest.fixture

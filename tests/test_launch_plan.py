@@ -1,6 +1,6 @@
 """The launch plans' structure, checked without a GPU (issue: GPU speed).
 
-Launches are recorded instead of run (gpuquant.backends.launch.recording),
+Launches are recorded instead of run (gpuquant.backends.triton.launch.recording),
 so these count launches and watch what a repeated call does on the host:
 one launch per fused quantize, dequantize and per-token call, no copy to the
 host, no event and no synchronisation, and the plan built once. The values
@@ -12,7 +12,7 @@ import pytest
 from conftest import CUDA, INTERPRET
 
 import gpuquant as gq
-from gpuquant.backends.launch import recording
+from gpuquant.backends.triton.launch import recording
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -120,7 +120,7 @@ def _forbidden(name):
 
 
 def test_plan_is_built_once(monkeypatch):
-    from gpuquant import plan
+    from gpuquant.core import plan
 
     built = []
     original = plan.QuantizePlan.__init__
@@ -228,7 +228,7 @@ def test_dequantize_every_output_dtype_matches_the_reference(dtype):
 
 
 def test_a_nan_seen_by_a_kernel_is_raised_by_the_next_call():
-    from gpuquant import nonfinite
+    from gpuquant.core import nonfinite
 
     x = torch.randn(4, 256)
     gq.quantize(x, G128, backend="triton")  # the board exists

@@ -2,7 +2,7 @@
 
 Binning at a radius R and then doubling must equal binning at 2R directly, a value
 exactly at a power of two must never be clipped into the edge bin, and a unit of
-zeros keeps its counts (gpuquant.streaming). Failing these, ``Calibrator.merge`` and
+zeros keeps its counts (gpuquant.calibration.histograms). Failing these, ``Calibrator.merge`` and
 ``all_reduce`` would differ from one process that saw the same batches.
 """
 
@@ -14,9 +14,9 @@ from conftest import CUDA, INTERPRET
 
 import gpuquant as gq
 from gpuquant.backends.array_ops import NumpyOps
-from gpuquant.backends.numpy_calibration import abs_histogram
-from gpuquant.layout import Layout
-from gpuquant.streaming import HistogramState, radius_above
+from gpuquant.backends.numpy.calibration import abs_histogram
+from gpuquant.calibration.histograms import HistogramState, radius_above
+from gpuquant.core.layout import Layout
 
 CALIBRATIONS = [gq.Percentile(0.5, 99.5), gq.Entropy(), gq.MSE(20)]
 

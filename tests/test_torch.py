@@ -55,7 +55,7 @@ def test_non_contiguous_and_grad_tensors(rng):
 
 def test_zero_copy_input(rng):
     x = torch.from_numpy(rng.standard_normal(8).astype(np.float32))
-    from gpuquant.arrays import prepare, to_numpy
+    from gpuquant.core.frameworks import prepare, to_numpy
 
     t, info = prepare(x)
     assert np.shares_memory(to_numpy(t, info), x.numpy())

@@ -240,7 +240,7 @@ def test_nan_in_a_compiled_call_raises_on_the_cpu():
 
 
 def test_a_pending_report_does_not_break_tracing_and_is_raised_by_the_operator():
-    from gpuquant import nonfinite
+    from gpuquant.core import nonfinite
 
     x = torch.randn(4, 64)
     board = nonfinite.board_for(x)  # a CPU board: what a GPU kernel would have written

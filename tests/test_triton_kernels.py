@@ -192,7 +192,7 @@ def test_streamed_calibrator_matches_reference(rng):
 
 @pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
 def test_whole_tensor_percentile_by_radix_selection(rng, monkeypatch):
-    from gpuquant.backends import triton_calibration
+    from gpuquant.backends.triton import calibration as triton_calibration
 
     # several programs, each adding several blocks to the shared histograms
     monkeypatch.setattr(triton_calibration, "_BLOCK", 256)

@@ -1,11 +1,11 @@
 """The two interfaces a backend author implements, the registry, and selection.
 
-``Backend`` is what gpuquant.plan and the calibrations call: launch plans
+``Backend`` is what gpuquant.core.plan and the calibrations call: launch plans
 for the hot operations, and primitives for the calibrations. ``ArrayOps``
 is the array-library adapter (backends/array_ops.py) through which the
-Triton launchers and the shared searches (gpuquant.searches) allocate,
+Triton launchers and the shared searches (gpuquant.calibration.searches) allocate,
 view and compute on torch, CuPy or NumPy arrays. Every backend sees a
-tensor as the 2-D view of gpuquant.layout.Layout and follows the numerical
+tensor as the 2-D view of gpuquant.core.layout.Layout and follows the numerical
 contract of docs/ARCHITECTURE.md bit for bit; tests/test_structure.py
 checks that both backends and all adapters conform.
 
@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ..arrays import TensorInfo
+from ..core.frameworks import TensorInfo
 from ..errors import BackendUnavailableError
 
 __all__ = ["select", "available", "BACKENDS", "Backend", "ArrayOps"]
@@ -33,7 +33,7 @@ Array = Any  # an array of the backend's framework (NumPy, torch or CuPy)
 class Backend(Protocol):
     """A backend: launch plans for the hot path, primitives for the calibrations.
 
-    ``layout`` arguments are gpuquant.layout.Layout, ``config`` QuantConfig;
+    ``layout`` arguments are gpuquant.core.layout.Layout, ``config`` QuantConfig;
     ``x2`` is the (rows, cols) view of the input; per-unit arrays are shaped
     ``layout.unit_shape``. Runners are built once per input class and called
     for every input of that class.
@@ -63,7 +63,7 @@ class Backend(Protocol):
         unless ignored (``defer``: a GPU backend may raise at the next call instead)."""
 
     def qparams(self, lo: Array, hi: Array, config) -> tuple[Array, Array]:
-        """(scale float32, zero point int32) of per-unit ranges: gpuquant.qparams' formula."""
+        """(scale float32, zero point int32) of per-unit ranges: gpuquant.core.qparams' formula."""
 
     def quantize(self, x2: Array, layout, config, scale: Array, zero_point: Array) -> Array:
         """Codes of the 2-D view (int4 packed along rows) for per-unit qparams."""
@@ -131,11 +131,11 @@ def _interpreting() -> bool:
 def _make(name: str):
     if name not in _instances:
         if name == "numpy":
-            from .reference import NumpyBackend
+            from .numpy.backend import NumpyBackend
 
             _instances[name] = NumpyBackend()
         else:
-            from .triton import TritonBackend  # raises BackendUnavailableError if missing
+            from .triton.backend import TritonBackend  # raises BackendUnavailableError if missing
 
             _instances[name] = TritonBackend()
     return _instances[name]

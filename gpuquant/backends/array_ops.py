@@ -1,7 +1,7 @@
 """NumPy, torch and CuPy behind one small interface (``ArrayOps`` in backends/__init__.py).
 
 The Triton launch plans allocate outputs and launch on the array's device and
-current stream; the calibration searches (gpuquant.searches) are written
+current stream; the calibration searches (gpuquant.calibration.searches) are written
 once against this interface and run on every framework. ``ops_for(x)`` gives
 the adapter of an array. The torch and CuPy adapters stand side by side:
 neither inherits from the other.
@@ -128,7 +128,7 @@ class TorchOps:
     def where(self, cond, a, b):
         return self.torch.where(cond, a, b)
 
-    # -- calibration helpers (gpuquant.searches, backends/triton_calibration.py) -------
+    # -- calibration helpers (gpuquant.calibration.searches, backends/triton_calibration.py) -------
     def concat(self, parts, axis: int = 0):
         return self.torch.cat(parts, dim=axis)
 
@@ -191,7 +191,7 @@ class CupyOps:
     def __init__(self):
         import cupy
 
-        from .launch import wrap_arrays_of
+        from .triton.launch import wrap_arrays_of
 
         self.cupy = cupy
         wrap_arrays_of(cupy.ndarray, _CupyArg)
@@ -288,7 +288,7 @@ class CupyOps:
     def where(self, cond, a, b):
         return self.cupy.where(cond, a, b)
 
-    # -- calibration helpers (gpuquant.searches, backends/triton_calibration.py) -------
+    # -- calibration helpers (gpuquant.calibration.searches, backends/triton_calibration.py) -------
     def concat(self, parts, axis: int = 0):
         return self.cupy.concatenate(parts, axis=axis)
 
@@ -337,7 +337,7 @@ class NumpyOps:
     def bincount(self, idx, length: int):
         return np.bincount(idx, minlength=length)
 
-    # -- calibration helpers (gpuquant.searches) -----------------------------
+    # -- calibration helpers (gpuquant.calibration.searches) -----------------------------
     def broadcast_to(self, a, shape):
         return np.broadcast_to(a, shape)
 

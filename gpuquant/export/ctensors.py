@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import array_device, bf16_bits_to_f32, f32_to_bf16_bits, host_copy
-from ..calibrate import calibrate
+from ..calibration.calibrate import calibrate
 from ..config import QuantConfig
+from ..core.frameworks import array_device, bf16_bits_to_f32, f32_to_bf16_bits, host_copy
 from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
 from ..quantize import quantize
 from .pack32 import pack32, words_from_codes_bytes
@@ -144,7 +144,7 @@ def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> di
     options.check_shape(name, tuple(w.shape))
     rows, cols = (int(s) for s in w.shape)
     if array_device(w) != "cpu":
-        from ..backends.triton_export import quantize_pack32
+        from ..backends.triton.export import quantize_pack32
 
         stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
         group = options.group_size if options.granularity == "group" else cols

@@ -12,7 +12,7 @@ of 32) stored as a float16 scale ``d`` followed by the codes:
 Every step is one float32 operation, as in gguf-py (and ggml-quants.c):
 the codes use the float32 ``d``, the file stores it rounded to float16. An
 all-zero block has ``1 / d`` replaced by 0. The work runs in cache-sized
-pieces on all cores (gpuquant.chunks), which is what makes it faster than
+pieces on all cores (gpuquant.core.blocks), which is what makes it faster than
 gguf-py's whole-array passes.
 """
 
@@ -22,8 +22,8 @@ import threading
 
 import numpy as np
 
-from ..arrays import bf16_bits_to_f32
-from ..chunks import run_blocks
+from ..core.blocks import run_blocks
+from ..core.frameworks import bf16_bits_to_f32
 from ..errors import InvalidShapeError, NonFiniteError
 
 __all__ = ["BLOCK", "SCHEMES", "quantize_blocks", "block_bytes"]

@@ -20,13 +20,13 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import as_float, host_copy
-from ..devices import converter_for
+from ..checkpoint.files import SafetensorsFile
+from ..checkpoint.output import staged_file
+from ..checkpoint.shards import open_checkpoint
+from ..core.devices import converter_for
+from ..core.frameworks import as_float, host_copy
 from ..errors import BackendUnavailableError, QuantizationError
-from ..safetensors_file import SafetensorsFile
-from ..shards import open_checkpoint
 from .ggml_blocks import BLOCK, block_bytes, quantize_blocks
-from .outputs import staged_file
 
 __all__ = ["gguf", "import_gguf", "ARCH"]
 
@@ -70,7 +70,7 @@ def _quantizer(device: str):
     to_device = converter_for(device)
     if to_device is None:
         return quantize_blocks
-    from ..backends.triton_export import quantize_gguf
+    from ..backends.triton.export import quantize_gguf
 
     def on_device(raw: np.ndarray, scheme: str, bf16_bits: bool) -> np.ndarray:
         x = as_float(raw, "BF16" if bf16_bits else "F32")

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import as_float
-from ..devices import converter_for
-from ..distributed import EXIT_ENV, TOKEN_ENV, Team
+from ..calibration.collective import EXIT_ENV, TOKEN_ENV, Team
+from ..checkpoint.files import SafetensorsFile, write_safetensors_stream
+from ..checkpoint.output import check_new_output, place_folder
+from ..checkpoint.shards import INDEX_NAME, assign_shards, make_staging, open_checkpoint, staging_path
+from ..core.devices import converter_for
+from ..core.frameworks import as_float
 from ..errors import FormatError, QuantizationError
-from ..safetensors_file import SafetensorsFile, write_safetensors_stream
-from ..shards import INDEX_NAME, assign_shards, make_staging, open_checkpoint, staging_path
 from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
-from .outputs import check_new_output, place_folder
 from .pack32 import packed_width
 from .targets import select_weights
 

@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 
-from ..arrays import as_float
+from ..checkpoint.files import SafetensorsFile
+from ..checkpoint.shards import open_checkpoint
+from ..core.frameworks import as_float
 from ..errors import QuantizationError
 from ..metrics import error_sums
-from ..safetensors_file import SafetensorsFile
-from ..shards import open_checkpoint
 from .pack32 import unpack32
 
 __all__ = ["inspect_export", "format_report", "dequantize_packed"]

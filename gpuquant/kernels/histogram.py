@@ -5,9 +5,9 @@ with s = float32(bins / amax). Signed (the Calibrator's streamed histograms,
 amax the power-of-two radius R > max|x|): bin = floor(x * s) + bins / 2 with
 s = (bins / 2) / R, clipped to [0, bins - 1]; a negative x whose product
 underflowed to -0 takes bin bins / 2 - 1, as the exact floor does. With bins a
-power of two, s is one too and x * s is exact (gpuquant.streaming relies on it).
+power of two, s is one too and x * s is exact (gpuquant.calibration.histograms relies on it).
 Every step is one float32 rounding, as in the reference
-(gpuquant.backends.numpy_calibration.abs_histogram); a value whose scaled
+(gpuquant.backends.numpy.calibration.abs_histogram); a value whose scaled
 position is not finite (NaN, Inf) is not counted.
 """
 

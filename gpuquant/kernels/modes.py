@@ -1,6 +1,6 @@
 """Where a unit's qparams apply in the 2-D view: the layout modes, named once.
 
-Shared by gpuquant.layout (host), the launchers and the kernels. This module
+Shared by gpuquant.core.layout (host), the launchers and the kernels. This module
 imports nothing, so host code may import it without Triton. A mode is a
 string (its name, what ``Layout.mode`` holds and reprs show) carrying the
 int that the kernels' ``MODE`` constexpr takes (``.code``).

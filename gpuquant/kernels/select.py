@@ -1,6 +1,6 @@
 """Exact order statistics by radix selection on float32 keys: no sort of the data.
 
-Each value maps to its order-preserving int32 key (gpuquant.units.order_key:
+Each value maps to its order-preserving int32 key (gpuquant.calibration.order.order_key:
 ``bits ^ ((bits >> 31) & 0x7FFFFFFF)``), and u = key + 2^31 is an unsigned
 32-bit key. Three passes find a rank's key: a histogram of u's top 11 bits
 (2048 bins), then of the next 11 bits among the values whose top bits match,

@@ -1,0 +1,1 @@
+"""The NumPy backend: the bit-exact reference and the CPU fallback."""

@@ -1,0 +1,274 @@
+"""Checkpoint files on disk: one safetensors file, or shards with a model.safetensors.index.json.
+
+Reading checks the index before any shard is opened: every weight_map path
+must stay inside the index's folder, and no two shards may share a file name
+(outputs keep shard file names side by side in one folder). Writing never
+touches the input: an output that resolves to the input file, its folder or
+any of its shards is refused, even with ``force``. Every output file appears
+only when complete; ``force`` replaces only the files gpuquant writes (the
+shards and the index), never anything else in the output folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+
+from ..errors import FormatError, QuantizationError
+from .files import SafetensorsFile
+
+__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_output", "parse_size",
+           "plan_shards", "shard_names", "assign_shards"]
+
+INDEX_NAME = "model.safetensors.index.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """The shard files of a checkpoint, in order, the index (if any) and its own metadata."""
+
+    path: str
+    shards: list[str]
+    sharded: bool
+    index_metadata: dict
+    index: str | None = None
+
+    def files(self) -> Iterator[tuple[str, SafetensorsFile]]:
+        """(output file name, open file) for each shard, one open at a time."""
+        for shard in self.shards:
+            with SafetensorsFile(shard) as f:
+                yield os.path.basename(shard), f
+
+    @property
+    def folder(self) -> str | None:
+        """The folder holding the shards (None for a single file)."""
+        if not self.sharded:
+            return None
+        return os.path.dirname(os.path.abspath(self.index)) if self.index else self.path
+
+
+def _load_index(index_path: str) -> dict:
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except FileNotFoundError:
+        raise FormatError(f"{index_path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise FormatError(f"{index_path}: not a safetensors index ({exc})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FormatError(f"{index_path}: not a safetensors index (needs a non-empty "
+                          "\"weight_map\" object of tensor name -> shard file)")
+    if not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise FormatError(f"{index_path}: weight_map values must be shard file names")
+    meta = index.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise FormatError(f"{index_path}: \"metadata\" must be a JSON object")
+    return index
+
+
+def _shard_paths(index_path: str, names: list[str]) -> list[str]:
+    """Paths of the index's shards; refuses escaping paths and repeated file names."""
+    folder = os.path.dirname(os.path.abspath(index_path))
+    seen: dict[str, str] = {}
+    paths = []
+    for name in names:
+        parts = os.path.normpath(name).split(os.sep)
+        if os.path.isabs(name) or ".." in parts or "\0" in name:
+            raise FormatError(f"{index_path}: shard path {name!r} leaves the index's folder; "
+                              "shard paths must be relative and inside it")
+        base = os.path.basename(name)
+        if base in seen:
+            raise FormatError(f"{index_path}: shards {seen[base]!r} and {name!r} have the same "
+                              "file name; gpuquant writes shards side by side and would lose one")
+        seen[base] = name
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise FormatError(f"{index_path}: shard {name} is missing")
+        paths.append(path)
+    return paths
+
+
+def _read_index(index_path: str) -> tuple[list[str], dict]:
+    index = _load_index(index_path)
+    names = list(dict.fromkeys(sorted(index["weight_map"].values())))
+    return _shard_paths(index_path, names), index.get("metadata") or {}
+
+
+def open_checkpoint(path: str) -> Checkpoint:
+    """A .safetensors file, a folder of shards, or a model.safetensors.index.json."""
+    if path.endswith(".json"):
+        shards, meta = _read_index(path)
+        return Checkpoint(path, shards, True, meta, index=path)
+    if os.path.isdir(path):
+        index = os.path.join(path, INDEX_NAME)
+        if os.path.isfile(index):
+            shards, meta = _read_index(index)
+            return Checkpoint(path, shards, True, meta, index=index)
+        shards = sorted(os.path.join(path, n) for n in os.listdir(path)
+                        if n.endswith(".safetensors"))
+        if not shards:
+            raise FormatError(f"{path}: folder holds no .safetensors file")
+        return Checkpoint(path, shards, True, {})
+    if not os.path.exists(path):
+        raise FormatError(f"{path}: no such file")
+    return Checkpoint(path, [path], False, {})
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name one file or folder (through symlinks and hard links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def parse_size(text: str) -> int:
+    """Bytes of "5GB", "500MB", "100KB" (powers of 10, as Hugging Face), "2GiB" or a plain int."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", str(text), re.IGNORECASE)
+    if match is None:
+        raise QuantizationError(f"{text!r} is no size; give bytes (an integer) or a number with "
+                                "KB, MB, GB, TB (or KiB, MiB, GiB, TiB), e.g. 5GB")
+    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "").upper()])
+    if size <= 0:
+        raise QuantizationError(f"{text!r}: the size must be positive")
+    return size
+
+
+def plan_shards(sizes: list[int], max_bytes: int) -> list[list[int]]:
+    """Consecutive items per shard, in order; a new shard starts where ``max_bytes`` would be
+    passed (an item larger than ``max_bytes`` gets a shard of its own)."""
+    groups: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if not groups or (total + size > max_bytes and groups[-1]):
+            groups.append([])
+            total = 0
+        groups[-1].append(i)
+        total += size
+    return groups or [[]]
+
+
+def shard_names(count: int) -> list[str]:
+    """model-00001-of-0000N.safetensors, ..., as Hugging Face names shards."""
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def assign_shards(sizes: list[int], ranks: int) -> list[list[int]]:
+    """Shard numbers per rank, balanced by bytes: largest first to the least loaded rank."""
+    load = [0] * ranks
+    owned: list[list[int]] = [[] for _ in range(ranks)]
+    for i in sorted(range(len(sizes)), key=lambda i: (-sizes[i], i)):
+        rank = min(range(ranks), key=lambda r: (load[r], r))
+        owned[rank].append(i)
+        load[rank] += sizes[i]
+    return [sorted(o) for o in owned]
+
+
+def _targets(out: str, checkpoint: Checkpoint, names: list[str] | None = None) -> list[str]:
+    """Every file the output consists of (``names``: the shards of a resharded output)."""
+    if names is None and not checkpoint.sharded:
+        return [out]
+    if names is None:
+        names = [os.path.basename(s) for s in checkpoint.shards]
+    return [os.path.join(out, n) for n in names] + [os.path.join(out, INDEX_NAME)]
+
+
+def check_output(out: str, checkpoint: Checkpoint, force: bool,
+                 names: list[str] | None = None) -> None:
+    """Refuse an output that is the input, exists without ``force``, or has no folder.
+
+    ``names``: the output is a folder of these shards (whatever the input is)."""
+    folder_out = checkpoint.sharded or names is not None
+    inputs = checkpoint.shards + ([checkpoint.index] if checkpoint.index else [])
+    if checkpoint.folder is not None and _same(out, checkpoint.folder):
+        raise QuantizationError(f"{out}: is the input folder; choose another output folder")
+    for target in _targets(out, checkpoint, names):
+        if any(_same(target, src) for src in inputs):
+            raise QuantizationError(f"{out}: would overwrite the input {target}; choose "
+                                    "another output (even --force never replaces the input)")
+    parent = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(parent):
+        raise QuantizationError(f"{out}: the output folder {parent} does not exist")
+    if not os.path.lexists(out):
+        return
+    if not force:
+        raise QuantizationError(f"{out}: exists; pass --force to replace it")
+    if folder_out != os.path.isdir(out):
+        kind = "a folder" if folder_out else "a file"
+        raise QuantizationError(f"{out}: exists and is not {kind}; choose another output")
+    for target in _targets(out, checkpoint, names) if folder_out else []:
+        if os.path.isdir(target) and not os.path.islink(target):
+            raise QuantizationError(f"{target}: is a folder; --force replaces only files")
+
+
+def staging_path(out: str, token: int) -> str:
+    """The hidden folder where an output folder is written before it is put in place."""
+    parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
+    return os.path.join(parent, f".gpuquant-{token:012x}")
+
+
+def make_staging(out: str, token: int | None = None) -> int:
+    """Create the staging folder of ``out`` (umask permissions, unlike tempfile.mkdtemp's
+    0o700); returns its token (random unless given)."""
+    while True:
+        chosen = secrets.randbits(48) if token is None else token
+        try:
+            os.mkdir(staging_path(out, chosen))
+            return chosen
+        except FileExistsError:
+            if token is not None:
+                raise
+            continue
+
+
+def finish_output(out: str, staging: str, names: list[str], index_metadata: dict,
+                  weight_map: dict[str, str]) -> None:
+    """Write the index into ``staging`` and put the folder in place: renamed whole as a new
+    ``out``, or into an existing one (``--force``) file by file, the index last."""
+    total = sum(os.path.getsize(os.path.join(staging, n)) for n in names)
+    index = {"metadata": {**index_metadata, "total_size": total},
+             "weight_map": dict(sorted(weight_map.items()))}
+    with open(os.path.join(staging, INDEX_NAME), "w") as f:
+        json.dump(index, f, indent=2)
+    if not os.path.isdir(out):
+        os.replace(staging, out)
+        return
+    for name in names + [INDEX_NAME]:
+        os.replace(os.path.join(staging, name), os.path.join(out, name))
+    os.rmdir(staging)
+
+
+def write_output(out: str, checkpoint: Checkpoint, force: bool,
+                 write_shard: Callable[[str, SafetensorsFile, str], dict[str, str]]) -> None:
+    """Write every shard through ``write_shard(name, input, output path) -> {key: shard}``.
+
+    A single file is written atomically by write_shard itself. Shards and the
+    index go to a hidden temporary folder; a new output folder is then renamed
+    into place whole, while into an existing one (``force``) each file is
+    moved over its old version, the index last. Other files there are kept.
+    """
+    check_output(out, checkpoint, force)
+    if not checkpoint.sharded:
+        for _, f in checkpoint.files():
+            write_shard(os.path.basename(out), f, out)
+        return
+    staging = staging_path(out, make_staging(out))
+    try:
+        weight_map: dict[str, str] = {}
+        for name, f in checkpoint.files():
+            weight_map.update(write_shard(name, f, os.path.join(staging, name)))
+        names = [os.path.basename(s) for s in checkpoint.shards]
+        finish_output(out, staging, names, checkpoint.index_metadata, weight_map)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -1,0 +1,164 @@
+"""The export commands of ``gpuquant``: ``export``, ``quantize --format gguf-*``, ``inspect``.
+
+gpuquant/cli.py calls :func:`add_parsers` once with its subparsers and its
+``quantize`` and ``inspect`` parsers; this module adds the ``export``
+command and wraps the other two, so that a GGUF file or a compressed-tensors
+folder is handled here and everything else as before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..errors import QuantizationError
+
+__all__ = ["add_parsers", "cmd_export", "workers_arg"]
+
+FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
+
+
+def _calibration(args: argparse.Namespace):
+    from ..config import Percentile
+
+    if args.calibration == "percentile":
+        return Percentile(*args.percentile) if args.percentile else Percentile()
+    if args.percentile:
+        raise QuantizationError("--percentile needs --calibration percentile")
+    return args.calibration
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..export.ctensors import PackOptions
+
+    options = PackOptions(scheme=args.scheme, granularity=args.granularity,
+                          group_size=args.group_size, symmetric=not args.asymmetric,
+                          calibration=_calibration(args),
+                          scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
+                          ignore=tuple(args.ignore), targets=args.targets,
+                          ignore_nonfinite=args.ignore_nonfinite)
+    stats = _export(args, options)
+    if stats is not None and not args.quiet:
+        print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
+              f"pack-quantized {args.scheme} (scales {stats['scale_dtype']}), kept "
+              f"{stats['kept']} tensor(s); {stats['bytes_in'] / 1e9:.3f} GB -> "
+              f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
+    return 0
+
+
+def _export(args: argparse.Namespace, options):
+    """One process, or this rank of torchrun / --workers (None but on rank 0)."""
+    from ..export.hf_folder import compressed_tensors, export_folder, prepare_export
+
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if args.workers == 1 and world == 1:
+        return compressed_tensors(args.model_dir, args.output, options, force=args.force,
+                                  device=args.device)
+    from ..calibration.collective import launch_or_join, reporting_peer_failure
+
+    # every rank plans alike (and fails alike on bad input) before it joins the process
+    # group: transformers building its meta model after gloo started made ~1 exit in 8 abort
+    prepared = prepare_export(args.model_dir, args.output, args.force, options) \
+        if world > 1 else None
+    with reporting_peer_failure():
+        joined = launch_or_join(args, args.argv)
+        if joined is None:  # the launcher of --workers: rank 0 reported
+            return None
+        to_device, team = joined
+        try:
+            stats = export_folder(args.model_dir, args.output, options, args.force, to_device,
+                                  team, prepared)
+        finally:
+            team.close()
+    return stats if team.rank == 0 else None
+
+
+def workers_arg(text: str) -> int:
+    """argparse type of --workers (export's and quantize's): processes, 1 or more."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of processes, 1 or more")
+    return int(text)
+
+
+def _add_export(sub) -> None:
+    e = sub.add_parser("export", help="write a Hugging Face model folder as compressed-tensors "
+                                      "pack-quantized (vLLM, transformers)")
+    e.add_argument("model_dir", help="folder with config.json and safetensors (sharded or not)")
+    e.add_argument("-o", "--output", required=True, help="the new model folder")
+    e.add_argument("--scheme", choices=("int4", "int8"), default="int4")
+    e.add_argument("--granularity", choices=("group", "channel"), default="group")
+    e.add_argument("--group-size", type=int, default=128)
+    e.add_argument("--asymmetric", action="store_true",
+                   help="unsigned codes and zero points (load with CompressedTensorsConfig("
+                        "dequantize=True))")
+    e.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="MODULE",
+                   help="modules left unquantized: names, or re:PATTERN (default lm_head)")
+    e.add_argument("--targets", metavar="REGEX",
+                   help="module names to quantize, instead of the Linear modules transformers "
+                        "finds from config.json")
+    e.add_argument("--calibration", choices=("minmax", "percentile", "entropy", "mse"),
+                   default="minmax")
+    e.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"))
+    e.add_argument("--scale-dtype", choices=("model", "float16", "bfloat16", "float32"),
+                   default="model", help="dtype of the stored scales (default: the model's, "
+                                         "as compressed-tensors does)")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--workers", type=workers_arg, default=1, metavar="N",
+                   help="processes on this machine (torch.distributed), each writing a share "
+                        "of the shards; under torchrun leave it out")
+    e.add_argument("--ignore-nonfinite", action="store_true",
+                   help="calibrate over finite values instead of refusing NaN/Inf")
+    e.add_argument("--force", action="store_true", help="replace the files of an existing output")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_export)
+
+
+def _wrap_quantize(q: argparse.ArgumentParser) -> None:
+    q.add_argument("--format", choices=FORMATS, default="gpuquant",
+                   help="gpuquant's layout, or a .gguf file of Q8_0 / Q4_0 blocks")
+    plain = q.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        if args.format == "gpuquant":
+            return plain(args)
+        if args.shard_size is not None or args.workers > 1:
+            raise QuantizationError(f"--format {args.format}: GGUF output is one file; leave "
+                                    "out --shard-size and --workers")
+        from ..export.gguf_file import gguf
+
+        stats = gguf(args.input, args.output, args.format.split("-")[1], force=args.force,
+                     include=args.include, exclude=args.exclude,
+                     device="cpu" if args.device == "cpu" else args.device)
+        if not args.quiet:
+            print(f"wrote {stats['quantized']} {args.format} tensor(s) and {stats['kept']} "
+                  f"unquantized; {stats['bytes_in'] / 1e9:.3f} GB -> "
+                  f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
+        return 0
+
+    q.set_defaults(func=run)
+
+
+def _wrap_inspect(i: argparse.ArgumentParser) -> None:
+    plain = i.get_default("func")
+
+    def run(args: argparse.Namespace) -> int:
+        from ..export.inspect import format_report, inspect_export
+
+        report = inspect_export(args.input, args.reference)
+        if report is None:
+            return plain(args)
+        print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+        return 0
+
+    i.set_defaults(func=run)
+
+
+def add_parsers(sub, quantize: argparse.ArgumentParser | None = None,
+                inspect: argparse.ArgumentParser | None = None) -> None:
+    """Add ``export``; give ``quantize`` its --format and ``inspect`` the two export formats."""
+    _add_export(sub)
+    if quantize is not None:
+        _wrap_quantize(quantize)
+    if inspect is not None:
+        _wrap_inspect(inspect)
