@@ -100,7 +100,8 @@ def check_output(out: str, inputs: Iterable[str], force: bool, folder: bool,
     if kind != want:
         raise OutputPathError(f"{out}: is {kind if kind not in ('file', 'folder') else 'a ' + kind}"
                               f", not a regular {want}; --force replaces only regular {want}s")
-    for target in (targets + [os.path.join(out, INDEX_NAME)]) if folder else []:
+    shards = [os.path.join(out, n) for n in os.listdir(out) if _SHARD.match(n)] if folder else []
+    for target in (targets + shards + [os.path.join(out, INDEX_NAME)]) if folder else []:
         if _kind(target) not in (None, "file"):
             raise OutputPathError(f"{target}: is not a regular file; --force replaces only "
                                   "regular files")
