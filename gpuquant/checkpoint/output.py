@@ -98,14 +98,18 @@ def check_output(out: str, inputs: Iterable[str], force: bool, folder: bool,
         raise OutputPathError(f"{out}: exists; pass --force to replace it")
     want = "folder" if folder else "file"
     if kind != want:
-        raise OutputPathError(f"{out}: is {kind if kind not in ('file', 'folder') else 'a ' + kind}"
-                              f", not a regular {want}; --force replaces only regular {want}s")
+        raise OutputPathError(f"{out}: is {_a(kind)}, not a regular {want}; --force replaces "
+                              f"only regular {want}s")
     shards = [os.path.join(out, n) for n in os.listdir(out) if _SHARD.match(n)] if folder else []
     for target in (targets + shards + [os.path.join(out, INDEX_NAME)]) if folder else []:
         if _kind(target) not in (None, "file"):
-            raise OutputPathError(f"{target}: is not a regular file; --force replaces only "
+            raise OutputPathError(f"{target}: is {_a(_kind(target))}; --force replaces only "
                                   "regular files")
     return False
+
+
+def _a(kind: str) -> str:
+    return "a " + kind if kind in ("file", "folder") else kind
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -169,7 +173,7 @@ def _replace_file(src: str, dst: str, new: bool = False) -> None:
     elif kind == "file":
         os.replace(src, dst)
     else:
-        raise OutputPathError(f"{dst}: is {kind}; only regular files are replaced")
+        raise OutputPathError(f"{dst}: is {_a(kind)}; only regular files are replaced")
 
 
 def _temp_name(parent: str, stage: tuple[int, int, int] | None = None, suffix: str = "") -> str:
