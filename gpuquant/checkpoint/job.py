@@ -59,9 +59,7 @@ def write_on_ranks(team: Team, out: str, inputs: Iterable[str], force: bool, nam
     made = team.together(lambda: stage() if team.rank == 0 else np.zeros(3, np.int64))
     staging = staging_path(out, tuple(int(v) for v in team.reduce(made, "MAX")))
     try:
-        team.together(write_mine, staging)
-        if os.environ.get(EXIT_ENV) == str(team.rank):
-            os._exit(1)
+        team.together(_write_mine, write_mine, staging, team.rank)
         return team.together(lambda: _finish(out, staging, finish, new) if team.rank == 0
                              else None)
     except BaseException:
@@ -89,6 +87,12 @@ def write_checkpoint(out: str, checkpoint: Checkpoint, force: bool,
     write_on_ranks(Team(), out, checkpoint.inputs, force, names + [INDEX_NAME], write_all,
                    lambda staging: write_index(staging, names, checkpoint.index_metadata,
                                                weight_map))
+
+
+def _write_mine(write_mine: Callable[[str], Any], staging: str, rank: int) -> None:
+    write_mine(staging)
+    if os.environ.get(EXIT_ENV) == str(rank):  # tests: a rank dies before the others agree
+        os._exit(1)
 
 
 def _finish(out: str, staging: str, finish: Callable[[str], Any], new: list[bool]) -> Any:
