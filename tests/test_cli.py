@@ -223,8 +223,8 @@ def test_usage_errors_exit_2():
 
 
 def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch):
+    from gpuquant import cli
     from gpuquant.checkpoint import convert as checkpoint
-    from gpuquant.cli import main as cli
 
     calls = {"n": 0}
     real = checkpoint.quantize

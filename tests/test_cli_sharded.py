@@ -12,8 +12,8 @@ import pytest
 
 import gpuquant as gq
 from gpuquant.checkpoint.files import SafetensorsFile, write_safetensors
-from gpuquant.checkpoint.job import quantize_sharded
-from gpuquant.checkpoint.shards import assign_shards, parse_size, plan_shards
+from gpuquant.checkpoint.index import assign_shards, parse_size, plan_shards
+from gpuquant.checkpoint.reshard import quantize_sharded
 from gpuquant.errors import QuantizationError
 
 ENV = {"GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}

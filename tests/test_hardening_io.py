@@ -110,7 +110,7 @@ def test_too_many_tensors_are_refused_with_the_limit(tmp_path, monkeypatch):
         gq.load(_file(tmp_path, blob))
     with pytest.raises(gq.FormatError, match="at most 10"):
         gq.save(tmp_path / "out.safetensors", {f"t{i}": np.ones(1) for i in range(11)})
-    assert safetensors_file.MAX_TENSORS == 10 and gq.safetensors_file.MAX_HEADER_BYTES == 100 << 20
+    assert safetensors_file.MAX_TENSORS == 10 and safetensors_file.MAX_HEADER_BYTES == 100 << 20
 
 
 def test_a_huge_header_is_refused_before_it_is_parsed(tmp_path):

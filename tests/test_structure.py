@@ -9,25 +9,28 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
+def _layers_of_the_doc() -> list[tuple[str, list[str]]]:
+    """The layer table of docs/ARCHITECTURE.md: (layer, module names), lowest first."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    rows = text.split("<!-- layers: lowest first -->", 1)[1].split("\n\n", 1)[0].splitlines()[3:]
+    layers = []
+    for row in rows:
+        _, layer, cells, _ = row.split("|")
+        paths = [c.strip().strip("`") for c in cells.split(",")]
+        layers.append((layer.strip(), [_module_of(p) for p in paths]))
+    return layers
+
+
+def _module_of(path: str) -> str:
+    assert (ROOT / path).exists(), f"docs/ARCHITECTURE.md names {path}, which is not in the tree"
+    name = path.removesuffix("/").removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+    return name
+
+
 # lowest first; a module may import its own layer (without a cycle) and the layers below.
 # A name covers the module and everything under it; the longest name that covers a module wins.
-# docs/ARCHITECTURE.md draws this list, and test_architecture_doc_matches_the_layers holds the two together.
-LAYERS = [
-    ("kernels", ["gpuquant.kernels"]),
-    ("foundation", ["gpuquant.errors", "gpuquant.config", "gpuquant.metrics", "gpuquant.core",
-                    "gpuquant.core.frameworks", "gpuquant.core.qparams", "gpuquant.core.packing",
-                    "gpuquant.core.blocks", "gpuquant.core.nonfinite", "gpuquant.core.devices",
-                    "gpuquant.calibration", "gpuquant.calibration.methods", "gpuquant.checkpoint",
-                    "gpuquant.checkpoint.files", "gpuquant.checkpoint.output"]),
-    ("layout", ["gpuquant.core.layout", "gpuquant.calibration.order", "gpuquant.calibration.searches"]),
-    ("backends", ["gpuquant.backends"]),
-    ("plan", ["gpuquant.core.plan", "gpuquant.calibration.dispatch", "gpuquant.torch_ops"]),
-    ("api", ["gpuquant.quantize", "gpuquant.dynamic", "gpuquant.tensor", "gpuquant.io",
-             "gpuquant.calibration.calibrate", "gpuquant.calibration.histograms",
-             "gpuquant.calibration.collective", "gpuquant.checkpoint.shards", "gpuquant.export"]),
-    ("application", ["gpuquant", "gpuquant.__main__", "gpuquant.checkpoint.convert",
-                     "gpuquant.checkpoint.job", "gpuquant.cli"]),
-]
+# The one list is the table of docs/ARCHITECTURE.md, read here.
+LAYERS = _layers_of_the_doc()
 
 
 def module_files():
@@ -173,3 +176,32 @@ def test_array_adapters_implement_the_protocol_side_by_side(adapter):
         assert hasattr(cls, name), (adapter, name)
         assert _parameters(inspect.signature(getattr(cls, name))) == _parameters(sig), (adapter,
                                                                                         name)
+
+
+def test_the_package_root_holds_at_most_twelve_modules():
+    root = sorted(p.name for p in (ROOT / "gpuquant").glob("*.py"))
+    assert len(root) <= 12, root
+
+
+def _stem(name: str) -> str:
+    for suffix in ("_ops", "ops", "ing", "ed", "es", "s"):
+        if name.endswith(suffix) and len(name) > len(suffix) + 2:
+            return name[: -len(suffix)].rstrip("_")
+    return name.rstrip("_")
+
+
+def test_no_two_modules_of_a_folder_have_near_synonym_names():
+    pairs = []
+    for folder in {p.parent for p in (ROOT / "gpuquant").rglob("*.py")}:
+        names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("__"))
+        names += sorted(p.name for p in folder.iterdir() if (p / "__init__.py").exists())
+        stems: dict[str, str] = {}
+        for name in names:
+            other = stems.setdefault(_stem(name), name)
+            if other != name:
+                pairs.append(f"{folder.relative_to(ROOT)}: {other} / {name}")
+    assert not pairs, pairs
+
+
+def test_the_synonym_check_catches_the_old_names():
+    assert _stem("arrays") == _stem("array_ops") and _stem("shards") == _stem("sharded")

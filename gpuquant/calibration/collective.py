@@ -21,37 +21,22 @@ Ranks that saw no batch contribute nothing. Unlike ``all_gather_object`` nothing
 is pickled. The reduced arrays live on the CPU for gloo and MPI, and on the
 rank's current CUDA device for NCCL (NCCL reduces device memory only); the
 state itself stays in NumPy. torch is imported when the function is called.
-
-:class:`Team` and :func:`launch_or_join` are what the sharded ``quantize`` and
-``export`` commands share: the job's ranks, their agreement on success, and
-``--workers N`` through torch.distributed's elastic launcher.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import secrets
-import shutil
-import sys
-import uuid
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
 
 from ..backends import BACKENDS
-from ..checkpoint.shards import staging_path
 from ..errors import BackendUnavailableError, InvalidShapeError, QuantizationError
 from .histograms import HistogramState
 
-__all__ = ["all_reduce_calibrator", "Team", "PeerFailed", "launch_local", "launch_or_join",
-           "reporting_peer_failure"]
-TOKEN_ENV = "GPUQUANT_STAGING_TOKEN"  # set by --workers, so the launcher can clean up
-EXIT_ENV = "GPUQUANT_TEST_EXIT_RANK"  # tests: this rank dies after writing its first shard
+__all__ = ["all_reduce_calibrator"]
 
 _NO_VALUE = -(1 << 62)  # what a rank without a value gives to a MAX agreement
 
@@ -239,158 +224,3 @@ def all_reduce_calibrator(calibrator: Any, group: Any = None) -> Any:
         merged = _reduce_moving_average(reduce, state, shape)
     state.update(merged, backend=backend, unit_shape=list(shape))
     return calibrator.load_state_dict(state)
-
-
-class PeerFailed(RuntimeError):
-    """Another rank of the job failed (its own error is on its stderr)."""
-
-
-class Team:
-    """The processes of one job: this one's rank, the world size, and agreement on success.
-
-    ``Team()`` is one process alone; :meth:`from_env` joins the job torchrun (or
-    :func:`launch_local`) describes in RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR.
-    Collectives time out after ``timeout_s``, so a rank that dies never leaves the
-    others waiting for ever.
-    """
-
-    def __init__(self):
-        self.rank, self.world, self.local_rank, self._reduce = 0, 1, 0, None
-        self._store, self._counted = None, 0
-
-    @classmethod
-    def from_env(cls, cuda: bool, timeout_s: float = 60.0) -> Team:
-        team = cls()
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return team
-        torch, dist = _torch_distributed()
-        team.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if cuda:  # NCCL reduces on each rank's own GPU
-            torch.cuda.set_device(team.local_rank)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo",
-                                    timeout=timedelta(seconds=timeout_s))
-        team.rank, team.world = dist.get_rank(), dist.get_world_size()
-        team._reduce = _Collective(None)
-        try:  # the job's key-value store; without it each rank counts only its own share
-            team._store = dist.distributed_c10d._get_default_store()
-        except (AttributeError, RuntimeError, ValueError):
-            team._store = None
-        return team
-
-    @property
-    def counts_job(self) -> bool:
-        """Whether :meth:`count` sums over every rank (else over this one only)."""
-        return self._store is not None or self.world == 1
-
-    def count(self, n: int) -> int:
-        """Add ``n`` to the job's counter; returns the total so far."""
-        self._counted += n
-        if self._store is None:
-            return self._counted
-        try:
-            return int(self._store.add("gpuquant.count", int(n)))
-        except RuntimeError as exc:  # the store went with a dead rank (or its agent)
-            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
-
-    def reduce(self, values: Any, op: str) -> np.ndarray:
-        """An all_reduce (``op``: "SUM", "MAX", "MIN") of a small array; itself when alone."""
-        values = np.asarray(values)
-        if self._reduce is None:
-            return values.copy()
-        try:
-            return self._reduce(values, op)
-        except RuntimeError as exc:  # gloo/NCCL: a rank died or the timeout passed
-            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
-
-    def together(self, fn, *args):
-        """Run ``fn`` here, then agree: if it failed on any rank, every rank raises (its own
-        error where it failed, :class:`PeerFailed` elsewhere)."""
-        try:
-            result = fn(*args)
-        except BaseException:
-            try:  # tell the others; a dead or broken group must not hide this error
-                self.reduce(np.array([1], np.int64), "MAX")
-            except Exception:  # noqa: BLE001, S110 - the error being raised matters more
-                pass
-            raise
-        if self.reduce(np.array([0], np.int64), "MAX")[0]:
-            raise PeerFailed("another rank failed; its error is printed above")
-        return result
-
-    def close(self) -> None:
-        if self._reduce is not None:
-            self._reduce.dist.destroy_process_group()
-            self._reduce = None
-
-
-def launch_local(workers: int, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Run ``python -m gpuquant *argv`` on ``workers`` processes of this machine through
-    torch.distributed's elastic launcher (torchrun --standalone); raises
-    ChildFailedError when a worker fails (the launcher stops the others)."""
-    _torch_distributed()
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
-    os.environ.update(env or {})  # the workers inherit this process's environment
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers,
-                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
-                          local_addr="127.0.0.1")
-    elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)
-
-
-def _gpus() -> int:
-    import torch
-
-    return torch.cuda.device_count()
-
-
-def _launch(args, argv: list[str]) -> None:
-    """--workers N: the same command on N local processes; cleans up after a failed worker."""
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
-    if args.device == "cuda" and args.workers > _gpus():
-        raise QuantizationError(f"--workers {args.workers}: only {_gpus()} GPU(s) visible with "
-                                "--device cuda")
-    token = secrets.randbits(48)
-    try:
-        launch_local(args.workers, argv, {TOKEN_ENV: f"{token:012x}"})
-    except BaseException as exc:  # a failed worker, or Ctrl-C / SIGTERM (workers stopped)
-        shutil.rmtree(staging_path(args.output, token), ignore_errors=True)
-        if not isinstance(exc, ChildFailedError):
-            raise
-        codes = [f.exitcode for f in exc.failures.values()]
-        raise PeerFailed(f"{len(codes)} of {args.workers} worker(s) failed (exit codes "
-                         f"{codes}); nothing was written to {args.output}") from None
-
-
-def launch_or_join(args, argv: list[str]):
-    """--workers N without torchrun: starts them here and returns None; else this rank's
-    (to_device, Team): under torchrun or --workers, the GPU of its local rank when every
-    process of this machine has one, the CPU otherwise."""
-    world = int(os.environ.get("WORLD_SIZE") or 1)
-    if world == 1 and args.workers > 1:
-        _launch(args, argv)
-        return None
-    if args.workers not in (1, world):
-        raise QuantizationError(f"--workers {args.workers} under torchrun with {world} "
-                                "processes; leave --workers out there")
-    from ..core.devices import converter_for
-
-    to_device, local = converter_for(args.device), os.environ.get("LOCAL_WORLD_SIZE") or world
-    if world > 1 and to_device is not None and _gpus() < int(local):
-        if args.device == "cuda":  # one GPU per process, decided alike on every rank
-            raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for {local} processes "
-                                    "on this machine; run at most one per GPU")
-        to_device = None  # auto: more processes than GPUs, so every rank works on the CPU
-    return to_device, Team.from_env(cuda=world > 1 and to_device is not None)
-
-
-@contextlib.contextmanager
-def reporting_peer_failure():
-    """A failure on another rank (or worker), not a bug here: one line, exit 1."""
-    try:
-        yield
-    except PeerFailed as exc:
-        print(f"gpuquant: error: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None

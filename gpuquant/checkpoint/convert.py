@@ -37,7 +37,8 @@ from ..metrics import error_sums
 from ..quantize import quantize
 from ..tensor import QuantizedTensor
 from .files import BF16, DTYPES, SafetensorsFile, tag_of, write_safetensors_stream
-from .shards import open_checkpoint, write_output
+from .index import open_checkpoint
+from .job import write_checkpoint
 
 __all__ = ["quantize_checkpoint", "dequantize_checkpoint", "inspect_checkpoint"]
 
@@ -236,7 +237,7 @@ def quantize_checkpoint(src: str, out: str, config: QuantConfig, *, include=None
                                  file_metadata(f.metadata, plan.described))
         return {entry[0]: name for entry in plan.entries}
 
-    write_output(out, checkpoint, force, write_shard)
+    write_checkpoint(out, checkpoint, force, write_shard)
     stats = dict(producer.stats, grew=sum(p.grew for p in plans))
     stats["seconds"] = time.perf_counter() - start
     stats["unmatched_globs"] = unmatched_globs(checkpoint, include, exclude)
@@ -275,7 +276,7 @@ def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
         write_safetensors_stream(target, entries, produce(), file_metadata(f.metadata, None))
         return {e[0]: name for e in entries}
 
-    write_output(out, checkpoint, force, write_shard)
+    write_checkpoint(out, checkpoint, force, write_shard)
     return stats
 
 

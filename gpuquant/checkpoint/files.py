@@ -17,12 +17,12 @@ import math
 import os
 import re
 import struct
-import tempfile
 from collections.abc import Iterable
 
 import numpy as np
 
 from ..errors import FormatError, OutputPathError
+from .output import staged_file
 
 __all__ = ["SafetensorsFile", "write_safetensors", "write_safetensors_stream", "DTYPES", "BF16",
            "tag_of", "is_shape", "MAX_HEADER_BYTES", "MAX_TENSORS"]
@@ -296,41 +296,30 @@ def write_safetensors_stream(path: str | os.PathLike,
 
     ``entries`` are (name, dtype tag, shape) in file order; ``arrays`` yields
     the matching arrays lazily, so peak memory stays near the largest one.
-    The file appears under ``path`` only once complete (temporary file in the
-    same folder, fsync, rename); on any failure nothing is left behind.
+    The file appears under ``path`` only once complete, through
+    gpuquant.checkpoint.output (a temporary file in the same folder, fsync, rename; an existing
+    regular file is replaced, anything else at ``path`` refused); on any failure nothing is
+    left behind.
     """
     path = os.fspath(path)
-    directory = _output_folder(path)
+    _output_folder(path)
     if len(entries) > MAX_TENSORS:
         raise FormatError(f"{path}: {len(entries)} tensors; a file holds at most {MAX_TENSORS} "
                           "(shard the checkpoint)")
     blob = _header_blob(path, entries, metadata)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".gpuquant-", suffix=".tmp", dir=directory)
-    except OSError as exc:
-        raise OutputPathError(f"{path}: cannot write in the folder {directory!r} "
-                              f"({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(struct.pack("<Q", len(blob)))
-            f.write(blob)
-            count = 0
-            for (name, tag, shape), arr in zip(entries, arrays):
-                arr = np.asarray(arr, dtype=DTYPES[tag])
-                arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
-                if tuple(arr.shape) != tuple(shape):
-                    raise FormatError(f"{path}: tensor {name!r} has shape {arr.shape}, "
-                                      f"planned {tuple(shape)}")
-                f.write(arr.reshape(-1).data)
-                count += 1
-            if count != len(entries):
-                raise FormatError(f"{path}: {len(entries) - count} planned tensor(s) missing")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with staged_file(path, force=True) as tmp, open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        count = 0
+        for (name, tag, shape), arr in zip(entries, arrays):
+            arr = np.asarray(arr, dtype=DTYPES[tag])
+            arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
+            if tuple(arr.shape) != tuple(shape):
+                raise FormatError(f"{path}: tensor {name!r} has shape {arr.shape}, "
+                                  f"planned {tuple(shape)}")
+            f.write(arr.reshape(-1).data)
+            count += 1
+        if count != len(entries):
+            raise FormatError(f"{path}: {len(entries) - count} planned tensor(s) missing")
+        f.flush()
+        os.fsync(f.fileno())

@@ -1,191 +1,255 @@
-"""``gpuquant quantize --shard-size``: shards of a planned size, on one process or many.
+"""The jobs of several processes: who is in the team, the one rank loop, and the launcher.
 
-The plan depends only on the input: its tensors in order (shard by shard, each
-file's own order), each with the bytes it will take once stored (quantized or
-kept). Consecutive tensors fill ``model-0000i-of-0000N.safetensors`` up to
-``--shard-size`` (a tensor never splits; a larger one gets a shard of its own).
+A command that writes a checkpoint folder on many processes (``quantize --shard-size``,
+``export``) runs :func:`write_on_ranks`: rank 0 checks the output and makes a staging folder
+beside it; every rank writes its own shards there; once all agree that they succeeded, rank 0
+writes what remains (the index, side files) and puts the folder in place
+(gpuquant.checkpoint.output). When any rank fails, every rank raises and the staging folder
+goes: nothing partial appears at the output.
 
-Under torchrun (WORLD_SIZE > 1), or ``--workers N`` (torch.distributed's elastic
-launcher on this machine), every rank makes the same plan and writes the
-shards :func:`shards.assign_shards` gives it into one staging folder next to
-the output; after all agree that they succeeded, rank 0 writes the index and
-renames the folder into place. Each shard is written by the same code in the
-same order whatever the number of ranks, so the output is byte-identical to a
-one-process run. When any rank fails, every rank raises and the staging
-folder is removed: nothing partial appears at the output.
+Under torchrun (WORLD_SIZE > 1) the ranks are torchrun's; ``--workers N`` starts N local
+processes through torch.distributed's elastic launcher (:func:`launch_or_join`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import contextlib
 import os
 import shutil
 import sys
-import time
+import uuid
+from collections.abc import Callable, Iterable
+from datetime import timedelta
+from typing import Any
 
 import numpy as np
 
-from ..calibration.collective import EXIT_ENV, TOKEN_ENV, Team, launch_or_join, reporting_peer_failure
-from ..config import QuantConfig
+from ..calibration.collective import _Collective, _torch_distributed
 from ..errors import QuantizationError
-from .convert import Plan, Producer, file_metadata, unmatched_globs
-from .files import DTYPES, SafetensorsFile, write_safetensors_stream
-from .shards import (
-    Checkpoint,
-    assign_shards,
+from .files import SafetensorsFile
+from .index import Checkpoint, write_index
+from .output import (
+    INDEX_NAME,
     check_output,
-    finish_output,
     make_staging,
-    open_checkpoint,
-    plan_shards,
-    shard_names,
+    place_folder,
+    staged_file,
     staging_path,
+    sweep_stale,
 )
 
-__all__ = ["quantize_sharded", "run_sharded"]
+__all__ = ["Team", "PeerFailed", "write_on_ranks", "write_checkpoint", "launch_local", "launch_or_join",
+           "reporting_peer_failure", "EXIT_ENV"]
 
-SUMMED = ("quantized", "kept", "bytes_in", "bytes_out")
-SLOWEST = ("read_s", "compute_s")
-
-
-@dataclasses.dataclass
-class Item:
-    """One input tensor and what it becomes: stored entries, their bytes, its description."""
-
-    path: str
-    key: str
-    stored: list | None
-    entries: list
-    nbytes: int
-    in_bytes: int
-    described: dict | None
+EXIT_ENV = "GPUQUANT_TEST_EXIT_RANK"  # tests: this rank dies after writing its shards
 
 
-def plan_items(checkpoint: Checkpoint, config: QuantConfig, include, exclude):
-    """Every tensor in input order, planned; the count of those kept because they would grow,
-    and the metadata of the input files (the first file's value wins)."""
-    items, grew, meta = [], 0, {}
-    for path, (_, f) in zip(checkpoint.shards, checkpoint.files()):
-        plan = Plan(f, config, include, exclude)
-        grew += plan.grew
-        for k, v in f.metadata.items():
-            meta.setdefault(k, v)
-        for key, stored in plan.work:
-            entries = stored or [(key, f.dtype_tag(key), f.shape(key))]
-            nbytes = sum(math.prod(shape) * DTYPES[tag].itemsize for _, tag, shape in entries)
-            items.append(Item(path, key, stored, entries, nbytes, f.nbytes(key),
-                              plan.described.get(key)))
-    names = [e[0] for it in items for e in it.entries]
-    if len(set(names)) != len(names):
-        clash = sorted({n for n in names if names.count(n) > 1})
-        raise QuantizationError(f"{checkpoint.path}: stored names collide across shards: "
-                                f"{clash[:5]}; --exclude the tensors behind them")
-    return items, grew, meta
+def write_on_ranks(team: Team, out: str, inputs: Iterable[str], force: bool, names: list[str],
+                   write_mine: Callable[[str], Any], finish: Callable[[str], Any]) -> Any:
+    """The one rank loop: plan (done by the caller, alike on every rank), join, write my
+    shards (``write_mine(staging)``), agree, and rank 0 finishes (``finish(staging)``: the
+    index and side files) and places the folder. Returns what ``finish`` returned on rank 0,
+    None elsewhere. ``names``: the files of the output folder (checked before any work)."""
+    inputs, new = list(inputs), []
 
+    def stage():
+        new.append(check_output(out, inputs, force, folder=True, names=names))
+        return np.array(make_staging(out), np.int64)
 
-def _arrays(items: list[Item], producer: Producer):
-    f = None
+    made = team.together(lambda: stage() if team.rank == 0 else np.zeros(3, np.int64))
+    staging = staging_path(out, tuple(int(v) for v in team.reduce(made, "MAX")))
     try:
-        for it in items:
-            if f is None or f.path != it.path:
-                if f is not None:
-                    f.close()
-                f = SafetensorsFile(it.path)
-            yield from producer.arrays(f, it.key, it.stored)
-    finally:
-        if f is not None:
-            f.close()
-
-
-def _write_mine(staging: str, names, groups, mine, items, meta, producer, rank) -> None:
-    for n in mine:
-        shard = [items[i] for i in groups[n]]
-        described = {it.key: it.described for it in shard if it.described is not None}
-        write_safetensors_stream(os.path.join(staging, names[n]),
-                                 [e for it in shard for e in it.entries],
-                                 _arrays(shard, producer), file_metadata(meta, described))
-        if os.environ.get(EXIT_ENV) == str(rank):
-            os._exit(1)
-
-
-def _stage(out: str, checkpoint: Checkpoint, force: bool, names: list[str], rank: int) -> int:
-    if rank != 0:
-        return 0
-    check_output(out, checkpoint, force, names)
-    token = os.environ.get(TOKEN_ENV)
-    return make_staging(out, None if token is None else int(token, 16))
-
-
-def quantize_sharded(src: str, out: str, config: QuantConfig, shard_size: int, *,
-                     include=None, exclude=None, to_device=None, force: bool = False,
-                     step=None, on_plan=None, team: Team | None = None) -> dict:
-    """Quantize ``src`` into shards of at most ``shard_size`` stored bytes under ``out``; with a
-    ``team`` of several ranks, each writes its share. Returns the job's stats (every rank).
-
-    ``on_plan(n)`` hears the input bytes to count (the job's where ``team.counts_job``,
-    else this rank's), ``step(name, total)`` each tensor with the bytes read so far."""
-    team = team or Team()
-    checkpoint = open_checkpoint(src)
-    include, exclude = include or ["*"], exclude or []
-    items, grew, meta = team.together(plan_items, checkpoint, config, include, exclude)
-    groups = plan_shards([it.nbytes for it in items], shard_size)
-    names = shard_names(len(groups))
-    mine = assign_shards([sum(items[i].nbytes for i in g) for g in groups], team.world)[team.rank]
-    if on_plan is not None:
-        share = range(len(groups)) if team.counts_job else mine
-        on_plan(sum(items[i].in_bytes for n in share for i in groups[n]))
-    counted = None if step is None else (lambda name, n: step(name, team.count(n)))
-    producer = Producer(config, to_device, counted)
-    start = time.perf_counter()
-    token = team.together(_stage, out, checkpoint, force, names, team.rank)
-    staging = staging_path(out, int(team.reduce(np.array([token], np.int64), "MAX")[0]))
-    try:
-        team.together(_write_mine, staging, names, groups, mine, items, meta, producer, team.rank)
-        weight_map = {e[0]: names[n] for n, g in enumerate(groups) for i in g
-                      for e in items[i].entries}
-        if team.rank == 0:
-            team.together(finish_output, out, staging, names, checkpoint.index_metadata,
-                          weight_map)
-        else:
-            team.together(lambda: None)
+        team.together(_write_mine, write_mine, staging, team.rank)
+        return team.together(lambda: _finish(out, staging, finish, new) if team.rank == 0
+                             else None)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    stats = dict(zip(SUMMED, team.reduce([producer.stats[k] for k in SUMMED], "SUM").tolist()))
-    slow = team.reduce([producer.stats[k] for k in SLOWEST], "MAX").tolist()
-    stats.update(zip(SLOWEST, slow), grew=grew, seconds=time.perf_counter() - start,
-                 unmatched_globs=unmatched_globs(checkpoint, include, exclude), shards=len(names))
-    return stats
 
 
-def run_sharded(args, config: QuantConfig, argv: list[str], progress_factory):
-    """The CLI's sharded quantize: launches --workers, or runs this rank; the stats on rank 0,
-    None elsewhere (and in the launcher). A failure on another rank exits 1 (SystemExit)."""
-    with reporting_peer_failure():
-        return _run(args, config, argv, progress_factory)
+def write_checkpoint(out: str, checkpoint: Checkpoint, force: bool,
+                     write_shard: Callable[[str, SafetensorsFile, str], dict[str, str]]) -> None:
+    """Write one output shard per input shard on this process alone, through
+    ``write_shard(name, input, path) -> {key: shard name}``: one file through a temporary file,
+    or a folder through :func:`write_on_ranks` with the index last."""
+    if not checkpoint.sharded:
+        with staged_file(out, checkpoint.inputs, force) as tmp:
+            for _, f in checkpoint.files():
+                write_shard(os.path.basename(out), f, tmp)
+        return
+    names = [os.path.basename(s) for s in checkpoint.shards]
+    weight_map: dict[str, str] = {}
+
+    def write_all(staging: str) -> None:
+        for name, f in checkpoint.files():
+            weight_map.update(write_shard(name, f, os.path.join(staging, name)))
+
+    write_on_ranks(Team(), out, checkpoint.inputs, force, names + [INDEX_NAME], write_all,
+                   lambda staging: write_index(staging, names, checkpoint.index_metadata,
+                                               weight_map))
 
 
-def _run(args, config: QuantConfig, argv: list[str], progress_factory):
-    if args.shard_size is None:
-        raise QuantizationError("--workers and torchrun need --shard-size (e.g. --shard-size "
-                                "5GB): the shards are what the processes share out")
-    joined = launch_or_join(args, argv)
-    if joined is None:
-        return None
-    to_device, team = joined
-    try:
-        progress = progress_factory(args.quiet or team.rank != 0)
+def _write_mine(write_mine: Callable[[str], Any], staging: str, rank: int) -> None:
+    write_mine(staging)
+    if os.environ.get(EXIT_ENV) == str(rank):  # tests: a rank dies before the others agree
+        os._exit(1)
+
+
+def _finish(out: str, staging: str, finish: Callable[[str], Any], new: list[bool]) -> Any:
+    result = finish(staging)
+    place_folder(out, staging, new[0])
+    return result
+
+
+class PeerFailed(RuntimeError):
+    """Another rank of the job failed (its own error is on its stderr)."""
+
+
+class Team:
+    """The processes of one job: this one's rank, the world size, and agreement on success.
+
+    ``Team()`` is one process alone; :meth:`from_env` joins the job torchrun (or
+    :func:`launch_local`) describes in RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR.
+    Collectives time out after ``timeout_s``, so a rank that dies never leaves the
+    others waiting for ever.
+    """
+
+    def __init__(self):
+        self.rank, self.world, self.local_rank, self._reduce = 0, 1, 0, None
+        self._store, self._counted = None, 0
+
+    @classmethod
+    def from_env(cls, cuda: bool, timeout_s: float = 60.0) -> Team:
+        team = cls()
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return team
+        torch, dist = _torch_distributed()
+        team.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if cuda:  # NCCL reduces on each rank's own GPU
+            torch.cuda.set_device(team.local_rank)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if cuda else "gloo",
+                                    timeout=timedelta(seconds=timeout_s))
+        team.rank, team.world = dist.get_rank(), dist.get_world_size()
+        team._reduce = _Collective(None)
+        try:  # the job's key-value store; without it each rank counts only its own share
+            team._store = dist.distributed_c10d._get_default_store()
+        except (AttributeError, RuntimeError, ValueError):
+            team._store = None
+        return team
+
+    @property
+    def counts_job(self) -> bool:
+        """Whether :meth:`count` sums over every rank (else over this one only)."""
+        return self._store is not None or self.world == 1
+
+    def count(self, n: int) -> int:
+        """Add ``n`` to the job's counter; returns the total so far."""
+        self._counted += n
+        if self._store is None:
+            return self._counted
         try:
-            stats = quantize_sharded(args.input, args.output, config, args.shard_size,
-                                     include=args.include, exclude=args.exclude,
-                                     to_device=to_device, force=args.force,
-                                     step=progress.step_to, on_plan=progress.set_total,
-                                     team=team)
-            progress.step_to("", team.count(0))  # every rank is done: the whole job's bytes
-        finally:
-            progress.close()
-    finally:
-        team.close()
-    sys.stdout.flush()
-    return stats if team.rank == 0 else None
+            return int(self._store.add("gpuquant.count", int(n)))
+        except RuntimeError as exc:  # the store went with a dead rank (or its agent)
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
+
+    def reduce(self, values: Any, op: str) -> np.ndarray:
+        """An all_reduce (``op``: "SUM", "MAX", "MIN") of a small array; itself when alone."""
+        values = np.asarray(values)
+        if self._reduce is None:
+            return values.copy()
+        try:
+            return self._reduce(values, op)
+        except RuntimeError as exc:  # gloo/NCCL: a rank died or the timeout passed
+            raise PeerFailed(f"lost another rank ({str(exc).splitlines()[0][:160]})") from None
+
+    def together(self, fn, *args):
+        """Run ``fn`` here, then agree: if it failed on any rank, every rank raises (its own
+        error where it failed, :class:`PeerFailed` elsewhere)."""
+        try:
+            result = fn(*args)
+        except BaseException:
+            try:  # tell the others; a dead or broken group must not hide this error
+                self.reduce(np.array([1], np.int64), "MAX")
+            except Exception:  # noqa: BLE001, S110 - the error being raised matters more
+                pass
+            raise
+        if self.reduce(np.array([0], np.int64), "MAX")[0]:
+            raise PeerFailed("another rank failed; its error is printed above")
+        return result
+
+    def close(self) -> None:
+        if self._reduce is not None:
+            self._reduce.dist.destroy_process_group()
+            self._reduce = None
+
+
+def launch_local(workers: int, argv: list[str], env: dict[str, str] | None = None) -> None:
+    """Run ``python -m gpuquant *argv`` on ``workers`` processes of this machine through
+    torch.distributed's elastic launcher (torchrun --standalone); raises
+    ChildFailedError when a worker fails (the launcher stops the others)."""
+    _torch_distributed()
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.update(env or {})  # the workers inherit this process's environment
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers,
+                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                          local_addr="127.0.0.1")
+    elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)
+
+
+def _gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _launch(args, argv: list[str]) -> None:
+    """--workers N: the same command on N local processes; cleans up after a failed worker."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    if args.device == "cuda" and args.workers > _gpus():
+        raise QuantizationError(f"--workers {args.workers}: only {_gpus()} GPU(s) visible with "
+                                "--device cuda")
+    try:
+        launch_local(args.workers, argv)
+    except BaseException as exc:  # a failed worker, or Ctrl-C / SIGTERM (workers stopped)
+        sweep_stale(os.path.dirname(os.path.abspath(args.output)))  # their staging folders
+        if not isinstance(exc, ChildFailedError):
+            raise
+        codes = [f.exitcode for f in exc.failures.values()]
+        raise PeerFailed(f"{len(codes)} of {args.workers} worker(s) failed (exit codes "
+                         f"{codes}); nothing was written to {args.output}") from None
+
+
+def launch_or_join(args, argv: list[str]):
+    """--workers N without torchrun: starts them here and returns None; else this rank's
+    (to_device, Team): under torchrun or --workers, the GPU of its local rank when every
+    process of this machine has one, the CPU otherwise."""
+    world = int(os.environ.get("WORLD_SIZE") or 1)
+    if world == 1 and args.workers > 1:
+        _launch(args, argv)
+        return None
+    if args.workers not in (1, world):
+        raise QuantizationError(f"--workers {args.workers} under torchrun with {world} "
+                                "processes; leave --workers out there")
+    from ..core.devices import converter_for
+
+    to_device, local = converter_for(args.device), os.environ.get("LOCAL_WORLD_SIZE") or world
+    if world > 1 and to_device is not None and _gpus() < int(local):
+        if args.device == "cuda":  # one GPU per process, decided alike on every rank
+            raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for {local} processes "
+                                    "on this machine; run at most one per GPU")
+        to_device = None  # auto: more processes than GPUs, so every rank works on the CPU
+    return to_device, Team.from_env(cuda=world > 1 and to_device is not None)
+
+
+@contextlib.contextmanager
+def reporting_peer_failure():
+    """A failure on another rank (or worker), not a bug here: one line, exit 1."""
+    try:
+        yield
+    except PeerFailed as exc:
+        print(f"gpuquant: error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

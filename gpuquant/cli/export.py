@@ -55,7 +55,7 @@ def _export(args: argparse.Namespace, options):
     if args.workers == 1 and world == 1:
         return compressed_tensors(args.model_dir, args.output, options, force=args.force,
                                   device=args.device)
-    from ..calibration.collective import launch_or_join, reporting_peer_failure
+    from ..checkpoint.job import launch_or_join, reporting_peer_failure
 
     # every rank plans alike (and fails alike on bad input) before it joins the process
     # group: transformers building its meta model after gloo started made ~1 exit in 8 abort

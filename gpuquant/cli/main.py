@@ -107,7 +107,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     config = _quantize_config(args)
     if args.shard_size is not None or args.workers > 1 or \
             int(os.environ.get("WORLD_SIZE") or 1) > 1:
-        from ..checkpoint.job import run_sharded
+        from ..checkpoint.reshard import run_sharded
 
         stats = run_sharded(args, config, args.argv, lambda quiet: Progress(0, quiet))
         if stats is None:  # not rank 0, or the launcher of --workers: rank 0 reports
@@ -143,7 +143,7 @@ def _input_bytes(path: str) -> int:
     """Total tensor bytes of a checkpoint, for the progress bar (headers only)."""
     if not sys.stderr.isatty():
         return 0
-    from ..checkpoint.shards import open_checkpoint
+    from ..checkpoint.index import open_checkpoint
 
     return sum(f.nbytes(k) for _, f in open_checkpoint(path).files() for k in f.keys())
 
@@ -232,7 +232,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _size(text: str) -> int:
-    from ..checkpoint.shards import parse_size
+    from ..checkpoint.index import parse_size
 
     try:
         return parse_size(text)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ..checkpoint.files import SafetensorsFile
+from ..checkpoint.index import open_checkpoint
 from ..checkpoint.output import staged_file
-from ..checkpoint.shards import open_checkpoint
 from ..core.devices import converter_for
 from ..core.frameworks import as_float, host_copy
 from ..errors import BackendUnavailableError, QuantizationError
@@ -103,7 +103,7 @@ def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
             plans.append((shard, _plan(f, scheme, include, exclude)))
     quantize_fn = _quantizer(device)
     stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
-    with staged_file(output, force) as tmp:
+    with staged_file(output, checkpoint.inputs, force) as tmp:
         writer = lib.GGUFWriter(None, ARCH)
         writer.add_file_type(int({"q8_0": lib.LlamaFileType.MOSTLY_Q8_0,
                                   "q4_0": lib.LlamaFileType.MOSTLY_Q4_0}[scheme]))

@@ -18,12 +18,10 @@ import shutil
 import time
 from typing import Any
 
-import numpy as np
-
-from ..calibration.collective import EXIT_ENV, TOKEN_ENV, Team
 from ..checkpoint.files import SafetensorsFile, write_safetensors_stream
-from ..checkpoint.output import check_new_output, place_folder
-from ..checkpoint.shards import INDEX_NAME, assign_shards, make_staging, open_checkpoint, staging_path
+from ..checkpoint.index import assign_shards, open_checkpoint, write_index
+from ..checkpoint.job import Team, write_on_ranks
+from ..checkpoint.output import INDEX_NAME, check_output
 from ..core.devices import converter_for
 from ..core.frameworks import as_float
 from ..errors import FormatError, QuantizationError
@@ -117,17 +115,12 @@ def export_folder(model_dir: str, output: str, options: PackOptions, force: bool
                         SCALE_DTYPES[scale_dtype]) for _, f in checkpoint.files()]
     mine = assign_shards([os.path.getsize(s) for s in checkpoint.shards], team.world)[team.rank]
     stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
-    token = team.together(lambda: _stage(output, force) if team.rank == 0 else 0)
-    stage = staging_path(output, int(team.reduce(np.array([token], np.int64), "MAX")[0]))
-    try:
-        team.together(_write_mine, checkpoint, stage, mine, entries, selected, options,
-                      scale_dtype, to_device, stats)
-        weight_map = {e[0]: name for name, es in zip(names, entries) for e in es}
-        total = team.together(_finish if team.rank == 0 else lambda *a: 0, model_dir, output,
-                              stage, config, checkpoint, weight_map)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        raise
+    weight_map = {e[0]: name for name, es in zip(names, entries) for e in es}
+    total = write_on_ranks(
+        team, output, checkpoint.inputs, force, _output_names(model_dir, checkpoint),
+        lambda stage: _write_mine(checkpoint, stage, mine, entries, selected, options,
+                                  scale_dtype, to_device, stats),
+        lambda stage: _finish(model_dir, stage, config, checkpoint, weight_map))
     summed = team.reduce([stats[k] for k in stats], "SUM").tolist()
     stats = dict(zip(stats, summed), scale_dtype=scale_dtype)
     stats.update(seconds=time.perf_counter() - start, bytes_out=total or stats["bytes_out"])
@@ -137,15 +130,16 @@ def export_folder(model_dir: str, output: str, options: PackOptions, force: bool
 def prepare_export(model_dir: str, output: str, force: bool, options: PackOptions) -> tuple:
     """(config, checkpoint, selected, groups, scale dtype), from the headers; checks output."""
     config = _read_config(model_dir)
-    check_new_output(output, force, folder=True)
     checkpoint = open_checkpoint(model_dir)
+    check_output(output, checkpoint.inputs, force, folder=True,
+                 names=_output_names(model_dir, checkpoint))
     return (config, checkpoint, *_plan(model_dir, config, checkpoint, options))
 
 
-def _stage(output: str, force: bool) -> int:
-    check_new_output(output, force, folder=True)
-    token = os.environ.get(TOKEN_ENV)
-    return make_staging(output, None if token is None else int(token, 16))
+def _output_names(model_dir: str, checkpoint) -> list[str]:
+    """Every file the export writes: the shards, the index, the config and the side files."""
+    side = [n for n in sorted(os.listdir(model_dir)) if _is_side_file(checkpoint, n)]
+    return [os.path.basename(s) for s in checkpoint.shards] + [INDEX_NAME, "config.json"] + side
 
 
 def _write_mine(checkpoint, stage: str, mine, entries, selected, options: PackOptions,
@@ -157,18 +151,14 @@ def _write_mine(checkpoint, stage: str, mine, entries, selected, options: PackOp
                                                                scale_dtype, to_device, stats),
                                      f.metadata)
         stats["bytes_out"] += os.path.getsize(path)
-        if os.environ.get(EXIT_ENV) == os.environ.get("RANK", "0"):
-            os._exit(1)
 
 
-def _finish(model_dir: str, output: str, stage: str, config: dict, checkpoint,
-            weight_map: dict) -> int:
-    """Rank 0, after every rank wrote its shards: the side files, then the folder in place;
-    returns the bytes of the shards."""
+def _finish(model_dir: str, stage: str, config: dict, checkpoint, weight_map: dict) -> int:
+    """Rank 0, after every rank wrote its shards: the side files; returns the bytes of the
+    shards."""
     total = sum(os.path.getsize(os.path.join(stage, os.path.basename(s)))
                 for s in checkpoint.shards)
     _write_side_files(model_dir, stage, config, checkpoint, weight_map, total)
-    place_folder(stage, output)
     return total
 
 
@@ -219,20 +209,22 @@ def _produce(f: SafetensorsFile, selected, options: PackOptions, scale_dtype: st
 def _write_side_files(model_dir: str, stage: str, config: dict, checkpoint, weight_map: dict,
                       total: int) -> None:
     """The index (if the input had one), config.json, and copies of every other file."""
-    index_path = os.path.join(model_dir, INDEX_NAME)
-    if os.path.isfile(index_path):
-        index = {"metadata": {**checkpoint.index_metadata, "total_size": total},
-                 "weight_map": dict(sorted(weight_map.items()))}
-        with open(os.path.join(stage, INDEX_NAME), "w") as f:
-            json.dump(index, f, indent=2)
+    if checkpoint.index:
+        write_index(stage, [os.path.basename(s) for s in checkpoint.shards],
+                    checkpoint.index_metadata, weight_map)
     with open(os.path.join(stage, "config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    shards = {os.path.basename(s) for s in checkpoint.shards}
     for name in sorted(os.listdir(model_dir)):
-        src = os.path.join(model_dir, name)
-        if name.startswith(".") or name in shards or name in (INDEX_NAME, "config.json"):
+        if not _is_side_file(checkpoint, name):
             continue
+        src = os.path.join(model_dir, name)
         if os.path.isdir(src):
             shutil.copytree(src, os.path.join(stage, name), symlinks=True)
         else:
             shutil.copy2(src, os.path.join(stage, name))
+
+
+def _is_side_file(checkpoint, name: str) -> bool:
+    """A file of the model folder that the export copies as it is (tokenizer, README, ...)."""
+    shards = {os.path.basename(s) for s in checkpoint.shards}
+    return not (name.startswith(".") or name in shards or name in (INDEX_NAME, "config.json"))

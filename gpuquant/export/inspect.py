@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from ..checkpoint.files import SafetensorsFile
-from ..checkpoint.shards import open_checkpoint
+from ..checkpoint.index import open_checkpoint
 from ..core.frameworks import as_float
 from ..errors import QuantizationError
 from ..metrics import error_sums

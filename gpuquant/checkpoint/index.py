@@ -1,12 +1,10 @@
-"""Checkpoint files on disk: one safetensors file, or shards with a model.safetensors.index.json.
+"""A checkpoint on disk: one safetensors file, or shards with a model.safetensors.index.json;
+and the plan of new shards (sizes, names, which rank writes which).
 
 Reading checks the index before any shard is opened: every weight_map path
 must stay inside the index's folder, and no two shards may share a file name
-(outputs keep shard file names side by side in one folder). Writing never
-touches the input: an output that resolves to the input file, its folder or
-any of its shards is refused, even with ``force``. Every output file appears
-only when complete; ``force`` replaces only the files gpuquant writes (the
-shards and the index), never anything else in the output folder.
+(outputs keep shard file names side by side in one folder). Outputs are
+written by gpuquant.checkpoint.output, which never touches the input.
 """
 
 from __future__ import annotations
@@ -15,17 +13,15 @@ import dataclasses
 import json
 import os
 import re
-import secrets
-import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from ..errors import FormatError, QuantizationError
 from .files import SafetensorsFile
+from .output import INDEX_NAME
 
-__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_output", "parse_size",
+__all__ = ["Checkpoint", "open_checkpoint", "INDEX_NAME", "write_index", "parse_size",
            "plan_shards", "shard_names", "assign_shards"]
 
-INDEX_NAME = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 
@@ -52,6 +48,12 @@ class Checkpoint:
         if not self.sharded:
             return None
         return os.path.dirname(os.path.abspath(self.index)) if self.index else self.path
+
+    @property
+    def inputs(self) -> list[str]:
+        """Every file and folder this checkpoint is read from: what no output may replace."""
+        return self.shards + ([self.index] if self.index else []) + (
+            [self.folder] if self.folder else [])
 
 
 def _load_index(index_path: str) -> dict:
@@ -122,16 +124,6 @@ def open_checkpoint(path: str) -> Checkpoint:
     return Checkpoint(path, [path], False, {})
 
 
-def _same(a: str, b: str) -> bool:
-    """Whether two paths name one file or folder (through symlinks and hard links)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def parse_size(text: str) -> int:
     """Bytes of "5GB", "500MB", "100KB" (powers of 10, as Hugging Face), "2GiB" or a plain int."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)?\s*", str(text), re.IGNORECASE)
@@ -174,101 +166,11 @@ def assign_shards(sizes: list[int], ranks: int) -> list[list[int]]:
     return [sorted(o) for o in owned]
 
 
-def _targets(out: str, checkpoint: Checkpoint, names: list[str] | None = None) -> list[str]:
-    """Every file the output consists of (``names``: the shards of a resharded output)."""
-    if names is None and not checkpoint.sharded:
-        return [out]
-    if names is None:
-        names = [os.path.basename(s) for s in checkpoint.shards]
-    return [os.path.join(out, n) for n in names] + [os.path.join(out, INDEX_NAME)]
-
-
-def check_output(out: str, checkpoint: Checkpoint, force: bool,
-                 names: list[str] | None = None) -> None:
-    """Refuse an output that is the input, exists without ``force``, or has no folder.
-
-    ``names``: the output is a folder of these shards (whatever the input is)."""
-    folder_out = checkpoint.sharded or names is not None
-    inputs = checkpoint.shards + ([checkpoint.index] if checkpoint.index else [])
-    if checkpoint.folder is not None and _same(out, checkpoint.folder):
-        raise QuantizationError(f"{out}: is the input folder; choose another output folder")
-    for target in _targets(out, checkpoint, names):
-        if any(_same(target, src) for src in inputs):
-            raise QuantizationError(f"{out}: would overwrite the input {target}; choose "
-                                    "another output (even --force never replaces the input)")
-    parent = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(parent):
-        raise QuantizationError(f"{out}: the output folder {parent} does not exist")
-    if not os.path.lexists(out):
-        return
-    if not force:
-        raise QuantizationError(f"{out}: exists; pass --force to replace it")
-    if folder_out != os.path.isdir(out):
-        kind = "a folder" if folder_out else "a file"
-        raise QuantizationError(f"{out}: exists and is not {kind}; choose another output")
-    for target in _targets(out, checkpoint, names) if folder_out else []:
-        if os.path.isdir(target) and not os.path.islink(target):
-            raise QuantizationError(f"{target}: is a folder; --force replaces only files")
-
-
-def staging_path(out: str, token: int) -> str:
-    """The hidden folder where an output folder is written before it is put in place."""
-    parent = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
-    return os.path.join(parent, f".gpuquant-{token:012x}")
-
-
-def make_staging(out: str, token: int | None = None) -> int:
-    """Create the staging folder of ``out`` (umask permissions, unlike tempfile.mkdtemp's
-    0o700); returns its token (random unless given)."""
-    while True:
-        chosen = secrets.randbits(48) if token is None else token
-        try:
-            os.mkdir(staging_path(out, chosen))
-            return chosen
-        except FileExistsError:
-            if token is not None:
-                raise
-            continue
-
-
-def finish_output(out: str, staging: str, names: list[str], index_metadata: dict,
-                  weight_map: dict[str, str]) -> None:
-    """Write the index into ``staging`` and put the folder in place: renamed whole as a new
-    ``out``, or into an existing one (``--force``) file by file, the index last."""
-    total = sum(os.path.getsize(os.path.join(staging, n)) for n in names)
+def write_index(folder: str, names: list[str], index_metadata: dict,
+                weight_map: dict[str, str]) -> None:
+    """Write the index of the shards ``names`` in ``folder`` (the sizes of the files there)."""
+    total = sum(os.path.getsize(os.path.join(folder, n)) for n in names)
     index = {"metadata": {**index_metadata, "total_size": total},
              "weight_map": dict(sorted(weight_map.items()))}
-    with open(os.path.join(staging, INDEX_NAME), "w") as f:
+    with open(os.path.join(folder, INDEX_NAME), "w") as f:
         json.dump(index, f, indent=2)
-    if not os.path.isdir(out):
-        os.replace(staging, out)
-        return
-    for name in names + [INDEX_NAME]:
-        os.replace(os.path.join(staging, name), os.path.join(out, name))
-    os.rmdir(staging)
-
-
-def write_output(out: str, checkpoint: Checkpoint, force: bool,
-                 write_shard: Callable[[str, SafetensorsFile, str], dict[str, str]]) -> None:
-    """Write every shard through ``write_shard(name, input, output path) -> {key: shard}``.
-
-    A single file is written atomically by write_shard itself. Shards and the
-    index go to a hidden temporary folder; a new output folder is then renamed
-    into place whole, while into an existing one (``force``) each file is
-    moved over its old version, the index last. Other files there are kept.
-    """
-    check_output(out, checkpoint, force)
-    if not checkpoint.sharded:
-        for _, f in checkpoint.files():
-            write_shard(os.path.basename(out), f, out)
-        return
-    staging = staging_path(out, make_staging(out))
-    try:
-        weight_map: dict[str, str] = {}
-        for name, f in checkpoint.files():
-            weight_map.update(write_shard(name, f, os.path.join(staging, name)))
-        names = [os.path.basename(s) for s in checkpoint.shards]
-        finish_output(out, staging, names, checkpoint.index_metadata, weight_map)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
