@@ -12,11 +12,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # lowest first; a module may import its own layer (without a cycle) and the layers below
 LAYERS = [
     ("kernels", ["gpuquant.kernels"]),
-    ("foundation", ["gpuquant.errors", "gpuquant.config", "gpuquant.calibration_methods",
-                    "gpuquant.arrays", "gpuquant.qparams", "gpuquant.packing", "gpuquant.chunks",
+    ("foundation", ["gpuquant.errors", "gpuquant.float_schemes", "gpuquant.config",
+                    "gpuquant.calibration_methods", "gpuquant.arrays", "gpuquant.qparams",
+                    "gpuquant.packing", "gpuquant.chunks",
                     "gpuquant.nonfinite", "gpuquant.metrics", "gpuquant.safetensors_file",
                     "gpuquant.devices"]),
-    ("layout", ["gpuquant.layout", "gpuquant.units", "gpuquant.searches"]),
+    ("layout", ["gpuquant.layout", "gpuquant.units", "gpuquant.searches", "gpuquant.formats"]),
     ("backends", ["gpuquant.backends"]),
     ("plan", ["gpuquant.plan", "gpuquant.ranges", "gpuquant.torch_ops"]),
     ("api", ["gpuquant.quantize", "gpuquant.calibrate", "gpuquant.dynamic", "gpuquant.tensor",
