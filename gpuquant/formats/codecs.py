@@ -59,7 +59,7 @@ def _value(fmt: MiniFloat, code: int) -> float:
     return (1 + man / (1 << fmt.mbits)) * 2.0 ** (exp - fmt.bias)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _grid(fmt: MiniFloat) -> np.ndarray:
     """float64 values of the finite positive codes 0 .. code(max), increasing with the code."""
     values = []
@@ -71,7 +71,7 @@ def _grid(fmt: MiniFloat) -> np.ndarray:
     return np.array(values, np.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(fmt: MiniFloat) -> np.ndarray:
     """float32 value of every code, the sign bit included (NaN and Inf codes too)."""
     grid = _grid(fmt)
