@@ -18,7 +18,7 @@ import numpy as np
 
 __all__ = ["MiniFloat", "E4M3", "E5M2", "E2M1", "MINIFLOATS", "encode", "decode",
            "pack_low_first", "unpack_low_first", "pack_high_first", "unpack_high_first",
-           "e8m0_from_amax", "decode_e8m0", "NF4_CODEBOOK", "nf4_encode", "nf4_decode"]
+           "e8m0_from_amax", "decode_e8m0", "NF4_CODEBOOK", "NF4_ZERO_CODE", "nf4_encode", "nf4_decode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,11 +137,12 @@ def unpack_low_first(packed: np.ndarray, cols: int) -> np.ndarray:
     return out[..., :cols]
 
 
-def pack_high_first(codes: np.ndarray) -> np.ndarray:
-    """bitsandbytes' packing of a flat code array: element 2i in the HIGH nibble."""
+def pack_high_first(codes: np.ndarray, pad: int = 0) -> np.ndarray:
+    """bitsandbytes' packing of a flat code array: element 2i in the HIGH nibble; an odd
+    count gets ``pad`` as its last low nibble (NF4: 7, the code of 0.0, as bitsandbytes)."""
     flat = np.asarray(codes, np.uint8).reshape(-1)
     if flat.size % 2:
-        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+        flat = np.concatenate([flat, np.full(1, pad, np.uint8)])
     return ((flat[0::2] & 0xF) << 4) | (flat[1::2] & 0xF)
 
 
@@ -208,6 +209,7 @@ NF4_CODEBOOK = np.array([
     0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0], np.float32)
 NF4_CODEBOOK.setflags(write=False)
+NF4_ZERO_CODE = 7
 # midpoints of neighbouring entries, computed in float32 as bitsandbytes does
 _NF4_MIDPOINTS = ((NF4_CODEBOOK[:-1] + NF4_CODEBOOK[1:]) / np.float32(2)).astype(np.float32)
 

@@ -193,7 +193,8 @@ def _nf4(x: np.ndarray, block: int):
             absmax = np.concatenate([absmax, tail_max[None]])
             parts.append(flat[full:] / tail_max)
     scaled = np.clip(np.concatenate(parts).astype(np.float32), -1.0, 1.0)
-    return codecs.pack_high_first(codecs.nf4_encode(scaled)), absmax.astype(np.float32)
+    packed = codecs.pack_high_first(codecs.nf4_encode(scaled), pad=codecs.NF4_ZERO_CODE)
+    return packed, absmax.astype(np.float32)
 
 
 # ---------------------------------------------------------------- dequantize
