@@ -27,6 +27,7 @@ from . import codecs
 
 __all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape"]
 
+F32_ZERO = np.float32(0.0)
 _F32_EPS = np.float32(np.finfo(np.float32).eps)
 _F32_TINY = np.float32(np.finfo(np.float32).tiny)
 _NVFP4_MAX = np.float32(448.0 * 6.0)
@@ -169,13 +170,18 @@ def _nvfp4(x2: np.ndarray, cfg):
         step = (codecs.decode(s8, codecs.E4M3) * ws2).astype(np.float32)
         gs = ws2
     else:
-        gs = np.float32(_NVFP4_MAX / np.maximum(amax_t, _F32_TINY))
+        # torch evaluates compressed-tensors' 448*6/amax (a Python number over a tensor) as
+        # 448*6 * (1/amax): two roundings, kept here for bit-exactness
+        gs = np.float32(np.float32(1.0) / np.maximum(amax_t, _F32_TINY)) * _NVFP4_MAX
         gs = gs if np.isfinite(gs) else np.float32(1.0)
         s = (gs * (amax / np.float32(6.0)).astype(np.float32)).astype(np.float32)
         s8 = codecs.encode(np.clip(s, -448.0, 448.0).astype(np.float32), codecs.E4M3)
         s8 = np.where(codecs.decode(s8, codecs.E4M3) == 0, np.uint8(0x20), s8).astype(np.uint8)
         step = (codecs.decode(s8, codecs.E4M3) / gs).astype(np.float32)
-    codes = _encode(x2 / _expand(step, x2.shape, cfg), codecs.E2M1)
+    q = x2 / _expand(step, x2.shape, cfg)
+    # an exact zero encodes as +0 (compressed-tensors' cast: sign(-0.0) is 0); a negative
+    # value that rounds to zero keeps its sign (code 8), as there
+    codes = _encode(np.where(q == 0, F32_ZERO, q), codecs.E2M1)
     return codes, s8, np.asarray(gs, np.float32)
 
 
