@@ -239,6 +239,8 @@ class QuantConfig(fs.FloatPresets):
     @property
     def code_dtype(self) -> str:
         """NumPy dtype name of one unpacked code (int4 codes unpack to int8/uint8)."""
+        if self.is_float:
+            return "uint8"
         width = max(self.bits, 8)
         return f"int{width}" if self.symmetric else f"uint{width}"
 

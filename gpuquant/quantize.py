@@ -37,6 +37,8 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     operators (gpuquant.torch_ops): min/max calibration and given qparams trace
     into the graph, other calibrations run eagerly (a graph break).
     """
+    if config is not None and getattr(config, "is_float", False):
+        return _quantize_float(x, config, qparams, backend, out)
     if compiling():
         from .torch_ops import eager, quantize_parts
 
@@ -50,3 +52,16 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     else:
         codes, scale, zero_point = plan.given(x, qparams, out)
     return QuantizedTensor._trusted(codes, scale, zero_point, plan)
+
+
+def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
+    """The float formats (gpuquant.float_parts): scales always come from the data."""
+    from .errors import UnsupportedSchemeError
+    from .float_parts import quantize_parts
+
+    for name, value in (("qparams", qparams), ("out", out)):
+        if value is not None:
+            raise UnsupportedSchemeError(f"{name}= is not supported for {config.describe()}: "
+                                         "float formats compute their scales from the data")
+    codes, scale, global_scale, info = quantize_parts(x, config, backend)
+    return QuantizedTensor._from_float(codes, scale, global_scale, info, config)

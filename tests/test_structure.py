@@ -21,6 +21,7 @@ LAYERS = [
     ("backends", ["gpuquant.backends"]),
     ("plan", ["gpuquant.plan", "gpuquant.ranges", "gpuquant.torch_ops"]),
     ("api", ["gpuquant.quantize", "gpuquant.calibrate", "gpuquant.dynamic", "gpuquant.tensor",
+             "gpuquant.float_parts",
              "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.shards",
              "gpuquant.export"]),
     ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.demo",

@@ -1,0 +1,157 @@
+"""The parts of a float-format QuantizedTensor: their checks, dequantization, and the
+backend dispatch (NumPy reference on the CPU, gpuquant.backends.triton_float on a GPU).
+
+A float-format tensor holds ``data`` (uint8 codes: FP8 of x's shape, E2M1 packed
+(..., ceil(K/2)), NF4 packed (ceil(numel/2),)), ``scale`` (float32, or uint8 E8M0 /
+E4M3 bit patterns), no zero point, and ``global_scale`` (float32 0-d, NVFP4 only).
+gpuquant.formats.reference has the formulas; docs/ARCHITECTURE.md the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .arrays import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    dtype_name,
+    framework_of,
+    from_numpy,
+    output_dtype,
+    prepare,
+    to_numpy,
+)
+from .errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, QuantizationError
+from .formats import codes_shape, dequantize_float, quantize_float, unit_shape
+
+__all__ = ["expected_parts", "check_float_parts", "quantize_parts", "dequantize_parts",
+           "float_suffixes"]
+
+
+def float_suffixes(config) -> tuple[str, ...]:
+    """The stored tensors of a float-format NAME: NAME.qdata, NAME.scale (+ NAME.global_scale)."""
+    return (".qdata", ".scale", ".global_scale") if config.scale_format == "e4m3" else \
+        (".qdata", ".scale")
+
+
+def expected_parts(shape: tuple[int, ...], config) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """part name -> (dtype name, shape) of a float-format tensor of ``shape``."""
+    scale_dtype = "float32" if config.scale_format == "float32" else "uint8"
+    parts = {"data": ("uint8", codes_shape(shape, config)),
+             "scale": (scale_dtype, unit_shape(shape, config))}
+    if config.scale_format == "e4m3":
+        parts["global_scale"] = ("float32", ())
+    return parts
+
+
+def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
+    """(dtype, info) of valid float-format parts (``shape`` a checked tuple); QuantizationError
+    naming the part. Values are not checked: a non-finite input gives NaN/Inf scales."""
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
+                                + ", ".join(FLOAT_DTYPES))
+    framework, device = framework_of(data), array_device(data)
+    values = {"data": data, "scale": scale, "global_scale": global_scale}
+    wanted = expected_parts(shape, config)
+    if global_scale is not None and "global_scale" not in wanted:
+        raise QuantizationError(f"global_scale is given but {config.describe()} has none "
+                                "(only NVFP4, scale_format='e4m3', has one)")
+    for name, (want_dtype, want_shape) in wanted.items():
+        value = values[name]
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
+        if (framework_of(value), array_device(value)) != (framework, device):
+            raise QuantizationError(f"{name} is a {framework_of(value)} array on "
+                                    f"{array_device(value)} but data is a {framework} array on "
+                                    f"{device}; keep the parts together")
+        if dtype_name(value) != want_dtype:
+            raise InvalidDtypeError(f"{name} has dtype {dtype_name(value)}; {config.describe()} "
+                                    f"needs {want_dtype}")
+        if tuple(int(d) for d in value.shape) != tuple(want_shape):
+            raise InvalidShapeError(f"{name} has shape {tuple(value.shape)}; shape {shape} under "
+                                    f"{config.describe()} needs {tuple(want_shape)}")
+    if device == "meta":
+        raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
+                                      "holds no values")
+    return dtype, info or TensorInfo(framework, dtype, shape, device)
+
+
+def _backend_name(info: TensorInfo, backend: str | None) -> str:
+    from .backends import BACKENDS, select
+
+    if backend == "triton" or (backend is None and info.on_gpu):
+        select(info, backend)  # the same checks and messages as the integer formats
+        return "triton"
+    if backend is not None and backend not in BACKENDS:
+        select(info, backend)
+    if info.on_gpu:
+        select(info, "numpy")  # raises: NumPy never reads GPU memory
+    return "numpy"
+
+
+def _triton_float():
+    try:
+        from .backends import triton_float
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the float formats' Triton kernels (gpuquant.backends.triton_float) cannot be "
+            f"imported here ({exc}); use CPU data with backend='numpy', or pip install "
+            "'gpuquant[triton]'") from None
+    return triton_float
+
+
+def _to_torch(a):
+    if a is None or framework_of(a) != "cupy":
+        return a
+    import torch
+
+    return torch.from_dlpack(a)
+
+
+def _to_caller(a, info: TensorInfo):
+    if a is None or info.framework != "cupy":
+        return a
+    import cupy
+
+    return cupy.from_dlpack(a)
+
+
+def quantize_parts(x: Any, config, backend: str | None = None):
+    """(codes, scale, global_scale | None, info) of ``x`` in its own framework and device."""
+    x, info = prepare(x)
+    if _backend_name(info, backend) == "triton":
+        parts = _triton_float().quantize_float(_to_torch(x), config)
+        return (*(_to_caller(p, info) for p in parts), info)
+    x32 = np.asarray(to_numpy(x, info), dtype=np.float32)  # float64 rounds once to float32
+    codes, scale, gs = quantize_float(x32, config)
+    parts = [from_numpy(a if a.flags.c_contiguous else a.copy(), info) if a is not None else None
+             for a in (codes, scale, None if gs is None else np.asarray(gs, np.float32))]
+    return (*parts, info)
+
+
+def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):
+    """The values of a float-format QuantizedTensor in ``dtype`` (default: the original)."""
+    info = qt._info
+    out_dtype = output_dtype(dtype, qt.dtype, info.framework)
+    if _backend_name(info, backend) == "triton":
+        import torch
+
+        y = _triton_float().dequantize_float(
+            _to_torch(qt.data), _to_torch(qt.scale), _to_torch(qt.global_scale), qt.config,
+            qt.shape, dtype=getattr(torch, out_dtype))
+        y = _to_caller(y, info)
+    else:
+        host = [None if a is None else to_numpy(*prepare(a, name, require_float=False))
+                for a, name in ((qt.data, "data"), (qt.scale, "scale"),
+                                (qt.global_scale, "global_scale"))]
+        y32 = dequantize_float(host[0], host[1], host[2], qt.config, qt.shape)
+        compute = "float32" if out_dtype == "bfloat16" else out_dtype
+        y = from_numpy(y32.astype(compute, copy=False), info, out_dtype)
+    if out is None:
+        return y
+    from .plan import copy_into
+
+    return copy_into((out,), (y,))[0]
