@@ -24,11 +24,18 @@ from .arrays import (
     prepare,
     to_numpy,
 )
-from .errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, QuantizationError
+from .errors import (
+    BackendUnavailableError,
+    InvalidDtypeError,
+    InvalidShapeError,
+    QuantizationError,
+    UnsupportedSchemeError,
+)
 from .formats import codes_shape, dequantize_float, quantize_float, unit_shape
+from .formats.reference import fp8_codes, fp8_scale
 
 __all__ = ["expected_parts", "check_float_parts", "quantize_parts", "dequantize_parts",
-           "float_suffixes"]
+           "float_suffixes", "static_fp8_qparams", "static_scales"]
 
 
 def float_suffixes(config) -> tuple[str, ...]:
@@ -119,9 +126,30 @@ def _to_caller(a, info: TensorInfo):
     return cupy.from_dlpack(a)
 
 
-def quantize_parts(x: Any, config, backend: str | None = None):
-    """(codes, scale, global_scale | None, info) of ``x`` in its own framework and device."""
+def static_fp8_qparams(lo: np.ndarray, hi: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scale, int32 zero zero-points) of calibrated per-unit ranges under an FP8
+    config with float32 scales: ``max(|lo|, |hi|) / fmax``, as gq.quantize computes."""
+    if not static_scales(config):
+        raise UnsupportedSchemeError(
+            f"static scales apply to FP8 with float32 scales per tensor, channel, token or "
+            f"group; {config.describe()} computes its scales from each tensor in gq.quantize")
+    amax = np.maximum(np.abs(np.asarray(lo, np.float32)), np.abs(np.asarray(hi, np.float32)))
+    scale = fp8_scale(amax, config)
+    return scale, np.zeros(scale.shape, np.int32)
+
+
+def static_scales(config) -> bool:
+    """Whether a float config takes given (calibrated) scales: FP8, float32, not 2-D blocks."""
+    return (config.element in ("fp8_e4m3", "fp8_e5m2") and config.scale_format == "float32"
+            and str(config.granularity) != "block")
+
+
+def quantize_parts(x: Any, config, backend: str | None = None, qparams: Any = None):
+    """(codes, scale, global_scale | None, info) of ``x`` in its own framework and device;
+    ``qparams``: given FP8 scales (a QParams or (scale, zero_point) with zero points 0)."""
     x, info = prepare(x)
+    if qparams is not None:
+        return _given_fp8(x, info, config, backend, qparams)
     if _backend_name(info, backend) == "triton":
         parts = _triton_float().quantize_float(_to_torch(x), config)
         return (*(_to_caller(p, info) for p in parts), info)
@@ -130,6 +158,25 @@ def quantize_parts(x: Any, config, backend: str | None = None):
     parts = [from_numpy(a if a.flags.c_contiguous else a.copy(), info) if a is not None else None
              for a in (codes, scale, None if gs is None else np.asarray(gs, np.float32))]
     return (*parts, info)
+
+
+def _given_fp8(x, info, config, backend, qparams):
+    static_fp8_qparams(np.zeros(0), np.zeros(0), config)  # raises for the other formats
+    try:
+        scale, zero_point = qparams
+    except (TypeError, ValueError):
+        raise QuantizationError("qparams must be a gq.QParams or a (scale, zero_point) pair") from None
+    if _backend_name(info, backend) == "triton":
+        raise UnsupportedSchemeError("given FP8 scales are quantized by the NumPy reference only; "
+                                     "pass CPU data (the Triton kernels compute their own scales)")
+    scale_h, zp_h = (to_numpy(*prepare(a, name, require_float=False))
+                     for a, name in ((scale, "scale"), (zero_point, "zero_point")))
+    if dtype_name(scale_h) != "float32" or np.any(zp_h != 0):
+        raise QuantizationError(f"qparams for {config.describe()} need float32 scales and zero "
+                                "points of 0 (FP8 is symmetric)")
+    x32 = np.asarray(to_numpy(x, info), dtype=np.float32)
+    codes = fp8_codes(x32, scale_h, config)
+    return from_numpy(codes, info), from_numpy(np.array(scale_h, np.float32), info), None, info
 
 
 def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):

@@ -55,13 +55,11 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
 
 
 def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
-    """The float formats (gpuquant.float_parts): scales always come from the data."""
+    """The float formats (gpuquant.float_parts): scales from the data, or given FP8 scales."""
     from .errors import UnsupportedSchemeError
     from .float_parts import quantize_parts
 
-    for name, value in (("qparams", qparams), ("out", out)):
-        if value is not None:
-            raise UnsupportedSchemeError(f"{name}= is not supported for {config.describe()}: "
-                                         "float formats compute their scales from the data")
-    codes, scale, global_scale, info = quantize_parts(x, config, backend)
+    if out is not None:
+        raise UnsupportedSchemeError(f"out= is not supported for {config.describe()}")
+    codes, scale, global_scale, info = quantize_parts(x, config, backend, qparams)
     return QuantizedTensor._from_float(codes, scale, global_scale, info, config)

@@ -139,8 +139,8 @@ def test_constructor_checks_the_parts():
 
 def test_unsupported_arguments_and_shapes_name_themselves():
     x = _x((4, 64))
-    with pytest.raises(gq.UnsupportedSchemeError, match="qparams="):
-        gq.quantize(x, QuantConfig.fp8_per_tensor(), qparams=(np.float32(1), np.int32(0)))
+    with pytest.raises(gq.UnsupportedSchemeError, match="static scales apply to FP8"):
+        gq.quantize(x, QuantConfig.mxfp8(), qparams=(np.float32(1), np.int32(0)))
     with pytest.raises(gq.InvalidShapeError, match="needs a 2-D tensor"):
         gq.quantize(x.reshape(2, 2, 64), QuantConfig.fp8_block())
     with pytest.raises(gq.EmptyTensorError):

@@ -25,7 +25,8 @@ import numpy as np
 from ..errors import EmptyTensorError, InvalidShapeError
 from . import codecs
 
-__all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape"]
+__all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape", "fp8_scale",
+           "fp8_codes"]
 
 F32_ZERO = np.float32(0.0)
 _F32_EPS = np.float32(np.finfo(np.float32).eps)
@@ -144,11 +145,27 @@ def quantize_float(x32: np.ndarray, cfg):
             scale = codecs.e8m0_from_amax(amax, cfg.scale_rule, fmt)
             codes = _encode(x2 / _expand(codecs.decode_e8m0(scale), x2.shape, cfg), fmt)
             return codes.reshape(codes_shape(x.shape, cfg)), scale, None
-        fmt = _element(cfg)
-        scale = (amax / np.float32(fmt.max)).astype(np.float32)
-        scale = np.where(scale == 0, _F32_EPS, scale).astype(np.float32)
-        codes = _encode(x2 / _expand(scale, x2.shape, cfg), fmt)
-        return codes.reshape(x.shape), scale, None
+        scale = fp8_scale(amax, cfg)
+        return fp8_codes(x, scale, cfg), scale, None
+
+
+def fp8_scale(amax: np.ndarray, cfg) -> np.ndarray:
+    """float32 FP8 scales ``amax / fmax`` of per-unit amaxes; a zero scale becomes float32 eps."""
+    scale = (np.asarray(amax, np.float32) / np.float32(_element(cfg).max)).astype(np.float32)
+    return np.where(scale == 0, _F32_EPS, scale).astype(np.float32)
+
+
+def fp8_codes(x32: np.ndarray, scale: np.ndarray, cfg) -> np.ndarray:
+    """FP8 codes ``RNE(clamp(x / s, -fmax, fmax))`` of x for given per-unit float32 scales
+    (static scales from a Calibrator, or the ones quantize_float computes)."""
+    x = np.asarray(x32, np.float32)
+    x2 = x.reshape(_shape2(x.shape, cfg))
+    scale = np.asarray(scale, np.float32)
+    if scale.shape != unit_shape(x.shape, cfg):
+        raise InvalidShapeError(f"scale has shape {scale.shape}; shape {x.shape} under "
+                                f"{cfg.describe()} needs {unit_shape(x.shape, cfg)}")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        return _encode(x2 / _expand(scale, x2.shape, cfg), _element(cfg)).reshape(x.shape)
 
 
 def _encode(q: np.ndarray, fmt: codecs.MiniFloat) -> np.ndarray:
