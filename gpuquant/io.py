@@ -33,7 +33,7 @@ from .nonfinite import entry
 from .safetensors_file import BF16, SafetensorsFile, is_shape, tag_of, write_safetensors
 from .tensor import QuantizedTensor
 
-__all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",
+__all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "suffixes_of", "to_host", "quantized_entries",
            "read_quantized", "described_tensors"]
 
 FORMAT_VERSION = "1"

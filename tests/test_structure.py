@@ -24,7 +24,7 @@ LAYERS = [
              "gpuquant.float_parts",
              "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.shards",
              "gpuquant.export"]),
-    ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.demo",
+    ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.cli_formats", "gpuquant.demo",
                      "gpuquant.__main__", "gpuquant.sharded", "gpuquant"]),
 ]
 
