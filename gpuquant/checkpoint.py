@@ -291,7 +291,8 @@ def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
     config = QuantConfig.from_dict(info["config"])
     shape = [int(s) for s in info["shape"]]
     row = {"name": key, "shape": shape, "dtype": info["dtype"], "scheme": config.scheme.value,
-           "granularity": granularity_label(config), "symmetric": config.symmetric,
+           "granularity": granularity_label(config),
+           "symmetric": None if config.is_float else config.symmetric,
            "bytes": sum(f.nbytes(key + s) for s in suffixes_of(config)),
            "original_bytes": math.prod(shape) * DTYPES[float_tag(info["dtype"])].itemsize}
     try:  # the qparams are small: check their values even without a reference
@@ -350,8 +351,8 @@ def _suffixes(info: dict) -> tuple[str, ...]:
 
 
 def granularity_label(config: QuantConfig) -> str:
-    if config.is_float:
-        return config.describe().split("/", 1)[1]
+    if config.is_float:  # e.g. group16/e4m3, group32/e8m0/rceil, block128x128/float32
+        return config.describe().split("/", 1)[1].replace("/compressed_tensors", "")
     gran = config.granularity.value
     if gran == "group":
         return f"group{config.group_size}"
