@@ -1,4 +1,5 @@
-"""NVFP4 against compressed-tensors 0.20's own NVFP4 quantizer and compressor, and NF4
+"""NVFP4 against compressed-tensors 0.20's own NVFP4 quantizer and compressor (and ModelOpt
+0.47's NVFP4QTensor for its global-scale convention), and NF4
 against bitsandbytes' quantize_4bit(quant_type="nf4") on CPU (issue 21). Peers are
 imported inside the tests only."""
 
@@ -93,20 +94,29 @@ def test_nvfp4_edges_against_compressed_tensors(case):
         assert np.isnan(y[1, 16:32]).all() and np.isfinite(np.delete(y[1], range(16, 32))).all()
 
 
-def test_nvfp4_modelopt_convention():
-    x = _nvfp4_data(4)
+def test_nvfp4_modelopt_convention_equals_modelopt():
+    """global_scale_convention="modelopt": ModelOpt 0.47's NVFP4QTensor.quantize and
+    dequantize (weight_scale_2 = amax / (6 * 448), block scale amax16 / (6 * ws2), a zero
+    block scale 1.0, clamped to [2^-9, 448])."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("modelopt")
+    from modelopt.torch.quantization.qtensor.nvfp4_tensor import NVFP4QTensor
+
     cfg = QuantConfig.nvfp4("modelopt")
-    codes, scale, ws2 = quantize_float(x, cfg)
-    amax = np.abs(x).max()
-    assert ws2 == F32(amax / F32(2688))              # the multiplier amax / (448 * 6)
-    block_amax = np.abs(x).reshape(6, 4, 16).max(-1)
-    want = (block_amax / (F32(6) * ws2)).astype(F32)
-    want = np.where(want == 0, F32(1), want)         # ModelOpt: zero block scale -> 1.0
-    assert np.array_equal(scale, codecs.encode(want, codecs.E4M3))
-    y = dequantize_float(codes, scale, ws2, cfg, x.shape)
-    step = (codecs.decode(scale, codecs.E4M3) * ws2).astype(F32).repeat(16, axis=1)
-    assert np.array_equal(y, codecs.decode(codecs.unpack_low_first(codes, 64), codecs.E2M1) * step)
+    for seed in (4, 5):
+        x = _nvfp4_data(seed)
+        x[5, :16] = 1e-9                            # a block scale below 2^-9: clamped up
+        packed, scale, ws2 = NVFP4QTensor.quantize(torch.from_numpy(x.copy()), 16)
+        codes, ours, our_ws2 = quantize_float(x, cfg)
+        assert our_ws2 == ws2.item() == F32(np.abs(x).max() / F32(2688))
+        assert np.array_equal(ours, scale.view(torch.uint8).numpy())
+        assert np.array_equal(codes, packed._quantized_data.numpy())
+        assert ours[0, 0] == 0x38 and ours[5, 0] == 0x01  # zero block: 1.0; the 2^-9 floor
+        deq = packed.dequantize(dtype=torch.float32, scale=scale, double_scale=ws2,
+                                block_sizes={-1: 16})
+        assert np.array_equal(dequantize_float(codes, ours, our_ws2, cfg, x.shape), deq.numpy())
     ct = dequantize_float(*quantize_float(x, QuantConfig.nvfp4()), QuantConfig.nvfp4(), x.shape)
+    y = dequantize_float(codes, ours, our_ws2, cfg, x.shape)
     err = lambda z: float(np.sum((z.astype(np.float64) - x) ** 2))  # noqa: E731
     assert err(y) <= 1.05 * err(ct)                  # the two conventions are equally good
 

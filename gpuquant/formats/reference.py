@@ -28,6 +28,7 @@ from . import codecs
 __all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape", "fp8_scale",
            "fp8_codes"]
 
+F32 = np.float32
 F32_ZERO = np.float32(0.0)
 _F32_EPS = np.float32(np.finfo(np.float32).eps)
 _F32_TINY = np.float32(np.finfo(np.float32).tiny)
@@ -182,8 +183,8 @@ def _nvfp4(x2: np.ndarray, cfg):
         ws2 = np.float32(amax_t / _NVFP4_MAX)
         ws2 = ws2 if np.isfinite(ws2) and ws2 > 0 else np.float32(1.0)
         s = (amax / (np.float32(6.0) * ws2)).astype(np.float32)
-        s = np.where(s == 0, np.float32(1.0), s)   # ModelOpt's zero rule, before the cast
-        s8 = codecs.encode(np.clip(s, -448.0, 448.0).astype(np.float32), codecs.E4M3)
+        s = np.where(s == 0, np.float32(1.0), s)   # ModelOpt's zero rule, then its clamp
+        s8 = codecs.encode(np.clip(s, F32(2.0 ** -9), F32(448.0)), codecs.E4M3)
         step = (codecs.decode(s8, codecs.E4M3) * ws2).astype(np.float32)
         gs = ws2
     else:
