@@ -87,16 +87,10 @@ def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
 
 
 def _backend_name(info: TensorInfo, backend: str | None) -> str:
-    from .backends import BACKENDS, select
+    """"numpy" or "triton": the integer formats' selection, with its checks and messages."""
+    from .backends import select
 
-    if backend == "triton" or (backend is None and info.on_gpu):
-        select(info, backend)  # the same checks and messages as the integer formats
-        return "triton"
-    if backend is not None and backend not in BACKENDS:
-        select(info, backend)
-    if info.on_gpu:
-        select(info, "numpy")  # raises: NumPy never reads GPU memory
-    return "numpy"
+    return select(info, backend).name
 
 
 def _triton_float():
