@@ -194,7 +194,7 @@ class QuantConfig(fs.FloatPresets):
             )
         set_("calibration", _as_calibration(self.calibration))
         if self.is_float:
-            fs.check_float_recipe(self.scheme.value, self.symmetric, self.calibration)
+            fs.check_float_recipe(self, isinstance(self.calibration, Percentile))
         if isinstance(self.calibration, Entropy) and self.scheme is Scheme.INT16:
             raise UnsupportedSchemeError(
                 "calibration='entropy' supports int4 and int8 (2^(bits-1) quantized bins); "

@@ -41,12 +41,17 @@ def float_dict(cfg: Any) -> dict[str, Any]:
     return out
 
 
-def check_float_recipe(element: str, symmetric: bool, calibration: Any) -> None:
-    """Float elements take their scale from amax: symmetric, 'minmax' calibration."""
-    if not symmetric or calibration != "minmax":
+def check_float_recipe(cfg: Any, percentile: bool) -> None:
+    """Float elements are symmetric and take their scale from amax: 'minmax', or a
+    percentile for FP8 with float32 static scales (per tensor, channel, token, group),
+    where a Calibrator chooses the amax."""
+    static = (cfg.scheme.value in FP8_ELEMENTS and cfg.scale_format == "float32"
+              and cfg.granularity.value != "block")
+    if not cfg.symmetric or not (cfg.calibration == "minmax" or percentile and static):
         raise UnsupportedSchemeError(
-            f"scheme={element!r} takes symmetric=True and calibration='minmax' (its scale "
-            f"comes from amax), got symmetric={symmetric}, calibration={calibration!r}")
+            f"scheme={cfg.scheme.value!r} takes symmetric=True and calibration='minmax' (its "
+            "scale comes from amax; FP8 with float32 scales also takes 'percentile', through "
+            f"gq.Calibrator), got symmetric={cfg.symmetric}, calibration={cfg.calibration!r}")
 
 
 def _choice(name: str, value: Any, accepted: tuple[str, ...]) -> str:

@@ -61,5 +61,9 @@ def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
 
     if out is not None:
         raise UnsupportedSchemeError(f"out= is not supported for {config.describe()}")
+    if qparams is None and config.calibration != "minmax":
+        raise UnsupportedSchemeError(
+            f"calibration={config.calibration} chooses static FP8 scales: feed batches to "
+            "gq.Calibrator(config) and pass qparams=calibrator.qparams()")
     codes, scale, global_scale, info = quantize_parts(x, config, backend, qparams)
     return QuantizedTensor._from_float(codes, scale, global_scale, info, config)

@@ -76,3 +76,22 @@ def test_dynamic_fp8_activations_per_token():
     codes, scale, _ = quantize_float(x, QuantConfig.fp8_per_token())
     assert qt.scale.shape == (3, 5) and np.array_equal(qt.scale, scale)
     assert np.array_equal(qt.data, codes)
+
+
+def test_percentile_chooses_the_static_fp8_amax():
+    cfg = QuantConfig(scheme="fp8_e4m3", granularity="tensor", calibration=gq.Percentile(0.1, 99.9))
+    batches = _batches(3, (64, 64))
+    cal = gq.Calibrator(cfg)
+    for b in batches:
+        cal.update(b)
+    lo, hi = cal.range()
+    qp = cal.qparams()
+    assert qp.scale == F32(max(abs(lo), abs(hi)) / F32(448))
+    every = np.concatenate([b.ravel() for b in batches])
+    assert abs(lo) < np.abs(every).max() and abs(hi) < np.abs(every).max()   # clipped tails
+    qt = gq.quantize(batches[0], cfg, qparams=qp)
+    assert np.array_equal(qt.data, gq.quantize(batches[0], QuantConfig.fp8_per_tensor(), qparams=qp).data)
+    with pytest.raises(gq.UnsupportedSchemeError, match="gq.Calibrator"):
+        gq.quantize(batches[0], cfg)                       # a percentile needs a Calibrator
+    with pytest.raises(gq.UnsupportedSchemeError, match="'percentile', through"):
+        QuantConfig.nvfp4().replace(calibration="percentile")
