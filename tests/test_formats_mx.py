@@ -1,17 +1,12 @@
 """MXFP8 / MXFP4 of the NumPy reference against torchao's to_mx (FLOOR, RCEIL, EVEN) and
 gguf-py's MXFP4, on random data and on the edges (issue 21). Peers imported in tests only.
 
-Where torchao 0.18 departs from the OCP rule on an edge, the test names the case and
-asserts both results, so a change on either side shows up:
-- a block whose E8M0 scale is 0 (2^-127): torchao divides by 2^-126 (FLOOR/EVEN) or by
-  1.0 (RCEIL) instead of 2^-127, so its codes decode to values off by 2x or more;
-- an Inf amax under FLOOR/EVEN: torchao reads the exponent field 255 as 2^(128-emax); the
-  spec's floor(log2 Inf) is above 127, so the scale is NaN (255) here;
-- RCEIL: torchao's CPU path takes ceil(float32 log2(d)), which rounds d = 2^k(1+2^-23)
-  down to k for |k| >= 2; the exact ceil (the PTX cvt.rp.ue8m0 that torchao uses on
-  sm_100) gives k+1, as here;
-- the element codes of a block whose scale is NaN (255) are unspecified: the block decodes
-  to NaN whatever they are.
+The reference follows torchao 0.18 on its edges too: a block whose E8M0 scale is 0 is
+divided by 2^-126 (FLOOR/EVEN) or multiplied by 1 (RCEIL) rather than 2^-127; an Inf amax
+reads as 2^128 under FLOOR/EVEN (scale 255 - emax); a NaN element of E2M1 becomes code 3.
+One departure remains, named in the test: RCEIL on the CPU takes ceil(float32 log2(d)) in
+torchao, which rounds d = 2^k(1+2^-23) down to k for |k| >= 2; the exact ceil here (the
+PTX cvt.rp.ue8m0 that torchao uses on sm_100, and gpuquant's kernels) gives k+1.
 """
 
 import numpy as np
@@ -89,30 +84,22 @@ def test_mx_edges_against_torchao(rule, element):
     names, x = _edge_blocks()
     peer_scale, peer_codes = _torchao(x, rule, element)
     codes, scale, _ = quantize_float(x, _cfg(rule, element))
-    scale, peer_scale = scale[:, 0], peer_scale[:, 0]
     row = {n: i for i, n in enumerate(names)}
-    inf, nan = row["inf"], row["nan"]
-    # scales: equal but for the documented cases
-    differ = {names[i] for i in np.nonzero(scale != peer_scale)[0]}
-    expected = {"inf"} if rule != "rceil" else (
-        {"rceil_log2_a", "rceil_log2_b"} if element == "fp4_e2m1" else set())
-    assert differ == expected
-    assert scale[nan] == peer_scale[nan] == 255
-    if rule == "rceil":
-        assert scale[inf] == 254
-        if element == "fp4_e2m1":   # d = 2^k (1 + 2^-23): exact ceil is k + 1, torchao's k
-            assert (scale[row["rceil_log2_a"]], peer_scale[row["rceil_log2_a"]]) == (118, 117)
-    else:
-        emax = codecs.MINIFLOATS[element].emax
-        assert scale[inf] == 255 and peer_scale[inf] == 255 - emax
-    # codes: equal in every block with a finite, nonzero scale that both sides agree on
-    same = (scale == peer_scale) & (scale != 0) & (scale != 255)
-    assert np.array_equal(codes[same], peer_codes[same])
-    assert np.array_equal(codes[row["zero"]], peer_codes[row["zero"]])
-    deq = dequantize_float(codes, scale[:, None], None, _cfg(rule, element), x.shape)
-    assert np.isnan(deq[nan]).all() and (deq[row["zero"]] == 0).all()
-    small = row["small_scale0"]      # our scale-0 block decodes near x; torchao's would not
-    assert scale[small] == 0 and np.abs(deq[small] - x[small]).max() <= np.abs(x[small]).max() / 4
+    differ = {names[i] for i in np.nonzero((scale != peer_scale).any(1) | (codes != peer_codes).any(1))[0]}
+    log2 = {"rceil_log2_a", "rceil_log2_b"}
+    assert differ == (log2 if (rule, element) == ("rceil", "fp4_e2m1") else set())
+    if differ:                        # d = 2^k (1 + 2^-23): the exact ceil is k + 1, torchao's k
+        assert (scale[row["rceil_log2_a"], 0], peer_scale[row["rceil_log2_a"], 0]) == (118, 117)
+    emax = codecs.MINIFLOATS[element].emax
+    assert scale[row["nan"], 0] == 255
+    assert scale[row["inf"], 0] == (254 if rule == "rceil" else 255 - emax)
+    deq = dequantize_float(codes, scale, None, _cfg(rule, element), x.shape)
+    assert np.isnan(deq[row["nan"]]).all() and (deq[row["zero"]] == 0).all()
+    assert scale[row["small_scale0"], 0] == 0       # torchao's 2^-126: values decode halved
+    keep = [i for i, n in enumerate(names)
+            if n not in ("nan", "inf", "small_scale0", "tiny_scale0", "near_fmax")]
+    err = np.abs(deq[keep] - x[keep]) / np.maximum(np.abs(x[keep]).max(axis=1, keepdims=True), 1e-30)
+    assert err.max() <= (0.5 if element == "fp4_e2m1" else 0.13)  # FLOOR saturates <= 1 - 448/512
 
 
 def test_even_rule_uses_the_element_mantissa_width():

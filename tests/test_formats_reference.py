@@ -60,12 +60,12 @@ def test_e2m1_encode_equals_torchao_rounding():
     rng = np.random.default_rng(1)
     pos = np.concatenate([grid, mids, np.nextafter(mids.astype(F32), F32(9)),
                           np.nextafter(mids.astype(F32), F32(0)), rng.uniform(0, 8, 500),
-                          [6.5, 7.0, 1e30, np.inf, 1e-40]]).astype(F32)
+                          [6.5, 7.0, 1e30, np.inf, 1e-40, np.nan]]).astype(F32)
     x = np.concatenate([pos, -pos])
     peer = _f32_to_floatx_unpacked(torch.from_numpy(x), 2, 1).numpy()
     assert np.array_equal(codecs.encode(x, codecs.E2M1), peer)
     assert list(codecs.encode(mids.astype(F32), codecs.E2M1)) == [0, 2, 2, 4, 4, 6, 6]
-    assert codecs.encode(np.array([np.nan, -np.nan], F32), codecs.E2M1).tolist() == [7, 15]
+    assert codecs.encode(np.array([np.nan, -np.nan], F32), codecs.E2M1).tolist() == [3, 11]  # torchao
 
 
 def test_nibble_orders_and_e8m0_decoding():

@@ -48,6 +48,7 @@ class MiniFloat:
 E4M3 = MiniFloat("fp8_e4m3", 4, 3, 448.0, None, 0x7F)
 E5M2 = MiniFloat("fp8_e5m2", 5, 2, 57344.0, 0x7C, 0x7F)
 E2M1 = MiniFloat("fp4_e2m1", 2, 1, 6.0, None, None)
+E2M1_NAN_CODE = 3  # torchao's _f32_to_floatx_unpacked of the quiet NaN 0x7FC00000
 MINIFLOATS = {f.name: f for f in (E4M3, E5M2, E2M1)}
 
 
@@ -90,7 +91,8 @@ def encode(x: np.ndarray, fmt: MiniFloat, saturate: bool = True) -> np.ndarray:
     A finite value that rounds past the largest finite value saturates to it when
     ``saturate`` (so does Inf); otherwise it becomes Inf (E5M2) or NaN (E4M3fn), as
     ml_dtypes' casts do. NaN gives the format's NaN code with NaN's sign bit; E2M1,
-    having no NaN, gives its largest magnitude (a NaN block's scale carries the NaN).
+    having no NaN, gives code 3 (1.0) with NaN's sign bit, what torchao's bit-level cast
+    makes of a quiet NaN (a NaN block's scale carries the NaN).
     """
     x = np.asarray(x, np.float32)
     sign = np.where(np.signbit(x), fmt.sign_bit, 0).astype(np.uint8)
@@ -109,7 +111,7 @@ def encode(x: np.ndarray, fmt: MiniFloat, saturate: bool = True) -> np.ndarray:
     else:
         overflow_code = fmt.inf_code if fmt.inf_code is not None else fmt.nan_code
     code = np.where(over, overflow_code, code)
-    nan_code = fmt.nan_code if fmt.nan_code is not None else top
+    nan_code = fmt.nan_code if fmt.nan_code is not None else E2M1_NAN_CODE
     code = np.where(np.isnan(mag), nan_code, code)
     return (code.astype(np.uint8) | sign).astype(np.uint8)
 
@@ -165,8 +167,9 @@ def e8m0_from_amax(amax: np.ndarray, rule: str, fmt: MiniFloat) -> np.ndarray:
     max_elem))`` with the division in float32 (NVIDIA's recipe, cvt.rp to UE8M0);
     even: amax's mantissa first rounded to the element's mantissa width (ties away),
     then the floor rule. Exponents are clamped to [-127, 127] (rceil: saturated to
-    254 as cvt.rp.satfinite), a zero amax gives 0 (2^-127), a NaN amax 255 (NaN),
-    an Inf amax 255 under floor/even and 254 under rceil.
+    254 as cvt.rp.satfinite), a zero amax gives 0 (2^-127), a NaN amax 255 (NaN); an
+    Inf amax reads as 2^128 under floor/even (255 - emax, as torchao; the OCP text would
+    say NaN) and gives 254 under rceil.
     """
     amax = np.abs(np.asarray(amax, np.float32))
     if rule == "rceil":
@@ -190,9 +193,10 @@ def _floor_rule(bits: np.ndarray, amax: np.ndarray, fmt: MiniFloat) -> np.ndarra
     """E8M0 of the float32 bit patterns ``bits`` (amax, or amax rounded by the even rule:
     a finite amax may round up to 2^128, exponent field 255, still a finite scale)."""
     exp = (bits >> 23) & 0xFF
-    # floor(log2 v) = exp - 127 for a normal v; a subnormal or zero v clamps to -127 anyway
+    # floor(log2 v) = exp - 127 for a normal v; a subnormal or zero v clamps to -127 anyway;
+    # Inf (exponent field 255) reads as 2^128, as torchao does
     unbiased = np.clip(exp - 127 - fmt.emax, -127, 127)
-    biased = np.where(np.isfinite(amax), unbiased + 127, 255)
+    biased = np.where(np.isnan(amax), 255, unbiased + 127)
     return biased.astype(np.uint8)
 
 

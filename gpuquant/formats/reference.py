@@ -144,7 +144,7 @@ def quantize_float(x32: np.ndarray, cfg):
         if cfg.scale_format == "e8m0":
             fmt = _element(cfg)
             scale = codecs.e8m0_from_amax(amax, cfg.scale_rule, fmt)
-            codes = _encode(x2 / _expand(codecs.decode_e8m0(scale), x2.shape, cfg), fmt)
+            codes = _encode(_mx_scaled(x2, _expand(scale, x2.shape, cfg), cfg.scale_rule), fmt)
             return codes.reshape(codes_shape(x.shape, cfg)), scale, None
         scale = fp8_scale(amax, cfg)
         return fp8_codes(x, scale, cfg), scale, None
@@ -169,10 +169,26 @@ def fp8_codes(x32: np.ndarray, scale: np.ndarray, cfg) -> np.ndarray:
         return _encode(x2 / _expand(scale, x2.shape, cfg), _element(cfg)).reshape(x.shape)
 
 
-def _encode(q: np.ndarray, fmt: codecs.MiniFloat) -> np.ndarray:
-    """Codes of the scaled values: clamp to +/-max (NaN stays NaN), RNE, E2M1 packed."""
+def _mx_scaled(x2: np.ndarray, e: np.ndarray, rule: str) -> np.ndarray:
+    """x brought to the element range by its block's E8M0 byte e, as torchao's to_mx:
+    floor/even divide by max(2^(e-127), 2^-126) (e = 255: +Inf), rceil multiplies by
+    2^(127-e) (e = 0: by 1, e = 255: NaN). Only a block with e = 0 differs from x / 2^(e-127)."""
+    e = e.astype(np.int64)
+    if rule == "rceil":
+        m = np.where(e == 0, 1.0, np.where(e == 255, np.nan, np.ldexp(1.0, 127 - e)))
+        return (x2 * m.astype(np.float32)).astype(np.float32)
+    d = np.maximum((e << 23).astype(np.uint32).view(np.float32), F32(2.0 ** -126))
+    return (x2 / d).astype(np.float32)
+
+
+def _encode(q: np.ndarray, fmt: codecs.MiniFloat, nan=None) -> np.ndarray:
+    """Codes of the scaled values: clamp to +/-max (NaN stays NaN), RNE, E2M1 packed;
+    ``nan``: the codes a NaN gets instead of the codec's (NVFP4's peers)."""
     top = np.float32(fmt.max)
-    codes = codecs.encode(np.clip(q.astype(np.float32), -top, top), fmt)
+    q = q.astype(np.float32)
+    codes = codecs.encode(np.clip(q, -top, top), fmt)
+    if nan is not None:
+        codes = np.where(np.isnan(q), nan, codes).astype(np.uint8)
     return codecs.pack_low_first(codes) if fmt is codecs.E2M1 else codes
 
 
@@ -197,9 +213,12 @@ def _nvfp4(x2: np.ndarray, cfg):
         s8 = np.where(codecs.decode(s8, codecs.E4M3) == 0, np.uint8(0x20), s8).astype(np.uint8)
         step = (codecs.decode(s8, codecs.E4M3) / gs).astype(np.float32)
     q = x2 / _expand(step, x2.shape, cfg)
-    # an exact zero encodes as +0 (compressed-tensors' cast: sign(-0.0) is 0); a negative
-    # value that rounds to zero keeps its sign (code 8), as there
-    codes = _encode(np.where(q == 0, F32_ZERO, q), codecs.E2M1)
+    # an exact zero encodes as +0 (compressed-tensors' cast: sign(-0.0) is 0; ModelOpt's
+    # sign is x < 0); a negative value that rounds to zero keeps its sign (code 8), as there.
+    # NaN: compressed-tensors' cast gives abs(NaN) * sign(NaN), a positive NaN, packed as
+    # int8(NaN) = 0: code 0; ModelOpt's searchsorted puts NaN past the last bound: code 7
+    nan = 7 if cfg.global_scale_convention == "modelopt" else 0
+    codes = _encode(np.where(q == 0, F32_ZERO, q), codecs.E2M1, nan=nan)
     return codes, s8, np.asarray(gs, np.float32)
 
 
