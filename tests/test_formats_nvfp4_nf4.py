@@ -114,6 +114,14 @@ def test_nvfp4_modelopt_convention_equals_modelopt():
         deq = packed.dequantize(dtype=torch.float32, scale=scale, double_scale=ws2,
                                 block_sizes={-1: 16})
         assert np.array_equal(dequantize_float(codes, ours, our_ws2, cfg, x.shape), deq.numpy())
+    for bad in (np.nan, np.inf, -np.inf):           # non-finite: ws2 NaN / Inf, as ModelOpt
+        z = _nvfp4_data(6)
+        z[1, 20] = bad
+        packed, scale, ws2 = NVFP4QTensor.quantize(torch.from_numpy(z.copy()), 16)
+        codes_z, ours_z, ws2_z = quantize_float(z, cfg)
+        assert np.array_equal(codes_z, packed._quantized_data.numpy())
+        assert np.array_equal(ours_z & 0x7F, scale.view(torch.uint8).numpy() & 0x7F)  # NaN signs
+        assert np.isnan(ws2_z) if np.isnan(bad) else ws2_z == np.inf
     ct = dequantize_float(*quantize_float(x, QuantConfig.nvfp4()), QuantConfig.nvfp4(), x.shape)
     y = dequantize_float(codes, ours, our_ws2, cfg, x.shape)
     err = lambda z: float(np.sum((z.astype(np.float64) - x) ** 2))  # noqa: E731

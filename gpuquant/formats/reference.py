@@ -197,7 +197,7 @@ def _nvfp4(x2: np.ndarray, cfg):
     amax_t, amax = np.max(a), _unit_amax(a, cfg)
     if cfg.global_scale_convention == "modelopt":
         ws2 = np.float32(amax_t / _NVFP4_MAX)
-        ws2 = ws2 if np.isfinite(ws2) and ws2 > 0 else np.float32(1.0)
+        ws2 = np.float32(1.0) if ws2 == 0 else ws2   # ModelOpt has no rule for amax 0
         s = (amax / (np.float32(6.0) * ws2)).astype(np.float32)
         s = np.where(s == 0, np.float32(1.0), s)   # ModelOpt's zero rule, then its clamp
         s8 = codecs.encode(np.clip(s, F32(2.0 ** -9), F32(448.0)), codecs.E4M3)
