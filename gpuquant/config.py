@@ -21,21 +21,31 @@ from .errors import (
     QuantizationError,
     UnsupportedSchemeError,
 )
+from .formats import schemes as fs
 
 __all__ = ["Scheme", "Granularity", "Percentile", "Entropy", "MSE", "QuantConfig",
            "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDATES"]
 
 
 class Scheme(str, enum.Enum):
-    """Integer code formats. ``Scheme("int8")`` and ``Scheme.from_value(8)`` both work."""
+    """Element formats: integer codes and the float formats of gpuquant.formats.schemes.
+    ``Scheme("int8")`` and ``Scheme.from_value(8)`` both work."""
 
     INT4 = "int4"
     INT8 = "int8"
     INT16 = "int16"
+    FP8_E4M3 = "fp8_e4m3"
+    FP8_E5M2 = "fp8_e5m2"
+    FP4_E2M1 = "fp4_e2m1"
+    NF4 = "nf4"
 
     @property
     def bits(self) -> int:
-        return int(self.value[3:])
+        return fs.ELEMENT_BITS.get(self.value) or int(self.value[3:])
+
+    @property
+    def is_float(self) -> bool:
+        return self.value in fs.FLOAT_ELEMENTS
 
     def qrange(self, symmetric: bool) -> tuple[int, int]:
         """(qmin, qmax): signed two's complement when symmetric, else unsigned."""
@@ -63,7 +73,7 @@ class Scheme(str, enum.Enum):
                 return member
         raise InvalidBitWidthError(
             f"scheme={value!r} is not supported; accepted: 'int4', 'int8', 'int16' "
-            "(or the bit widths 4, 8, 16)"
+            "(or the bit widths 4, 8, 16), " + ", ".join(repr(e) for e in fs.FLOAT_ELEMENTS)
         )
 
     def __str__(self) -> str:
@@ -83,6 +93,7 @@ class Granularity(str, enum.Enum):
     CHANNEL = "channel"
     GROUP = "group"
     TOKEN = "token"
+    BLOCK = "block"
 
     @classmethod
     def from_value(cls, value: Any) -> Granularity:
@@ -96,7 +107,7 @@ class Granularity(str, enum.Enum):
                 return member
         raise UnsupportedSchemeError(
             f"granularity={value!r} is not supported; accepted: 'tensor', 'channel', "
-            "'group', 'token'"
+            "'group', 'token', 'block' (fp8)"
         )
 
     def __str__(self) -> str:
@@ -121,7 +132,7 @@ def _as_int(name: str, value: Any, minimum: int) -> int:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class QuantConfig:
+class QuantConfig(fs.FloatPresets):
     """How to quantize a tensor.
 
     Args:
@@ -141,6 +152,9 @@ class QuantConfig:
             the high nibble (bitsandbytes); ``"low_first"`` is ONNX's order.
         ignore_nonfinite: calibrate over finite values only, instead of
             raising ``NonFiniteError`` on NaN or Inf.
+        scale_format, block_shape, scale_rule, global_scale_convention: the float
+            formats' options (gpuquant.formats.schemes; presets ``fp8_*``, ``mxfp8``,
+            ``mxfp4``, ``nvfp4``, ``nf4``).
     """
 
     scheme: Scheme = Scheme.INT8
@@ -152,6 +166,10 @@ class QuantConfig:
     calibration: Calibration = "minmax"
     nibble_order: str = "high_first"
     ignore_nonfinite: bool = False
+    scale_format: str | None = None
+    block_shape: tuple[int, int] | None = None
+    scale_rule: str | None = None
+    global_scale_convention: str | None = None
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -163,6 +181,9 @@ class QuantConfig:
             raise InvalidShapeError(f"axis={self.axis!r} must be an integer")
         if self.num_channels is not None:
             set_("num_channels", _as_int("num_channels", self.num_channels, 1))
+        for name, value in fs.check_float_fields(self.scheme.value, self.granularity.value,
+                                              fs.float_fields(self)).items():
+            set_(name, value)
         if self.granularity is Granularity.GROUP:
             size = 128 if self.group_size is None else self.group_size
             set_("group_size", _as_int("group_size", size, 1))
@@ -172,6 +193,8 @@ class QuantConfig:
                 f"not {self.granularity.value!r}"
             )
         set_("calibration", _as_calibration(self.calibration))
+        if self.is_float:
+            fs.check_float_recipe(self, isinstance(self.calibration, Percentile))
         if isinstance(self.calibration, Entropy) and self.scheme is Scheme.INT16:
             raise UnsupportedSchemeError(
                 "calibration='entropy' supports int4 and int8 (2^(bits-1) quantized bins); "
@@ -194,6 +217,16 @@ class QuantConfig:
         return self.scheme.bits
 
     @property
+    def element(self) -> str:
+        """The element format's name: "int4", ..., "fp8_e4m3", "fp4_e2m1", "nf4"."""
+        return self.scheme.value
+
+    @property
+    def is_float(self) -> bool:
+        """True for the float element formats (fp8, fp4_e2m1, nf4)."""
+        return self.scheme.is_float
+
+    @property
     def qmin(self) -> int:
         """The smallest code: -2^(bits-1) symmetric, 0 asymmetric."""
         return self.scheme.qrange(self.symmetric)[0]
@@ -206,6 +239,8 @@ class QuantConfig:
     @property
     def code_dtype(self) -> str:
         """NumPy dtype name of one unpacked code (int4 codes unpack to int8/uint8)."""
+        if self.is_float:
+            return "uint8"
         width = max(self.bits, 8)
         return f"int{width}" if self.symmetric else f"uint{width}"
 
@@ -282,6 +317,7 @@ class QuantConfig:
             "calibration": calibration,
             "nibble_order": self.nibble_order,
             "ignore_nonfinite": self.ignore_nonfinite,
+            **(fs.float_dict(self) if self.is_float else {}),
         }
 
     @classmethod
@@ -319,10 +355,12 @@ class QuantConfig:
             parts.append(f"group_size={self.group_size}")
         cal = self.calibration
         parts.append(f"calibration={cal!r}" if isinstance(cal, str) else f"calibration={cal}")
-        if self.bits == 4:
+        if self.bits == 4 and not self.is_float:
             parts.append(f"nibble_order={self.nibble_order!r}")
         if self.ignore_nonfinite:
             parts.append("ignore_nonfinite=True")
+        if self.is_float:
+            parts += [f"{k}={getattr(self, k)!r}" for k in fs.FLOAT_KEYS if getattr(self, k)]
         return "QuantConfig(" + ", ".join(parts) + ")"
 
     def describe(self) -> str:
@@ -332,6 +370,11 @@ class QuantConfig:
             gran += str(self.group_size)
         elif self.granularity is Granularity.CHANNEL:
             gran += f"(axis={self.axis})"
+        elif self.block_shape is not None:
+            gran += "{}x{}".format(*self.block_shape)
+        if self.is_float:
+            extra = "".join(f"/{v}" for v in (self.scale_rule, self.global_scale_convention) if v)
+            return f"{self.scheme.value}/{gran}/{self.scale_format}{extra}"
         return f"{self.scheme.value}/{gran}/{'sym' if self.symmetric else 'asym'}/{self.calibration}"
 
 

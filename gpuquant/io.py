@@ -33,7 +33,7 @@ from .core.nonfinite import entry
 from .errors import BackendUnavailableError, FormatError, QuantizationError
 from .tensor import QuantizedTensor
 
-__all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "to_host", "quantized_entries",
+__all__ = ["save", "load", "FORMAT_VERSION", "SUFFIXES", "suffixes_of", "to_host", "quantized_entries",
            "read_quantized", "described_tensors"]
 
 FORMAT_VERSION = "1"
@@ -61,9 +61,18 @@ def to_host(a: Any) -> tuple[str, np.ndarray]:
     return tag_of(a.dtype), a
 
 
+def suffixes_of(config: QuantConfig) -> tuple[str, ...]:
+    """The stored tensors of a quantized NAME: SUFFIXES, or a float format's (gpuquant.formats.parts)."""
+    if config.is_float:
+        from .formats.parts import float_suffixes
+
+        return float_suffixes(config)
+    return SUFFIXES
+
+
 def quantized_entries(name: str, qt: QuantizedTensor) -> list[tuple[str, str, np.ndarray]]:
-    return [(name + suffix, *to_host(arr))
-            for suffix, arr in zip(SUFFIXES, (qt.data, qt.scale, qt.zero_point))]
+    arrays = (qt.data, qt.scale, qt.global_scale if qt.config.is_float else qt.zero_point)
+    return [(name + suffix, *to_host(arr)) for suffix, arr in zip(suffixes_of(qt.config), arrays)]
 
 
 def quantized_metadata(qt: QuantizedTensor) -> dict[str, Any]:
@@ -146,17 +155,12 @@ def _checked_entry(f: SafetensorsFile, name: str, info: Any):
         shape, dtype = tuple(raw_shape), info["dtype"]
         if dtype not in FLOAT_DTYPES:
             raise QuantizationError(f"dtype {str(dtype)[:50]!r} is not one of {FLOAT_DTYPES}")
-        layout = Layout.of(shape, config)
+        expect = _expected(shape, config)
     except (QuantizationError, KeyError, TypeError, ValueError, RecursionError) as exc:
         raise FormatError(f"{f.path}: tensor {name!r} has bad gpuquant metadata "
                           f"({str(exc)[:300]})") from None
     if name in f:
         raise FormatError(f"{f.path}: {name!r} is both a quantized tensor and a plain one")
-    expect = {
-        ".qdata": (tag_of(config.storage_dtype), layout.packed_shape(config.bits)),
-        ".scale": ("F32", layout.unit_shape),
-        ".zero_point": ("I32", layout.unit_shape),
-    }
     for suffix, (tag, want) in expect.items():
         key = name + suffix
         if key not in f:
@@ -167,20 +171,43 @@ def _checked_entry(f: SafetensorsFile, name: str, info: Any):
     return config, shape, dtype
 
 
+def _expected(shape: tuple[int, ...], config: QuantConfig) -> dict[str, tuple[str, tuple]]:
+    """suffix -> (safetensors dtype tag, shape) of the stored tensors of one quantized tensor."""
+    if config.is_float:
+        from .formats.parts import expected_parts
+
+        parts = expected_parts(shape, config).values()
+        return {s: (tag_of(d), tuple(p)) for s, (d, p) in zip(suffixes_of(config), parts)}
+    layout = Layout.of(shape, config)
+    return {".qdata": (tag_of(config.storage_dtype), layout.packed_shape(config.bits)),
+            ".scale": ("F32", layout.unit_shape), ".zero_point": ("I32", layout.unit_shape)}
+
+
 def read_quantized(f: SafetensorsFile, name: str, info: Any, framework: str = "numpy",
                    device: Any = None) -> QuantizedTensor:
     """Rebuild one QuantizedTensor from its three stored arrays, checking shapes and values."""
     config, shape, dtype = _checked_entry(f, name, info)
-    arrays = [f.get(name + suffix) for suffix in SUFFIXES]
+    arrays = [f.get(name + suffix) for suffix in suffixes_of(config)]
+    float_gs = config.is_float and len(arrays) == 3
+    if config.is_float:  # (data, scale, zero_point=None, ..., global_scale)
+        arrays = [arrays[0], arrays[1], None, *arrays[2:]]
     try:
-        qt = QuantizedTensor(*arrays, shape, dtype, config)  # checks the values on the host
+        qt = _rebuild(arrays, shape, dtype, config)  # checks the values on the host
     except QuantizationError as exc:
         raise FormatError(f"{f.path}: quantized tensor {name!r}: {exc}") from None
     if framework == "numpy":
         return qt
-    arrays = [_to_torch(a, False, device) for a in arrays]
+    arrays = [None if a is None else _to_torch(a, False, device) for a in arrays]
     info = TensorInfo("torch", dtype, shape, array_device(arrays[0]))
-    return QuantizedTensor(*arrays, shape, dtype, config, info)
+    if float_gs:
+        return QuantizedTensor(*arrays[:3], shape, dtype, config, info, global_scale=arrays[3])
+    return QuantizedTensor(*arrays[:3], shape, dtype, config, info)
+
+
+def _rebuild(arrays, shape, dtype, config) -> QuantizedTensor:
+    if len(arrays) == 4:
+        return QuantizedTensor(*arrays[:3], shape, dtype, config, global_scale=arrays[3])
+    return QuantizedTensor(*arrays, shape, dtype, config)
 
 
 def _torch():
@@ -229,7 +256,7 @@ def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) 
         owned = set()
         for name, info in described.items():
             out[name] = read_quantized(f, name, info, framework, device)
-            owned.update(name + s for s in SUFFIXES)
+            owned.update(name + s for s in suffixes_of(out[name].config))
         for key in f.keys():
             if key not in owned:
                 arr, bf16 = f.get(key), f.dtype_tag(key) == BF16

@@ -37,6 +37,8 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     operators (gpuquant.torch_ops): min/max calibration and given qparams trace
     into the graph, other calibrations run eagerly (a graph break).
     """
+    if config is not None and getattr(config, "is_float", False):
+        return _quantize_float(x, config, qparams, backend, out)
     if compiling():
         from .torch_ops import eager, quantize_parts
 
@@ -50,3 +52,18 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     else:
         codes, scale, zero_point = plan.given(x, qparams, out)
     return QuantizedTensor._trusted(codes, scale, zero_point, plan)
+
+
+def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
+    """The float formats (gpuquant.formats.parts): scales from the data, or given FP8 scales."""
+    from .errors import UnsupportedSchemeError
+    from .formats.parts import quantize_parts
+
+    if out is not None:
+        raise UnsupportedSchemeError(f"out= is not supported for {config.describe()}")
+    if qparams is None and config.calibration != "minmax":
+        raise UnsupportedSchemeError(
+            f"calibration={config.calibration} chooses static FP8 scales: feed batches to "
+            "gq.Calibrator(config) and pass qparams=calibrator.qparams()")
+    codes, scale, global_scale, info = quantize_parts(x, config, backend, qparams)
+    return QuantizedTensor._from_float(codes, scale, global_scale, info, config)

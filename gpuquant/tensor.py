@@ -41,8 +41,11 @@ class QuantizedTensor:
     from. ``shape`` and ``dtype`` are the original tensor's.
     """
 
+    global_scale: Any = None  # float formats: NVFP4's float32 per-tensor scale (0-d)
+
     def __init__(self, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
-                 dtype: str, config: QuantConfig, info: TensorInfo | None = None):
+                 dtype: str, config: QuantConfig, info: TensorInfo | None = None,
+                 global_scale: Any = None):
         """Validate and hold the parts of a quantized tensor.
 
         Shapes and dtypes are always checked: ``data`` must have the config's
@@ -50,13 +53,30 @@ class QuantizedTensor:
         ``zero_point`` int32 of the unit shape. Values (scales finite, positive
         and normal, zero points in [qmin, qmax]) are checked for arrays on the
         CPU only: a GPU array is never synchronised. Raises a QuantizationError
-        subclass naming the argument.
+        subclass naming the argument. A float-format config (``config.is_float``) takes
+        ``zero_point=None`` and, for NVFP4, ``global_scale`` (gpuquant.formats.parts).
         """
+        if isinstance(config, QuantConfig) and config.is_float:
+            self._init_float(data, scale, zero_point, shape, dtype, config, info, global_scale)
+            return
         data, scale, zero_point = (_as_array(a, name) for a, name in (
             (data, "data"), (scale, "scale"), (zero_point, "zero_point")))
         shape, dtype, layout, info = check_parts(data, scale, zero_point, shape, dtype, config,
                                                  info)
         self._set(data, scale, zero_point, shape, dtype, config, info, layout)
+
+    def _init_float(self, data, scale, zero_point, shape, dtype, config, info, global_scale):
+        from .formats.parts import check_float_parts
+
+        if zero_point is not None:
+            raise QuantizationError(f"zero_point must be None for {config.describe()}: float "
+                                    "formats are symmetric")
+        data, scale, global_scale = (None if a is None else _as_array(a, name) for a, name in (
+            (data, "data"), (scale, "scale"), (global_scale, "global_scale")))
+        shape = _check_shape(shape)
+        dtype, info = check_float_parts(data, scale, global_scale, shape, dtype, config, info)
+        self._set(data, scale, None, shape, dtype, config, info, None)
+        self.global_scale = global_scale
 
     def _set(self, data, scale, zero_point, shape, dtype, config, info, layout) -> None:
         self.data = data
@@ -75,6 +95,15 @@ class QuantizedTensor:
         """gpuquant's own results, without checks (traceable by torch.compile)."""
         qt = cls.__new__(cls)
         qt._set(data, scale, zero_point, shape, dtype, config, info, layout)
+        return qt
+
+    @classmethod
+    def _from_float(cls, data: Any, scale: Any, global_scale: Any, info: TensorInfo,
+                    config: QuantConfig) -> QuantizedTensor:
+        """What gq.quantize made under a float-format config: no checks."""
+        qt = cls.__new__(cls)
+        qt._set(data, scale, None, info.shape, info.dtype, config, info, None)
+        qt.global_scale = global_scale
         return qt
 
     @classmethod
@@ -105,8 +134,9 @@ class QuantizedTensor:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the packed codes plus the scales and zero points."""
-        return _nbytes(self.data) + _nbytes(self.scale) + _nbytes(self.zero_point)
+        """Bytes of the packed codes plus the scales, zero points and global scale."""
+        parts = (self.data, self.scale, self.zero_point, self.global_scale)
+        return sum(_nbytes(a) for a in parts if a is not None)
 
     @property
     def original_bytes(self) -> int:
@@ -131,6 +161,10 @@ class QuantizedTensor:
         call is raised here. Inside ``torch.compile`` this is the
         ``gpuquant::dequantize`` operator.
         """
+        if self.config.is_float:
+            from .formats.parts import dequantize_parts
+
+            return dequantize_parts(self, dtype, backend, out)
         if compiling():
             from .torch_ops import dequantize as traced
 
@@ -174,6 +208,11 @@ class QuantizedTensor:
 
     def __repr__(self) -> str:
         cfg = self.config
+        if cfg.is_float:
+            return (f"QuantizedTensor(shape={self.shape}, dtype={self.dtype}, format={cfg.describe()}, "
+                    f"data=uint8{tuple(self.data.shape)}, size_bytes={self.size_bytes}, "
+                    f"compression_ratio={self.compression_ratio:.2f}, framework={self.framework}, "
+                    f"device={self.device})")
         gran = cfg.granularity.value
         if cfg.granularity.value == "group":
             gran += f"({cfg.group_size})"

@@ -24,6 +24,7 @@ from ..errors import (
     InvalidCalibrationError,
     InvalidShapeError,
     QuantizationError,
+    UnsupportedSchemeError,
 )
 from .dispatch import calibration_range
 from .histograms import DEFAULT_BINS, HistogramState
@@ -39,6 +40,10 @@ def calibrate(x: Any, config: QuantConfig | None = None, backend: str | None = N
     NaN/Inf at once; a NaN found by an earlier GPU quantize is raised here too.
     """
     config = QuantConfig() if config is None else config
+    if config.is_float:
+        raise UnsupportedSchemeError(
+            f"calibrate() gives integer qparams; {config.describe()} computes its scales in "
+            "gq.quantize (static FP8 scales: gq.Calibrator)")
     x, info = prepare(x)
     layout = Layout.of(info.shape, config)
     be = select(info, backend)
@@ -74,6 +79,10 @@ class Calibrator:
     def __init__(self, config: QuantConfig | None = None, momentum: float | None = None,
                  backend: str | None = None, bins: int = DEFAULT_BINS):
         self.config = QuantConfig() if config is None else config
+        if self.config.is_float:
+            from ..formats.parts import static_fp8_qparams
+
+            static_fp8_qparams(np.zeros(0), np.zeros(0), self.config)  # FP8 scales only
         if momentum is not None and not (0.0 < float(momentum) <= 1.0):
             raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")
         if momentum is not None and self.config.calibration != "minmax":
@@ -148,6 +157,10 @@ class Calibrator:
 
         lo, hi = self.range()
         cfg = self.config
+        if cfg.is_float:  # static FP8 scales max(|lo|, |hi|) / fmax, zero points 0
+            from ..formats.parts import static_fp8_qparams
+
+            return QParams(*static_fp8_qparams(lo, hi, cfg))
         return QParams(*compute_qparams(lo, hi, cfg.qmin, cfg.qmax, cfg.symmetric))
 
     # ------------------------------------------------------ state and merging

@@ -32,6 +32,7 @@ from ..io import (
     quantized_entries,
     quantized_metadata,
     read_quantized,
+    suffixes_of,
 )
 from ..metrics import error_sums
 from ..quantize import quantize
@@ -63,10 +64,11 @@ def checked_described(f: SafetensorsFile) -> dict[str, Any]:
         try:
             config = QuantConfig.from_dict(info["config"])
             float_tag(str(info["dtype"]))
-            Layout.of(tuple(int(s) for s in info["shape"]), config)
+            if not config.is_float:
+                Layout.of(tuple(int(s) for s in info["shape"]), config)
         except (QuantizationError, KeyError, TypeError, ValueError) as exc:
             raise FormatError(f"{f.path}: {TENSORS_KEY} entry {name!r} is bad ({exc})") from None
-        missing = [name + s for s in SUFFIXES if name + s not in f]
+        missing = [name + s for s in suffixes_of(config) if name + s not in f]
         if missing:
             raise FormatError(f"{f.path}: {TENSORS_KEY} describes {name!r} but the file lacks "
                               f"{missing}; the file is damaged")
@@ -105,6 +107,12 @@ def _planned(f: SafetensorsFile, key: str, config: QuantConfig) -> QuantizedTens
     """A QuantizedTensor of the right shapes and dtypes holding no data (broadcast zeros)."""
     shape = f.shape(key)
     try:
+        if config.is_float:  # gpuquant.formats.parts: codes, scale (+ global scale), no zero point
+            from ..formats.parts import expected_parts
+
+            parts = [np.broadcast_to(np.zeros((), d), p) for d, p in expected_parts(shape, config).values()]
+            return QuantizedTensor(parts[0], parts[1], None, shape, float_name(f.dtype_tag(key)),
+                                   config, global_scale=parts[2] if len(parts) == 3 else None)
         layout = Layout.of(shape, config)
         codes = np.broadcast_to(np.zeros((), config.storage_dtype), layout.packed_shape(config.bits))
         scale = np.broadcast_to(np.ones((), np.float32), layout.unit_shape)
@@ -252,7 +260,7 @@ def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
 
     def write_shard(name: str, f: SafetensorsFile, target: str) -> dict[str, str]:
         described = checked_described(f)
-        owned = {key + s for key in described for s in SUFFIXES}
+        owned = {key + s for key, info in described.items() for s in _suffixes(info)}
         work = [(key, f.dtype_tag(key), f.shape(key), None) for key in f.keys()
                 if key not in owned]
         for key, info in described.items():
@@ -284,12 +292,14 @@ def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
     config = QuantConfig.from_dict(info["config"])
     shape = [int(s) for s in info["shape"]]
     row = {"name": key, "shape": shape, "dtype": info["dtype"], "scheme": config.scheme.value,
-           "granularity": granularity_label(config), "symmetric": config.symmetric,
-           "bytes": sum(f.nbytes(key + s) for s in SUFFIXES),
+           "granularity": granularity_label(config),
+           "symmetric": None if config.is_float else config.symmetric,
+           "bytes": sum(f.nbytes(key + s) for s in suffixes_of(config)),
            "original_bytes": math.prod(shape) * DTYPES[float_tag(info["dtype"])].itemsize}
     try:  # the qparams are small: check their values even without a reference
-        check_user_qparams(f.get(key + SUFFIXES[1]), f.get(key + SUFFIXES[2]), config.qmin,
-                           config.qmax, prefix=f"{key}: stored ")
+        if not config.is_float:  # (float formats: non-finite scales are part of the contract)
+            check_user_qparams(f.get(key + SUFFIXES[1]), f.get(key + SUFFIXES[2]), config.qmin,
+                               config.qmax, prefix=f"{key}: stored ")
     except QuantizationError as exc:
         raise FormatError(f"{f.path}: quantized tensor {key!r}: {exc}") from None
     if reference is not None:
@@ -314,7 +324,7 @@ def inspect_checkpoint(src: str, reference_path: str | None = None) -> dict:
     rows = []
     for _, f in checkpoint.files():
         described = checked_described(f)
-        owned = {key + s for key in described for s in SUFFIXES}
+        owned = {key + s for key, info in described.items() for s in _suffixes(info)}
         rows += [_quantized_row(f, key, info, reference) for key, info in described.items()]
         for key in f.keys():
             if key in owned:
@@ -337,7 +347,13 @@ def inspect_checkpoint(src: str, reference_path: str | None = None) -> dict:
             "sqnr_median_db": statistics.median(sqnr) if sqnr else None}
 
 
+def _suffixes(info: dict) -> tuple[str, ...]:
+    return suffixes_of(QuantConfig.from_dict(info["config"]))
+
+
 def granularity_label(config: QuantConfig) -> str:
+    if config.is_float:  # e.g. group16/e4m3, group32/e8m0/rceil, block128x128/float32
+        return config.describe().split("/", 1)[1].replace("/compressed_tensors", "")
     gran = config.granularity.value
     if gran == "group":
         return f"group{config.group_size}"

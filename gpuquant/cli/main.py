@@ -20,6 +20,7 @@ from .. import __version__
 from ..errors import QuantizationError
 from .export import add_parsers as add_export_parsers
 from .export import workers_arg
+from .formats import FLOAT_SCHEMES, add_float_options, float_config
 
 __all__ = ["main", "build_parser"]
 
@@ -85,6 +86,8 @@ def _gb(n: float) -> str:
 def _quantize_config(args: argparse.Namespace):
     from ..config import Percentile, QuantConfig
 
+    if args.scheme in FLOAT_SCHEMES:
+        return float_config(args)
     if args.group_size is not None and args.granularity != "group":
         raise QuantizationError("--group-size needs --granularity group")
     if args.percentile and args.calibration != "percentile":
@@ -245,9 +248,10 @@ def _add_quantize(sub) -> argparse.ArgumentParser:
                        description=QUANTIZE_DESCRIPTION, formatter_class=HelpFormatter)
     q.add_argument("input", help=".safetensors file, folder of shards, or index .json")
     q.add_argument("-o", "--output", required=True, help="output file (folder if sharded)")
-    q.add_argument("--scheme", choices=("int4", "int8", "int16"), default="int8",
-                   help="integer width of the codes")
-    q.add_argument("--granularity", choices=("tensor", "channel", "group"), default="channel",
+    q.add_argument("--scheme", choices=("int4", "int8", "int16", *FLOAT_SCHEMES), default="int8",
+                   help="integer codes, or a float format (docs/ARCHITECTURE.md)")
+    add_float_options(q)
+    q.add_argument("--granularity", choices=("tensor", "channel", "group", "block"), default="channel",
                    help="one scale per tensor, per channel (--axis) or per group of values")
     q.add_argument("--group-size", type=int,
                    help="values per group along the last axis; only with --granularity group "

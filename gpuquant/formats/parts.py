@@ -1,0 +1,198 @@
+"""The parts of a float-format QuantizedTensor: their checks, dequantization, and the
+backend dispatch (NumPy reference on the CPU, gpuquant.backends.triton.floats on a GPU).
+
+A float-format tensor holds ``data`` (uint8 codes: FP8 of x's shape, E2M1 packed
+(..., ceil(K/2)), NF4 packed (ceil(numel/2),)), ``scale`` (float32, or uint8 E8M0 /
+E4M3 bit patterns), no zero point, and ``global_scale`` (float32 0-d, NVFP4 only).
+gpuquant.formats.reference has the formulas; docs/ARCHITECTURE.md the contract.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..core.frameworks import (
+    FLOAT_DTYPES,
+    TensorInfo,
+    array_device,
+    dtype_name,
+    framework_of,
+    from_numpy,
+    output_dtype,
+    prepare,
+    to_numpy,
+)
+from ..errors import (
+    BackendUnavailableError,
+    InvalidDtypeError,
+    InvalidShapeError,
+    QuantizationError,
+    UnsupportedSchemeError,
+)
+from . import codes_shape, dequantize_float, quantize_float, unit_shape
+from .reference import fp8_codes, fp8_scale
+
+__all__ = ["expected_parts", "check_float_parts", "quantize_parts", "dequantize_parts",
+           "float_suffixes", "static_fp8_qparams", "static_scales"]
+
+
+def float_suffixes(config) -> tuple[str, ...]:
+    """The stored tensors of a float-format NAME: NAME.qdata, NAME.scale (+ NAME.global_scale)."""
+    return (".qdata", ".scale", ".global_scale") if config.scale_format == "e4m3" else \
+        (".qdata", ".scale")
+
+
+def expected_parts(shape: tuple[int, ...], config) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """part name -> (dtype name, shape) of a float-format tensor of ``shape``."""
+    scale_dtype = "float32" if config.scale_format == "float32" else "uint8"
+    parts = {"data": ("uint8", codes_shape(shape, config)),
+             "scale": (scale_dtype, unit_shape(shape, config))}
+    if config.scale_format == "e4m3":
+        parts["global_scale"] = ("float32", ())
+    return parts
+
+
+def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
+    """(dtype, info) of valid float-format parts (``shape`` a checked tuple); QuantizationError
+    naming the part. Values are not checked: a non-finite input gives NaN/Inf scales."""
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
+                                + ", ".join(FLOAT_DTYPES))
+    framework, device = framework_of(data), array_device(data)
+    values = {"data": data, "scale": scale, "global_scale": global_scale}
+    wanted = expected_parts(shape, config)
+    if global_scale is not None and "global_scale" not in wanted:
+        raise QuantizationError(f"global_scale is given but {config.describe()} has none "
+                                "(only NVFP4, scale_format='e4m3', has one)")
+    for name, (want_dtype, want_shape) in wanted.items():
+        value = values[name]
+        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
+            raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
+        if (framework_of(value), array_device(value)) != (framework, device):
+            raise QuantizationError(f"{name} is a {framework_of(value)} array on "
+                                    f"{array_device(value)} but data is a {framework} array on "
+                                    f"{device}; keep the parts together")
+        if dtype_name(value) != want_dtype:
+            raise InvalidDtypeError(f"{name} has dtype {dtype_name(value)}; {config.describe()} "
+                                    f"needs {want_dtype}")
+        if tuple(int(d) for d in value.shape) != tuple(want_shape):
+            raise InvalidShapeError(f"{name} has shape {tuple(value.shape)}; shape {shape} under "
+                                    f"{config.describe()} needs {tuple(want_shape)}")
+    if device == "meta":
+        raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
+                                      "holds no values")
+    return dtype, info or TensorInfo(framework, dtype, shape, device)
+
+
+def _backend_name(info: TensorInfo, backend: str | None) -> str:
+    """"numpy" or "triton": the integer formats' selection, with its checks and messages."""
+    from ..backends import select
+
+    return select(info, backend).name
+
+
+def _triton_float():
+    try:
+        from ..backends.triton import floats as triton_float
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "the float formats' Triton kernels (gpuquant.backends.triton.floats) cannot be "
+            f"imported here ({exc}); use CPU data with backend='numpy', or pip install "
+            "'gpuquant[triton]'") from None
+    return triton_float
+
+
+def _to_torch(a):
+    if a is None or framework_of(a) != "cupy":
+        return a
+    import torch
+
+    return torch.from_dlpack(a)
+
+
+def _to_caller(a, info: TensorInfo):
+    if a is None or info.framework != "cupy":
+        return a
+    import cupy
+
+    return cupy.from_dlpack(a)
+
+
+def static_fp8_qparams(lo: np.ndarray, hi: np.ndarray, config) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 scale, int32 zero zero-points) of calibrated per-unit ranges under an FP8
+    config with float32 scales: ``max(|lo|, |hi|) / fmax``, as gq.quantize computes."""
+    if not static_scales(config):
+        raise UnsupportedSchemeError(
+            f"static scales apply to FP8 with float32 scales per tensor, channel, token or "
+            f"group; {config.describe()} computes its scales from each tensor in gq.quantize")
+    amax = np.maximum(np.abs(np.asarray(lo, np.float32)), np.abs(np.asarray(hi, np.float32)))
+    scale = fp8_scale(amax, config)
+    return scale, np.zeros(scale.shape, np.int32)
+
+
+def static_scales(config) -> bool:
+    """Whether a float config takes given (calibrated) scales: FP8, float32, not 2-D blocks."""
+    return (config.element in ("fp8_e4m3", "fp8_e5m2") and config.scale_format == "float32"
+            and str(config.granularity) != "block")
+
+
+def quantize_parts(x: Any, config, backend: str | None = None, qparams: Any = None):
+    """(codes, scale, global_scale | None, info) of ``x`` in its own framework and device;
+    ``qparams``: given FP8 scales (a QParams or (scale, zero_point) with zero points 0)."""
+    x, info = prepare(x)
+    if qparams is not None:
+        return _given_fp8(x, info, config, backend, qparams)
+    if _backend_name(info, backend) == "triton":
+        parts = _triton_float().quantize_float(_to_torch(x), config)
+        return (*(_to_caller(p, info) for p in parts), info)
+    x32 = np.asarray(to_numpy(x, info), dtype=np.float32)  # float64 rounds once to float32
+    codes, scale, gs = quantize_float(x32, config)
+    parts = [from_numpy(a if a.flags.c_contiguous else a.copy(), info) if a is not None else None
+             for a in (codes, scale, None if gs is None else np.asarray(gs, np.float32))]
+    return (*parts, info)
+
+
+def _given_fp8(x, info, config, backend, qparams):
+    static_fp8_qparams(np.zeros(0), np.zeros(0), config)  # raises for the other formats
+    try:
+        scale, zero_point = qparams
+    except (TypeError, ValueError):
+        raise QuantizationError("qparams must be a gq.QParams or a (scale, zero_point) pair") from None
+    if _backend_name(info, backend) == "triton":
+        raise UnsupportedSchemeError("given FP8 scales are quantized by the NumPy reference only; "
+                                     "pass CPU data (the Triton kernels compute their own scales)")
+    scale_h, zp_h = (to_numpy(*prepare(a, name, require_float=False))
+                     for a, name in ((scale, "scale"), (zero_point, "zero_point")))
+    if dtype_name(scale_h) != "float32" or np.any(zp_h != 0):
+        raise QuantizationError(f"qparams for {config.describe()} need float32 scales and zero "
+                                "points of 0 (FP8 is symmetric)")
+    x32 = np.asarray(to_numpy(x, info), dtype=np.float32)
+    codes = fp8_codes(x32, scale_h, config)
+    return from_numpy(codes, info), from_numpy(np.array(scale_h, np.float32), info), None, info
+
+
+def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):
+    """The values of a float-format QuantizedTensor in ``dtype`` (default: the original)."""
+    info = qt._info
+    out_dtype = output_dtype(dtype, qt.dtype, info.framework)
+    if _backend_name(info, backend) == "triton":
+        import torch
+
+        y = _triton_float().dequantize_float(
+            _to_torch(qt.data), _to_torch(qt.scale), _to_torch(qt.global_scale), qt.config,
+            qt.shape, dtype=getattr(torch, out_dtype))
+        y = _to_caller(y, info)
+    else:
+        host = [None if a is None else to_numpy(*prepare(a, name, require_float=False))
+                for a, name in ((qt.data, "data"), (qt.scale, "scale"),
+                                (qt.global_scale, "global_scale"))]
+        y32 = dequantize_float(host[0], host[1], host[2], qt.config, qt.shape)
+        compute = "float32" if out_dtype == "bfloat16" else out_dtype
+        y = from_numpy(y32.astype(compute, copy=False), info, out_dtype)
+    if out is None:
+        return y
+    from ..core.plan import copy_into
+
+    return copy_into((out,), (y,))[0]
