@@ -88,7 +88,8 @@ def plan_for(shape: tuple, cfg) -> FloatPlan:
     if scale_format in ("e8m0", "e4m3"):
         return _block_scaled(shape, cfg, fmt, rows, k, scale_format)
     if element == "fp4_e2m1":
-        raise UnsupportedSchemeError("cfg.element 'fp4_e2m1' takes scale_format 'e8m0' (MX) or 'e4m3' (NVFP4)")
+        raise UnsupportedSchemeError("cfg.element 'fp4_e2m1' takes scale_format 'e8m0' (MX) "
+                                     "or 'e4m3' (NVFP4)")
     if scale_format != "float32":
         raise UnsupportedSchemeError(f"cfg.scale_format {scale_format!r}: fp8 takes 'float32', 'e8m0'")
     return _fp8_plan(shape, cfg, fmt, rows, k)
@@ -251,7 +252,8 @@ def dequantize_float(codes, scale, global_scale, cfg, shape, dtype=None):
     bf16 = dtype == torch.bfloat16
     out = y.view(torch.int16) if bf16 else y
     rows, cols = plan.rows, plan.row_len
-    row_div = plan.block[0] if plan.kind == "blocks" else (rows if plan.kind == "tensor" else 1)
+    tensor = plan.kind == "tensor"  # one scale: unit 0 everywhere
+    row_div = plan.block[0] if plan.kind == "blocks" else (rows if tensor else 1)
     stride_q = -(-cols // 2) if plan.pack else cols
     block_c = min(_pow2(cols), 1024)
     block_r = min(_pow2(rows), max(1, 4096 // block_c)) if rows > 1 else 1
@@ -259,7 +261,7 @@ def dequantize_float(codes, scale, global_scale, cfg, shape, dtype=None):
     gs = global_scale.reshape(1) if global_scale is not None else scale
     launch(_fq.float_dequant_kernel, (triton.cdiv(rows, block_r) * col_tiles,),
            codes.contiguous(), out, scale.contiguous(), gs, rows, cols, stride_q, row_div,
-           plan.units_per_row if plan.kind != "tensor" else 1, plan.seg_len if plan.kind != "tensor" else cols,
+           1 if tensor else plan.units_per_row, cols if tensor else plan.seg_len,
            col_tiles, num_warps=4, FMT=plan.fmt, SCALE=plan.scale, MODELOPT=plan.modelopt, PACKED=plan.pack,
            HIGH_FIRST=plan.high_first, BF16=bf16, BLOCK_R=block_r, BLOCK_C=block_c)
     return y

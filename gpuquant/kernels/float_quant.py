@@ -19,6 +19,7 @@ Scale kinds (constexpr SCALE):
   SCALE_NF4    bitsandbytes absmax: full blocks x * (1 / absmax), a short last block x / absmax
 """
 
+import numpy as np
 import triton
 import triton.language as tl
 
@@ -44,9 +45,9 @@ SCALE_GROUP = tl.constexpr(2)
 SCALE_E8M0 = tl.constexpr(3)
 SCALE_NVFP4 = tl.constexpr(4)
 SCALE_NF4 = tl.constexpr(5)
-TOKEN_FLOOR = tl.constexpr(4.359654017857143e-06)  # float32(1 / (448 * 512))
-GROUP_EPS = tl.constexpr(1.0000000133514320e-10)  # float32(1e-10)
-NF4_TINY = tl.constexpr(9.99994610111476e-39)  # float32(1e-38), bitsandbytes' absmax clamp
+TOKEN_FLOOR = tl.constexpr(float(np.float32(1.0) / np.float32(448 * 512)))  # vLLM's 1 / (448 * 512)
+GROUP_EPS = tl.constexpr(float(np.float32(1e-10)))  # vLLM's per-token-group amax floor
+NF4_TINY = tl.constexpr(float(np.float32(1e-38)))  # bitsandbytes' absmax clamp
 
 
 @triton.jit
@@ -93,7 +94,7 @@ def unit_params(amax, short, g_amax, FMT: tl.constexpr, SCALE: tl.constexpr, RUL
             stored_gs = gs
         return bits, tl.math.div_rn(value, gs), one, stored_gs
     else:
-        a = tl.maximum(amax, NF4_TINY)
+        a = tl.where(amax != amax, amax, tl.maximum(amax, NF4_TINY))  # torch.clamp keeps NaN
         inv = tl.math.div_rn(one, a)
         stored = tl.where(short, a, amax)
         return stored, tl.where(short, a, one), tl.where(short, one, inv), gs
@@ -125,7 +126,8 @@ def float_units_kernel(
     and unit 0's program stores the one scale. SCALE_NVFP4 reads the tensor amax
     there for its global scale, which program 0 stores at gs_ptr. PACK: two 4-bit
     codes a byte along the row (HIGH_FIRST: the even element in the high nibble),
-    a ragged row's last byte padded with a zero nibble; seg_len is then even.
+    a ragged row's last byte padded with the nibble of 0.0 (E2M1: 0, NF4: 7, as bitsandbytes); seg_len is
+    then even.
     """
     u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     unit_ok = u < n_units
@@ -146,7 +148,7 @@ def float_units_kernel(
     stored, div, mul, gs = unit_params(amax, length < seg_len, g_amax, FMT, SCALE, RULE, MODELOPT)
     q = encode(x, div[:, None], mul[:, None], stored[:, None], FMT, SCALE, RULE)
     if PACK:
-        q = tl.where(mask, q, 0)
+        q = tl.where(mask, q, 7 if FMT == FMT_NF4 else 0)  # bitsandbytes pads with the code of 0.0
         half = tl.arange(0, BLOCK_L // 2)
         keep = unit_ok[:, None] & (half[None, :] < ((length + 1) // 2)[:, None])
         q_at = (row * stride_q_row + start // 2)[:, None] + half[None, :]

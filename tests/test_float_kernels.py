@@ -1,0 +1,387 @@
+"""The float-format Triton kernels against the peers their users trust, bit for bit.
+
+Codecs are run through a tiny wrapper kernel on tables of edge cases; the fused
+quantizers on tiny ragged shapes. Peers (test dependencies only): torch's
+float8 casts and ml_dtypes (FP8), torchao's to_mx (MX), compressed-tensors
+(NVFP4), bitsandbytes quantize_4bit on CPU (NF4). Without a GPU everything runs
+under TRITON_INTERPRET=1 (conftest.py).
+"""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import CUDA, INTERPRET
+
+torch = pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+if not (CUDA or INTERPRET):
+    pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
+
+import triton.language as tl  # noqa: E402
+
+from gpuquant.backends import triton_float as tf  # noqa: E402
+from gpuquant.backends.launch import recording  # noqa: E402
+from gpuquant.errors import QuantizationError  # noqa: E402
+from gpuquant.kernels import float_codecs as fc  # noqa: E402
+
+DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
+F8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+FMAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
+
+
+@dataclasses.dataclass
+class Cfg:
+    """A stand-in with the attributes of the float-format interface (until QuantConfig has them)."""
+
+    element: str = "fp8_e4m3"
+    scale_format: str = "float32"
+    granularity: str = "tensor"
+    group_size: int = 128
+    block_shape: tuple | None = None
+    scale_rule: str = "floor"
+    axis: int = 0
+    global_scale_convention: str = "compressed_tensors"
+
+
+EDGES = [0.0, -0.0, 1e-45, -1e-45, 1e-40, 1e-38, 2.0**-10, 2.0**-9, 3 * 2.0**-10, 2.0**-7 * 1.5,
+         2.0**-6, 2.0**-16, 2.0**-17, 3 * 2.0**-17, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0, 5.5,
+         1.0625, 1.1875, 447.0, 448.0, 449.0, 464.0, 480.0, 6.0, 7.0, 57344.0, 61440.0, 1e6,
+         float("inf"), -float("inf"), float("nan"), -float("nan"), 0.3, -0.3]
+
+
+def edge_values(rng, n=600):
+    r = (rng.standard_normal(n) * np.exp(rng.uniform(-18, 12, n))).astype(np.float32)
+    return torch.from_numpy(np.concatenate([np.float32(EDGES), r])).to(DEVICE)
+
+
+@triton.jit
+def codec_kernel(x_ptr, q_ptr, y_ptr, n, FMT: tl.constexpr, B: tl.constexpr):
+    i = tl.arange(0, B)
+    m = i < n
+    x = tl.load(x_ptr + i, mask=m)
+    q = fc.element_encode(fc.clamp_fmax(x, FMT), FMT)
+    tl.store(q_ptr + i, q, mask=m)
+    tl.store(y_ptr + i, fc.element_decode(q, FMT), mask=m)
+
+
+@triton.jit
+def e8m0_kernel(a_ptr, e_ptr, v_ptr, n, FMT: tl.constexpr, RULE: tl.constexpr, B: tl.constexpr):
+    i = tl.arange(0, B)
+    m = i < n
+    e = fc.e8m0_encode(tl.load(a_ptr + i, mask=m), FMT, RULE)
+    tl.store(e_ptr + i, e, mask=m)
+    tl.store(v_ptr + i, fc.e8m0_decode(e), mask=m)
+
+
+def run_codec(x, fmt):
+    q = torch.empty(x.shape, dtype=torch.int32, device=x.device)
+    y = torch.empty_like(x)
+    codec_kernel[(1,)](x, q, y, x.numel(), FMT=fmt, B=triton.next_power_of_2(x.numel()))
+    return q, y
+
+
+def same_floats(a, b):
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
+
+
+@pytest.mark.parametrize("element", ["fp8_e4m3", "fp8_e5m2"])
+def test_fp8_codec_equals_torch_and_ml_dtypes(rng, element):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    x = edge_values(rng)
+    q, y = run_codec(x, tf.FMT[element])
+    clamped = x.clamp(-FMAX[element], FMAX[element])
+    want = clamped.to(F8[element])
+    assert torch.equal(q.cpu(), want.view(torch.uint8).to(torch.int32).cpu())
+    assert same_floats(y, want.float())
+    ml = clamped.cpu().numpy().astype(getattr(ml_dtypes, {"fp8_e4m3": "float8_e4m3fn",
+                                                           "fp8_e5m2": "float8_e5m2"}[element]))
+    finite = np.isfinite(clamped.cpu().numpy())  # ml_dtypes' NaN payload differs from torch's
+    assert np.array_equal(q.cpu().numpy()[finite], ml.view(np.uint8)[finite].astype(np.int32))
+
+
+def test_e2m1_codec_equals_torchao(rng):
+    custom = pytest.importorskip("torchao.prototype.custom_fp_utils")
+    x = edge_values(rng)
+    x = x[~x.isnan()]  # torchao's E2M1 has no NaN handling
+    q, y = run_codec(x, tf.FMT["fp4_e2m1"])
+    want = custom._f32_to_floatx_unpacked(x.clamp(-6, 6).cpu(), 2, 1)
+    assert torch.equal(q.cpu(), want.to(torch.int32))
+    assert torch.equal(y.cpu(), custom._floatx_unpacked_to_f32(want, 2, 1))
+
+
+@pytest.mark.parametrize("rule", ["floor", "rceil", "even"])
+@pytest.mark.parametrize("element", ["fp8_e4m3", "fp4_e2m1"])
+def test_e8m0_scale_equals_torchao(rng, rule, element):
+    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
+
+    amax = edge_values(rng).abs()
+    amax = torch.cat([amax, torch.tensor([3.4e38, 2.0**-127, 2.0**-126, 5e-39, 1.5 * 2.0**8, 1.9 * 2.0**8],
+                                         device=amax.device)])
+    e = torch.empty(amax.shape, dtype=torch.int32, device=amax.device)
+    v = torch.empty_like(amax)
+    e8m0_kernel[(1,)](amax, e, v, amax.numel(), FMT=tf.FMT[element], RULE=tf.RULE[rule],
+                      B=triton.next_power_of_2(amax.numel()))
+    block = torch.zeros(amax.numel(), 32)
+    block[:, 0] = amax.cpu()
+    elem = torch.float8_e4m3fn if element == "fp8_e4m3" else torch.float4_e2m1fn_x2
+    scale, _ = mx.to_mx(block, elem, 32, ScaleCalculationMode[rule.upper()])
+    assert torch.equal(e.cpu(), scale.view(torch.uint8).flatten().to(torch.int32))
+    want = torch.where(e == 255, float("nan"), torch.exp2(e.double() - 127).float())
+    assert same_floats(v, want)
+
+
+def interpreter_input(rng, shape, scale=3.0, specials=True):
+    x = (rng.standard_normal(shape) * scale * np.exp(rng.uniform(-3, 3, shape))).astype(np.float32)
+    if specials:
+        flat = x.reshape(-1)
+        flat[1] = 0.0
+        flat[2] = -1e-40
+        flat[-1] = -x.max() * 1.00001 if x.size > 3 else flat[-1]
+    return torch.from_numpy(x).to(DEVICE)
+
+
+def fp8_peer(x, element, amax_of):
+    """compressed-tensors' FP8: s = amax / fmax (zero: eps), codes of clamp(x / s) cast by torch."""
+    fmax = FMAX[element]
+    s = amax_of(x.abs()) / fmax
+    s = torch.where(s == 0, torch.finfo(torch.float32).eps, s)
+    return s, (x / s).clamp(-fmax, fmax).to(F8[element]).view(torch.uint8)
+
+
+FP8_CASES = [((4, 37), "tensor", {}), ((5, 33), "channel", {}), ((2, 3, 33), "token", {}),
+             ((3, 45), "group", {"group_size": 16}), ((2, 19), "group", {"group_size": 5}),
+             ((7, 37), "block", {"block_shape": (4, 16)}), ((6, 9000), "token", {})]
+
+
+def fp8_expected(x, gran, kw, element):
+    if gran == "tensor":
+        return fp8_peer(x, element, lambda a: a.amax())
+    if gran in ("channel", "token"):
+        rows = x.reshape(x.shape[0], -1) if gran == "channel" else x
+        s, q = fp8_peer(rows, element, lambda a: a.amax(-1, keepdim=True))
+        return s.squeeze(-1), q.reshape(x.shape)
+    if gran == "group":
+        return group_expected(x, kw["group_size"], element)
+    bn, bk = kw["block_shape"]
+    n, k = x.shape
+    pn, pk = -(-n // bn) * bn, -(-k // bk) * bk
+    padded = torch.nn.functional.pad(x, (0, pk - k, 0, pn - n)).reshape(pn // bn, bn, pk // bk, bk)
+    s, q = fp8_peer(padded, element, lambda a: a.amax((1, 3), keepdim=True))
+    return s.reshape(pn // bn, pk // bk), q.reshape(pn, pk)[:n, :k]
+
+
+def group_expected(x, g, element):
+    k = x.shape[-1]
+    pk = -(-k // g) * g
+    padded = torch.nn.functional.pad(x, (0, pk - k)).reshape(*x.shape[:-1], pk // g, g)
+    s, q = fp8_peer(padded, element, lambda a: a.amax(-1, keepdim=True))
+    return s.squeeze(-1), q.reshape(*x.shape[:-1], pk)[..., :k]
+
+
+@pytest.mark.parametrize("element", ["fp8_e4m3", "fp8_e5m2"])
+@pytest.mark.parametrize("shape,gran,kw", FP8_CASES)
+def test_fp8_quantize_equals_peer(rng, element, shape, gran, kw):
+    x = interpreter_input(rng, shape)
+    cfg = Cfg(element=element, granularity=gran, **kw)
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    want_s, want_q = fp8_expected(x.cpu(), gran, kw, element)
+    assert gs is None and codes.dtype == torch.uint8
+    assert torch.equal(codes.cpu(), want_q) and torch.equal(scale.cpu(), want_s)
+    y = tf.dequantize_float(codes, scale, gs, cfg, shape)
+    assert torch.equal(y.cpu(), dequant_fp8(want_q, want_s, gran, kw, element, x.shape))
+
+
+def dequant_fp8(q, s, gran, kw, element, shape):
+    v = q.view(F8[element]).float()
+    if gran == "tensor":
+        return v * s
+    if gran in ("channel", "token"):
+        return v * s.reshape(*s.shape, *([1] * (len(shape) - s.ndim)))
+    if gran == "group":
+        return v * s.repeat_interleave(kw["group_size"], -1)[..., :shape[-1]]
+    bn, bk = kw["block_shape"]
+    full = s.repeat_interleave(bn, 0).repeat_interleave(bk, 1)
+    return v * full[:shape[0], :shape[1]]
+
+
+def test_fp8_nonfinite_and_zero_units():
+    x = torch.tensor([[0.0, 0.0, 0.0, 0.0], [1.0, float("nan"), 2.0, -3.0], [float("inf"), 1.0, -1.0, 0.5]],
+                     device=DEVICE)
+    codes, scale, _ = tf.quantize_float(x, Cfg(granularity="token"))
+    want_s, want_q = fp8_expected(x.cpu(), "token", {}, "fp8_e4m3")
+    assert same_floats(scale.cpu(), want_s) and torch.equal(codes.cpu(), want_q)
+    assert scale[0].item() == np.finfo(np.float32).eps
+
+
+def pad_last(x, m):
+    k = x.shape[-1]
+    return torch.nn.functional.pad(x, (0, -(-k // m) * m - k))
+
+
+def unpack_low_first(packed, k):
+    lo, hi = packed & 0xF, packed >> 4
+    return torch.stack([lo, hi], -1).reshape(*packed.shape[:-1], -1)[..., :k]
+
+
+@pytest.mark.parametrize("rule", ["floor", "rceil", "even"])
+@pytest.mark.parametrize("element", ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1"])
+def test_mx_quantize_equals_torchao(rng, rule, element):
+    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
+    from torchao.prototype.mx_formats.config import ScaleCalculationMode
+
+    x = interpreter_input(rng, (3, 75))
+    x[1, 40:72] = 0.0  # an all-zero block
+    x[2, 5] = float("nan") if element != "fp4_e2m1" else 1e30
+    cfg = Cfg(element=element, scale_format="e8m0", granularity="group", group_size=32, scale_rule=rule)
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    elem = F8.get(element, torch.float4_e2m1fn_x2)
+    want_s, want_d = mx.to_mx(pad_last(x.cpu(), 32), elem, 32, ScaleCalculationMode[rule.upper()])
+    assert gs is None and torch.equal(scale.cpu(), want_s.view(torch.uint8))
+    if element == "fp4_e2m1":
+        assert codes.shape == (3, 38)
+        assert torch.equal(unpack_low_first(codes.cpu(), 75), unpack_low_first(want_d.view(torch.uint8), 75))
+        assert torch.equal(codes.cpu()[:, -1] >> 4, torch.zeros(3, dtype=torch.uint8))  # padded nibble
+    else:
+        assert torch.equal(codes.cpu(), want_d.view(torch.uint8)[:, :75])
+    y = tf.dequantize_float(codes, scale, gs, cfg, x.shape)
+    vals = torch.exp2(scale.cpu().double() - 127).float().repeat_interleave(32, -1)[:, :75]
+    vals = torch.where(scale.cpu().repeat_interleave(32, -1)[:, :75] == 255, float("nan"), vals)
+    if element == "fp4_e2m1":
+        from torchao.prototype.custom_fp_utils import _floatx_unpacked_to_f32
+        elems = _floatx_unpacked_to_f32(unpack_low_first(codes.cpu(), 75), 2, 1)
+    else:
+        elems = codes.cpu().view(elem).float()
+    assert same_floats(y.cpu(), elems * vals)
+
+
+def nvfp4_peer(x):
+    """compressed-tensors' NVFP4: global scale, e4m3 group scales, packed E2M1 codes."""
+    from compressed_tensors.compressors.nvfp4.helpers import quantize_and_pack_fp4
+    from compressed_tensors.quantization import QuantizationArgs
+    from compressed_tensors.quantization.utils.helpers import calculate_qparams, generate_gparam
+
+    args = QuantizationArgs(num_bits=4, type="float", strategy="tensor_group", group_size=16,
+                            symmetric=True, scale_dtype=torch.float8_e4m3fn)
+    gs = generate_gparam(x.min(), x.max())
+    groups = x.reshape(x.shape[0], -1, 16)
+    scale, _ = calculate_qparams(groups.amin(-1), groups.amax(-1), args, global_scale=gs)
+    return quantize_and_pack_fp4(x, scale, global_scale=gs, group_size=16), scale, gs
+
+
+@pytest.mark.parametrize("convention", ["compressed_tensors", "modelopt"])
+def test_nvfp4_quantize_equals_compressed_tensors(rng, convention):
+    pytest.importorskip("compressed_tensors")
+    x = interpreter_input(rng, (3, 37))
+    x[0, :16] = 0.0  # a zero block: scale 0.125
+    x[1, 16:32] *= 1e-6  # a block whose scale rounds into e4m3 subnormals
+    cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16,
+              global_scale_convention=convention)
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    want_q, want_s, want_gs = nvfp4_peer(pad_last(x.cpu(), 16))
+    assert codes.shape == (3, 19) and scale.dtype == torch.uint8
+    assert torch.equal(unpack_low_first(codes.cpu(), 37), unpack_low_first(want_q, 37))
+    assert torch.equal(scale.cpu(), want_s.to(torch.float8_e4m3fn).view(torch.uint8))
+    amax = x.abs().amax().cpu()
+    want_g = want_gs.reshape(()) if convention == "compressed_tensors" else amax / 2688.0
+    assert torch.equal(gs.cpu(), want_g)
+    y = tf.dequantize_float(codes, scale, gs, cfg, x.shape)
+    from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
+
+    vals = unpack_fp4_from_uint8(want_q, 3, 48, dtype=torch.float32)[:, :37]
+    per = want_s.to(torch.float8_e4m3fn).float()
+    per = per / want_gs if convention == "compressed_tensors" else per * want_g
+    assert torch.equal(y.cpu(), vals * per.repeat_interleave(16, -1)[:, :37])
+
+
+@pytest.mark.parametrize("shape,bs", [((3, 50), 64), ((2, 64), 32), ((9, 7), 64), ((130,), 128)])
+def test_nf4_quantize_equals_bitsandbytes(rng, shape, bs):
+    bnb = pytest.importorskip("bitsandbytes.functional")
+    x = interpreter_input(rng, shape)
+    x.reshape(-1)[:bs] = x.reshape(-1)[:bs] * 0 + 0.0  # a zero block
+    if x.numel() > 2 * bs:
+        x.reshape(-1)[bs + 3] = float("nan")  # a NaN block: absmax NaN, every code 15
+    cfg = Cfg(element="nf4", granularity="group", group_size=bs)
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    want_q, state = bnb.quantize_4bit(x.cpu(), blocksize=bs, quant_type="nf4")
+    assert gs is None and torch.equal(codes.cpu(), want_q.view(torch.uint8).reshape(-1))
+    assert same_floats(scale.cpu(), state.absmax)
+    y = tf.dequantize_float(codes, scale, gs, cfg, shape)
+    finite = ~state.absmax.isnan().any()
+    if finite:
+        assert torch.equal(y.cpu(), bnb.dequantize_4bit(want_q, state).reshape(shape))
+
+
+def test_nf4_ties_take_the_lower_code():
+    mids = torch.tensor(fc._MID, dtype=torch.float32)
+    x = torch.cat([mids, torch.tensor([1.0, -1.0, 0.0])]).to(DEVICE)  # absmax 1: x is its own scaled value
+    codes, scale, _ = tf.quantize_float(x, Cfg(element="nf4", group_size=len(x)))
+    hi, lo = codes.cpu() >> 4, codes.cpu() & 0xF
+    got = torch.stack([hi, lo], -1).reshape(-1)[:len(x)]
+    assert torch.equal(got[:15], torch.arange(15, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("gran,g", [("token", None), ("group", 16)])
+def test_dynamic_fp8_equals_vllm_formula(rng, gran, g):
+    x = interpreter_input(rng, (2, 3, 40))
+    x[0, 0] = 0.0
+    x[0, 1] *= 1e-5  # under vLLM's per-token floor
+    codes, scale = tf.quantize_fp8_dynamic(x, gran, g or 128)
+    xc = x.cpu()
+    if gran == "token":
+        s = torch.clamp(xc.abs().amax(-1, keepdim=True) / 448.0, min=np.float32(1 / (448 * 512)))
+        q = (xc / s).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8)
+        assert torch.equal(scale.cpu(), s.squeeze(-1)) and torch.equal(codes.cpu(), q)
+    else:
+        p = pad_last(xc, g).reshape(2, 3, -1, g)
+        s = p.abs().amax(-1, keepdim=True).clamp(min=np.float32(1e-10)) / 448.0
+        q = (p / s).clamp(-448, 448).to(torch.float8_e4m3fn).view(torch.uint8).reshape(2, 3, -1)[..., :40]
+        assert torch.equal(scale.cpu(), s.squeeze(-1)) and torch.equal(codes.cpu(), q)
+
+
+def count_launches(fn):
+    with recording() as launches:
+        fn()
+    return [launch.name for launch in launches]
+
+
+def test_launch_counts():
+    x = torch.zeros((4, 64), device=DEVICE)
+    assert count_launches(lambda: tf.quantize_float(x, Cfg())) == ["amax_kernel", "float_units_kernel"]
+    mx = Cfg(element="fp4_e2m1", scale_format="e8m0", group_size=32)
+    assert count_launches(lambda: tf.quantize_float(x, mx)) == ["float_units_kernel"]
+    nv = Cfg(element="fp4_e2m1", scale_format="e4m3", group_size=16)
+    assert count_launches(lambda: tf.quantize_float(x, nv)) == ["amax_kernel", "float_units_kernel"]
+    for cfg in (Cfg(granularity="token"), Cfg(element="nf4", group_size=64)):
+        assert count_launches(lambda cfg=cfg: tf.quantize_float(x, cfg)) == ["float_units_kernel"]
+    assert count_launches(lambda: tf.quantize_float(x, Cfg(granularity="block", block_shape=(2, 32)))) == [
+        "float_blocks_kernel"]
+    codes = torch.zeros((4, 32), dtype=torch.uint8, device=DEVICE)
+    scale = torch.zeros((4, 2), dtype=torch.uint8, device=DEVICE)
+    assert count_launches(lambda: tf.dequantize_float(codes, scale, None, mx, (4, 64))) == [
+        "float_dequant_kernel"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_input_dtypes_are_widened_first(rng, dtype):
+    x = interpreter_input(rng, (3, 40)).to(dtype)
+    cfg = Cfg(granularity="group", group_size=16)
+    codes, scale, _ = tf.quantize_float(x, cfg)
+    want_s, want_q = group_expected(x.float().cpu(), 16, "fp8_e4m3")
+    assert torch.equal(codes.cpu(), want_q) and torch.equal(scale.cpu(), want_s)
+    y = tf.dequantize_float(codes, scale, None, cfg, x.shape, dtype=torch.bfloat16)
+    assert y.dtype == torch.bfloat16
+    assert torch.equal(y.cpu(), (want_q.view(torch.float8_e4m3fn).float()
+                                 * want_s.repeat_interleave(16, -1)[:, :40]).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("cfg,shape", [(Cfg(element="int8"), (4, 4)),
+                                       (Cfg(element="fp4_e2m1"), (4, 4)),
+                                       (Cfg(granularity="channel", axis=1), (4, 4)),
+                                       (Cfg(granularity="block", block_shape=(2, 2)), (2, 2, 2)),
+                                       (Cfg(element="nf4", group_size=7), (4, 4)),
+                                       (Cfg(scale_format="e8m0", scale_rule="up"), (4, 4))])
+def test_bad_configs_raise(cfg, shape):
+    with pytest.raises(QuantizationError):
+        tf.quantize_float(torch.zeros(shape, device=DEVICE), cfg)
