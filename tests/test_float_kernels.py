@@ -385,3 +385,14 @@ def test_input_dtypes_are_widened_first(rng, dtype):
 def test_bad_configs_raise(cfg, shape):
     with pytest.raises(QuantizationError):
         tf.quantize_float(torch.zeros(shape, device=DEVICE), cfg)
+
+
+@pytest.mark.slow
+def test_float_kernels_compile_for_sm90_without_approximate_division():
+    from ptx_checks import compile_report
+
+    report = compile_report("compile_float_kernels.py")
+    assert report["problems"] == []
+    assert set(report["kernels"]) == {"amax_kernel", "float_units_kernel", "float_rows_kernel",
+                                      "float_blocks_kernel", "float_dequant_kernel"}
+    assert report["compiled"] > 60
