@@ -47,7 +47,8 @@ SCALE_NVFP4 = tl.constexpr(4)
 SCALE_NF4 = tl.constexpr(5)
 TOKEN_FLOOR = tl.constexpr(float(np.float32(1.0) / np.float32(448 * 512)))  # vLLM's 1 / (448 * 512)
 GROUP_EPS = tl.constexpr(float(np.float32(1e-10)))  # vLLM's per-token-group amax floor
-NF4_TINY = tl.constexpr(float(np.float32(1e-38)))  # bitsandbytes' absmax clamp
+# bitsandbytes' absmax clamp float32(1e-38), as bits: a subnormal literal would be typed float64
+NF4_TINY_BITS = tl.constexpr(int(np.float32(1e-38).view(np.int32)))
 
 
 @triton.jit
@@ -87,14 +88,14 @@ def unit_params(amax, short, g_amax, FMT: tl.constexpr, SCALE: tl.constexpr, RUL
         gs = nvfp4_global(g_amax + tl.zeros_like(amax))
         bits, value = nvfp4_block_scale(amax, gs)
         if MODELOPT:
-            stored_gs = tl.math.div_rn(tl.maximum(g_amax + tl.zeros_like(amax), 0.0),
-                                       tl.zeros_like(amax) + 2688.0)
+            stored_gs = tl.math.div_rn(g_amax + tl.zeros_like(amax), tl.zeros_like(amax) + 2688.0)
             stored_gs = tl.where(stored_gs == 0.0, 1.0, stored_gs)
         else:
             stored_gs = gs
         return bits, tl.math.div_rn(value, gs), one, stored_gs
     else:
-        a = tl.where(amax != amax, amax, tl.maximum(amax, NF4_TINY))  # torch.clamp keeps NaN
+        tiny = (tl.zeros_like(amax).to(tl.int32, bitcast=True) + NF4_TINY_BITS).to(tl.float32, bitcast=True)
+        a = tl.where(amax != amax, amax, tl.maximum(amax, tiny))  # torch.clamp keeps NaN
         inv = tl.math.div_rn(one, a)
         stored = tl.where(short, a, amax)
         return stored, tl.where(short, a, one), tl.where(short, one, inv), gs
@@ -138,12 +139,14 @@ def float_units_kernel(
     mask = unit_ok[:, None] & (col[None, :] < length[:, None])
     x = tl.load(x_ptr + (row * row_len + start)[:, None] + col[None, :], mask=mask,
                 other=0.0).to(tl.float32)
-    g_amax = 0.0
-    if TENSOR or SCALE == SCALE_NVFP4:
-        g_amax = tl.load(g_amax_ptr).to(tl.float32, bitcast=True)
     if TENSOR:
+        g_amax = tl.load(g_amax_ptr).to(tl.float32, bitcast=True)
         amax = tl.zeros((BLOCK_U,), tl.float32) + g_amax
     else:
+        if SCALE == SCALE_NVFP4:
+            g_amax = tl.load(g_amax_ptr).to(tl.float32, bitcast=True)
+        else:
+            g_amax = 0.0  # unused
         amax = tl.max(abs_bits(x), axis=1).to(tl.float32, bitcast=True)
     stored, div, mul, gs = unit_params(amax, length < seg_len, g_amax, FMT, SCALE, RULE, MODELOPT)
     q = encode(x, div[:, None], mul[:, None], stored[:, None], FMT, SCALE, RULE)
