@@ -295,6 +295,20 @@ def test_nvfp4_quantize_equals_compressed_tensors(rng, convention):
     assert torch.equal(y.cpu(), vals * per.repeat_interleave(16, -1)[:, :37])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_nvfp4_across_magnitudes(seed):
+    """The global scale rounds as torch evaluates 2688 / amax (a reciprocal, then a product)."""
+    pytest.importorskip("compressed_tensors")
+    rng = np.random.default_rng(seed)
+    x = interpreter_input(rng, (2, 41), scale=float(np.exp(rng.uniform(-30, 30))), specials=False)
+    cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16)
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    want_q, want_s, want_gs = nvfp4_peer(pad_last(x.cpu(), 16))
+    assert torch.equal(gs.cpu(), want_gs.reshape(()))
+    assert torch.equal(scale.cpu(), want_s.to(torch.float8_e4m3fn).view(torch.uint8))
+    assert torch.equal(unpack_low_first(codes.cpu(), 41), unpack_low_first(want_q, 41))
+
+
 @pytest.mark.parametrize("shape,bs", [((3, 50), 64), ((2, 64), 32), ((9, 7), 64), ((130,), 128)])
 def test_nf4_quantize_equals_bitsandbytes(rng, shape, bs):
     bnb = pytest.importorskip("bitsandbytes.functional")

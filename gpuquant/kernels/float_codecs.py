@@ -275,7 +275,9 @@ def nvfp4_block_scale(amax16, gs):
 
 @triton.jit
 def nvfp4_global(amax):
-    """compressed-tensors' global scale 448 * 6 / max(amax, tiny); NaN or inf gives 1."""
-    gs = tl.math.div_rn(tl.zeros_like(amax) + 2688.0, tl.maximum(amax, MIN_NORMAL))
+    """compressed-tensors' global scale 448 * 6 / max(amax, tiny), as torch evaluates a scalar
+    over a tensor: float32(1 / amax) * 2688 (two roundings); NaN or inf gives 1."""
+    one = tl.zeros_like(amax) + 1.0
+    gs = tl.math.div_rn(one, tl.maximum(amax, MIN_NORMAL)) * 2688.0
     ok = (gs == gs) & (gs != float("inf"))
     return tl.where(ok, gs, 1.0)
