@@ -7,7 +7,6 @@ format, granularity, scale rule and convention, on shapes that take each path
 each output dtype. Prints the same JSON line as compile_kernels.py.
 """
 
-import dataclasses
 import os
 import sys
 
@@ -16,21 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import compile_kernels  # noqa: E402
 import torch  # noqa: E402
+from float_cases import Cfg  # noqa: E402
 
 from gpuquant.backends import triton_float as tf  # noqa: E402
-
-
-@dataclasses.dataclass
-class Cfg:
-    element: str = "fp8_e4m3"
-    scale_format: str = "float32"
-    granularity: str = "tensor"
-    group_size: int = 128
-    block_shape: tuple | None = None
-    scale_rule: str = "floor"
-    axis: int = 0
-    global_scale_convention: str = "compressed_tensors"
-
 
 CASES = [((4096, 4096), Cfg()), ((33, 45), Cfg(element="fp8_e5m2")),
          ((4096, 4096), Cfg(granularity="channel")), ((16, 4096), Cfg(granularity="token")),

@@ -1,13 +1,11 @@
 """The float-format Triton kernels against the peers their users trust, bit for bit.
 
-Codecs are run through a tiny wrapper kernel on tables of edge cases; the fused
-quantizers on tiny ragged shapes. Peers (test dependencies only): torch's
+The fused quantizers and dequantizers on tiny ragged shapes with edge values
+(test_float_codecs.py tests the device codecs alone). Peers (test dependencies only): torch's
 float8 casts and ml_dtypes (FP8), torchao's to_mx (MX), compressed-tensors
 (NVFP4), bitsandbytes quantize_4bit on CPU (NF4). Without a GPU everything runs
 under TRITON_INTERPRET=1 (conftest.py).
 """
-
-import dataclasses
 
 import numpy as np
 import pytest
@@ -18,7 +16,7 @@ triton = pytest.importorskip("triton")
 if not (CUDA or INTERPRET):
     pytest.skip("needs a CUDA device or TRITON_INTERPRET=1", allow_module_level=True)
 
-import triton.language as tl  # noqa: E402
+from float_cases import F8, FMAX, Cfg, pad_last, same_floats, unpack_low_first  # noqa: E402
 
 from gpuquant.backends import triton_float as tf  # noqa: E402
 from gpuquant.backends.launch import recording  # noqa: E402
@@ -26,110 +24,6 @@ from gpuquant.errors import QuantizationError  # noqa: E402
 from gpuquant.kernels import float_codecs as fc  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"
-F8 = {"fp8_e4m3": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-FMAX = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
-
-
-@dataclasses.dataclass
-class Cfg:
-    """A stand-in with the attributes of the float-format interface (until QuantConfig has them)."""
-
-    element: str = "fp8_e4m3"
-    scale_format: str = "float32"
-    granularity: str = "tensor"
-    group_size: int = 128
-    block_shape: tuple | None = None
-    scale_rule: str = "floor"
-    axis: int = 0
-    global_scale_convention: str = "compressed_tensors"
-
-
-EDGES = [0.0, -0.0, 1e-45, -1e-45, 1e-40, 1e-38, 2.0**-10, 2.0**-9, 3 * 2.0**-10, 2.0**-7 * 1.5,
-         2.0**-6, 2.0**-16, 2.0**-17, 3 * 2.0**-17, 0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, -5.0, 5.5,
-         1.0625, 1.1875, 447.0, 448.0, 449.0, 464.0, 480.0, 6.0, 7.0, 57344.0, 61440.0, 1e6,
-         float("inf"), -float("inf"), float("nan"), -float("nan"), 0.3, -0.3]
-
-
-def edge_values(rng, n=600):
-    r = (rng.standard_normal(n) * np.exp(rng.uniform(-18, 12, n))).astype(np.float32)
-    return torch.from_numpy(np.concatenate([np.float32(EDGES), r])).to(DEVICE)
-
-
-@triton.jit
-def codec_kernel(x_ptr, q_ptr, y_ptr, n, FMT: tl.constexpr, B: tl.constexpr):
-    i = tl.arange(0, B)
-    m = i < n
-    x = tl.load(x_ptr + i, mask=m)
-    q = fc.element_encode(fc.clamp_fmax(x, FMT), FMT)
-    tl.store(q_ptr + i, q, mask=m)
-    tl.store(y_ptr + i, fc.element_decode(q, FMT), mask=m)
-
-
-@triton.jit
-def e8m0_kernel(a_ptr, e_ptr, v_ptr, n, FMT: tl.constexpr, RULE: tl.constexpr, B: tl.constexpr):
-    i = tl.arange(0, B)
-    m = i < n
-    e = fc.e8m0_encode(tl.load(a_ptr + i, mask=m), FMT, RULE)
-    tl.store(e_ptr + i, e, mask=m)
-    tl.store(v_ptr + i, fc.e8m0_decode(e), mask=m)
-
-
-def run_codec(x, fmt):
-    q = torch.empty(x.shape, dtype=torch.int32, device=x.device)
-    y = torch.empty_like(x)
-    codec_kernel[(1,)](x, q, y, x.numel(), FMT=fmt, B=triton.next_power_of_2(x.numel()))
-    return q, y
-
-
-def same_floats(a, b):
-    return torch.equal(a.isnan(), b.isnan()) and torch.equal(torch.nan_to_num(a), torch.nan_to_num(b))
-
-
-@pytest.mark.parametrize("element", ["fp8_e4m3", "fp8_e5m2"])
-def test_fp8_codec_equals_torch_and_ml_dtypes(rng, element):
-    ml_dtypes = pytest.importorskip("ml_dtypes")
-    x = edge_values(rng)
-    q, y = run_codec(x, tf.FMT[element])
-    clamped = x.clamp(-FMAX[element], FMAX[element])
-    want = clamped.to(F8[element])
-    assert torch.equal(q.cpu(), want.view(torch.uint8).to(torch.int32).cpu())
-    assert same_floats(y, want.float())
-    ml = clamped.cpu().numpy().astype(getattr(ml_dtypes, {"fp8_e4m3": "float8_e4m3fn",
-                                                           "fp8_e5m2": "float8_e5m2"}[element]))
-    finite = np.isfinite(clamped.cpu().numpy())  # ml_dtypes' NaN payload differs from torch's
-    assert np.array_equal(q.cpu().numpy()[finite], ml.view(np.uint8)[finite].astype(np.int32))
-
-
-def test_e2m1_codec_equals_torchao(rng):
-    custom = pytest.importorskip("torchao.prototype.custom_fp_utils")
-    x = edge_values(rng)
-    x = x[~x.isnan()]  # torchao's E2M1 has no NaN handling
-    q, y = run_codec(x, tf.FMT["fp4_e2m1"])
-    want = custom._f32_to_floatx_unpacked(x.clamp(-6, 6).cpu(), 2, 1)
-    assert torch.equal(q.cpu(), want.to(torch.int32))
-    assert torch.equal(y.cpu(), custom._floatx_unpacked_to_f32(want, 2, 1))
-
-
-@pytest.mark.parametrize("rule", ["floor", "rceil", "even"])
-@pytest.mark.parametrize("element", ["fp8_e4m3", "fp4_e2m1"])
-def test_e8m0_scale_equals_torchao(rng, rule, element):
-    mx = pytest.importorskip("torchao.prototype.mx_formats.mx_tensor")
-    from torchao.prototype.mx_formats.config import ScaleCalculationMode
-
-    amax = edge_values(rng).abs()
-    amax = torch.cat([amax, torch.tensor([3.4e38, 2.0**-127, 2.0**-126, 5e-39, 1.5 * 2.0**8, 1.9 * 2.0**8],
-                                         device=amax.device)])
-    e = torch.empty(amax.shape, dtype=torch.int32, device=amax.device)
-    v = torch.empty_like(amax)
-    e8m0_kernel[(1,)](amax, e, v, amax.numel(), FMT=tf.FMT[element], RULE=tf.RULE[rule],
-                      B=triton.next_power_of_2(amax.numel()))
-    block = torch.zeros(amax.numel(), 32)
-    block[:, 0] = amax.cpu()
-    elem = torch.float8_e4m3fn if element == "fp8_e4m3" else torch.float4_e2m1fn_x2
-    scale, _ = mx.to_mx(block, elem, 32, ScaleCalculationMode[rule.upper()])
-    assert torch.equal(e.cpu(), scale.view(torch.uint8).flatten().to(torch.int32))
-    want = torch.where(e == 255, float("nan"), torch.exp2(e.double() - 127).float())
-    assert same_floats(v, want)
 
 
 def interpreter_input(rng, shape, scale=3.0, specials=True):
@@ -213,16 +107,6 @@ def test_fp8_nonfinite_and_zero_units():
     want_s, want_q = fp8_expected(x.cpu(), "token", {}, "fp8_e4m3")
     assert same_floats(scale.cpu(), want_s) and torch.equal(codes.cpu(), want_q)
     assert scale[0].item() == np.finfo(np.float32).eps
-
-
-def pad_last(x, m):
-    k = x.shape[-1]
-    return torch.nn.functional.pad(x, (0, -(-k // m) * m - k))
-
-
-def unpack_low_first(packed, k):
-    lo, hi = packed & 0xF, packed >> 4
-    return torch.stack([lo, hi], -1).reshape(*packed.shape[:-1], -1)[..., :k]
 
 
 @pytest.mark.parametrize("rule", ["floor", "rceil", "even"])
@@ -410,3 +294,15 @@ def test_float_kernels_compile_for_sm90_without_approximate_division():
     assert set(report["kernels"]) == {"amax_kernel", "float_units_kernel", "float_rows_kernel",
                                       "float_blocks_kernel", "float_dequant_kernel"}
     assert report["compiled"] > 60
+
+
+def test_dequantize_checks_its_inputs():
+    cfg = Cfg(element="fp4_e2m1", scale_format="e8m0", group_size=32)
+    codes = torch.zeros((4, 32), dtype=torch.uint8, device=DEVICE)
+    with pytest.raises(QuantizationError, match="scale"):
+        tf.dequantize_float(codes, torch.zeros((4, 2), device=DEVICE), None, cfg, (4, 64))
+    with pytest.raises(QuantizationError, match="expected"):
+        tf.dequantize_float(codes, torch.zeros((4, 3), dtype=torch.uint8, device=DEVICE), None, cfg, (4, 64))
+    nv = Cfg(element="fp4_e2m1", scale_format="e4m3", group_size=16)
+    with pytest.raises(QuantizationError, match="global_scale"):
+        tf.dequantize_float(codes, torch.zeros((4, 4), dtype=torch.uint8, device=DEVICE), None, nv, (4, 64))

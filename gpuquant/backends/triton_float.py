@@ -246,6 +246,9 @@ def dequantize_float(codes, scale, global_scale, cfg, shape, dtype=None):
     if tuple(codes.shape) != plan.code_shape or tuple(scale.shape) != plan.scale_shape:
         raise InvalidShapeError(f"codes {tuple(codes.shape)} / scale {tuple(scale.shape)} do not fit shape "
                                 f"{shape}: expected {plan.code_shape} / {plan.scale_shape}")
+    if codes.dtype != torch.uint8 or scale.dtype != plan.scale_dtype:
+        raise InvalidDtypeError(f"codes {codes.dtype} / scale {scale.dtype}: this format stores uint8 codes "
+                                f"and {plan.scale_dtype} scales")
     if plan.scale == 4 and global_scale is None:
         raise InvalidShapeError("global_scale is None: NVFP4 needs the tensor's global scale")
     y = torch.empty(shape, dtype=dtype, device=codes.device)
