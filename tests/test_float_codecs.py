@@ -68,12 +68,27 @@ def test_fp8_codec_equals_torch_and_ml_dtypes(rng, element):
 
 def test_e2m1_codec_equals_torchao(rng):
     custom = pytest.importorskip("torchao.prototype.custom_fp_utils")
-    x = edge_values(rng, DEVICE)
-    x = x[~x.isnan()]  # torchao's E2M1 has no NaN handling
+    x = edge_values(rng, DEVICE)  # NaN: torchao gives the code 3 with NaN's sign
     q, y = run_codec(x, tf.FMT["fp4_e2m1"])
     want = custom._f32_to_floatx_unpacked(x.clamp(-6, 6).cpu(), 2, 1)
     assert torch.equal(q.cpu(), want.to(torch.int32))
-    assert torch.equal(y.cpu(), custom._floatx_unpacked_to_f32(want, 2, 1))
+    assert same_floats(y.cpu(), custom._floatx_unpacked_to_f32(want, 2, 1))
+
+
+def test_e2m1_codec_of_nvfp4_equals_compressed_tensors(rng):
+    """compressed-tensors rounds |x| and multiplies by torch.sign(x): -0 packs as 0, a small
+    negative as 8 (torchao packs the sign bit of both)."""
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.nvfp4.helpers import pack_fp4_to_uint8
+    from compressed_tensors.quantization.utils.fp4_utils import cast_to_fp4
+
+    x = edge_values(rng, DEVICE)
+    x = x[~x.isnan()]  # compressed-tensors' NaN codes depend on NaN payloads
+    x = x[: x.numel() // 2 * 2]
+    q, _ = run_codec(x, tf.FMT_E2M1_CT)
+    want = pack_fp4_to_uint8(cast_to_fp4(x.clamp(-6, 6).cpu().clone()).reshape(1, -1)).reshape(-1)
+    got = (q[0::2] | (q[1::2] << 4)).cpu().to(torch.uint8)
+    assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("rule", ["floor", "rceil", "even"])

@@ -117,7 +117,8 @@ def test_mx_quantize_equals_torchao(rng, rule, element):
 
     x = interpreter_input(rng, (3, 75))
     x[1, 40:72] = 0.0  # an all-zero block
-    x[2, 5] = float("nan") if element != "fp4_e2m1" else 1e30
+    x[2, 5] = float("nan")  # a NaN block: scale 255, the other elements scaled by +inf (FLOOR, EVEN)
+    x[0, 3] = -0.0
     cfg = Cfg(element=element, scale_format="e8m0", granularity="group", group_size=32, scale_rule=rule)
     codes, scale, gs = tf.quantize_float(x, cfg)
     elem = F8.get(element, torch.float4_e2m1fn_x2)
@@ -160,6 +161,7 @@ def test_nvfp4_quantize_equals_compressed_tensors(rng, convention):
     x = interpreter_input(rng, (3, 37))
     x[0, :16] = 0.0  # a zero block: scale 0.125
     x[1, 16:32] *= 1e-6  # a block whose scale rounds into e4m3 subnormals
+    x[2, 1:3] = torch.tensor([-0.0, -1e-3 * x[2].abs().max().item()])  # -0 packs as 0, -tiny as 8
     cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16,
               global_scale_convention=convention)
     codes, scale, gs = tf.quantize_float(x, cfg)

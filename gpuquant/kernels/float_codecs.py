@@ -6,7 +6,8 @@ hardware cvt): divisions are ``tl.math.div_rn``; multiplications by powers of
 two are exact; rounding to nearest even is the add-and-subtract of
 common.RINT_MAGIC or an integer carry on the float32 bits.
 
-Element format codes (constexpr ``FMT``): FMT_E4M3, FMT_E5M2, FMT_E2M1, FMT_NF4.
+Element format codes (constexpr ``FMT``): FMT_E4M3, FMT_E5M2, FMT_E2M1, FMT_NF4, and
+FMT_E2M1_CT: E2M1 with compressed-tensors' signs (NVFP4): the peers differ on zeros.
 Scale rules of the E8M0 encoder (constexpr ``RULE``): RULE_FLOOR, RULE_RCEIL,
 RULE_EVEN, as torchao's ``to_mx`` computes them.
 """
@@ -21,6 +22,7 @@ FMT_E4M3 = tl.constexpr(0)
 FMT_E5M2 = tl.constexpr(1)
 FMT_E2M1 = tl.constexpr(2)
 FMT_NF4 = tl.constexpr(3)
+FMT_E2M1_CT = tl.constexpr(4)
 RULE_FLOOR = tl.constexpr(0)
 RULE_RCEIL = tl.constexpr(1)
 RULE_EVEN = tl.constexpr(2)
@@ -52,10 +54,10 @@ def fmax_of(FMT: tl.constexpr):
         return 448.0
     elif FMT == FMT_E5M2:
         return 57344.0
-    elif FMT == FMT_E2M1:
-        return 6.0
-    else:
+    elif FMT == FMT_NF4:
         return 1.0
+    else:
+        return 6.0
 
 
 @triton.jit
@@ -188,16 +190,23 @@ def fp8_decode(c, FMT: tl.constexpr):
 
 
 @triton.jit
-def e2m1_encode(v):
-    """E2M1 code (int32 0..15) of float32 v (clamped to +/-6), round to nearest even;
-    the sign bit follows v's (-0 and small negatives give 8). NaN gives 0x7 with its sign."""
+def e2m1_encode(v, CT_SIGN: tl.constexpr):
+    """E2M1 code (int32 0..15) of float32 v (clamped to +/-6), round to nearest even.
+
+    torchao (MX): the sign bit is v's (-0 gives 8), NaN gives 3 with its sign.
+    compressed-tensors (CT_SIGN, NVFP4): rounds |v| and multiplies by torch.sign(v), so
+    the sign bit is v < 0 (-0 gives 0, -0.1 gives 8); NaN gives 0 with its sign bit.
+    """
     u = v.to(tl.int32, bitcast=True)
-    sign = (u >> 28) & 8
+    if CT_SIGN:
+        sign = tl.where((v < 0.0) | (v != v), (u >> 28) & 8, 0)
+    else:
+        sign = (u >> 28) & 8
     a = (u & 0x7FFFFFFF).to(tl.float32, bitcast=True)
     q = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
          + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
          + (a > 5.0).to(tl.int32))
-    q = tl.where(a != a, 7, q)
+    q = tl.where(a != a, 0 if CT_SIGN else 3, q)
     return q | sign
 
 
@@ -238,7 +247,9 @@ def nf4_decode(c):
 def element_encode(v, FMT: tl.constexpr):
     """The code of v (already scaled into the element range and clamped) in format FMT."""
     if FMT == FMT_E2M1:
-        return e2m1_encode(v)
+        return e2m1_encode(v, False)
+    elif FMT == FMT_E2M1_CT:
+        return e2m1_encode(v, True)
     elif FMT == FMT_NF4:
         return nf4_encode(v)
     else:
@@ -249,6 +260,8 @@ def element_encode(v, FMT: tl.constexpr):
 def element_decode(c, FMT: tl.constexpr):
     """The float32 value of code c in format FMT."""
     if FMT == FMT_E2M1:
+        return e2m1_decode(c)
+    elif FMT == FMT_E2M1_CT:
         return e2m1_decode(c)
     elif FMT == FMT_NF4:
         return nf4_decode(c)
