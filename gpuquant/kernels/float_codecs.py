@@ -195,11 +195,12 @@ def e2m1_encode(v, CT_SIGN: tl.constexpr):
 
     torchao (MX): the sign bit is v's (-0 gives 8), NaN gives 3 with its sign.
     compressed-tensors (CT_SIGN, NVFP4): rounds |v| and multiplies by torch.sign(v), so
-    the sign bit is v < 0 (-0 gives 0, -0.1 gives 8); NaN gives 0 with its sign bit.
+    the sign bit is v < 0 (-0 gives 0, -0.1 gives 8); NaN gives 0 (what its packer gives
+    for the NaN of a block whose scale is NaN; a NaN's sign is no portable bit).
     """
     u = v.to(tl.int32, bitcast=True)
     if CT_SIGN:
-        sign = tl.where((v < 0.0) | (v != v), (u >> 28) & 8, 0)
+        sign = tl.where(v < 0.0, 8, 0)
     else:
         sign = (u >> 28) & 8
     a = (u & 0x7FFFFFFF).to(tl.float32, bitcast=True)
