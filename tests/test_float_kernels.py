@@ -155,32 +155,59 @@ def nvfp4_peer(x):
     return quantize_and_pack_fp4(x, scale, global_scale=gs, group_size=16), scale, gs
 
 
-@pytest.mark.parametrize("convention", ["compressed_tensors", "modelopt"])
-def test_nvfp4_quantize_equals_compressed_tensors(rng, convention):
-    pytest.importorskip("compressed_tensors")
+def modelopt_peer(x):
+    """ModelOpt's NVFP4QTensor.quantize: (packed codes, e4m3 block scales, weight_scale_2)."""
+    from modelopt.torch.quantization.qtensor.nvfp4_tensor import NVFP4QTensor
+
+    q, s, s2 = NVFP4QTensor.quantize(x.clone(), 16)
+    return q._quantized_data, s, s2
+
+
+def nvfp4_input(rng, inf):
     x = interpreter_input(rng, (3, 37))
-    x[0, :16] = 0.0  # a zero block: scale 0.125
-    x[1, 16:32] *= 1e-6  # a block whose scale rounds into e4m3 subnormals
+    x[0, :16] = 0.0  # a zero block: scale 0.125 (compressed-tensors) / 1 (ModelOpt)
+    x[1, 16:32] *= 1e-6  # a block whose scale rounds into e4m3 subnormals (ModelOpt: floored at 2^-9)
     x[2, 1:3] = torch.tensor([-0.0, -1e-3 * x[2].abs().max().item()])  # -0 packs as 0, -tiny as 8
-    if convention == "modelopt":
+    if inf:
         x[2, 20] = float("inf")  # amax inf: global scale 0, a NaN block scale, NaN elements give 0
-    cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16,
-              global_scale_convention=convention)
+    return x
+
+
+@pytest.mark.parametrize("inf", [False, True])
+def test_nvfp4_quantize_equals_compressed_tensors(rng, inf):
+    pytest.importorskip("compressed_tensors")
+    x = nvfp4_input(rng, inf)
+    cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16)
     codes, scale, gs = tf.quantize_float(x, cfg)
     want_q, want_s, want_gs = nvfp4_peer(pad_last(x.cpu(), 16))
     assert codes.shape == (3, 19) and scale.dtype == torch.uint8
     assert torch.equal(unpack_low_first(codes.cpu(), 37), unpack_low_first(want_q, 37))
     assert torch.equal(scale.cpu(), want_s.to(torch.float8_e4m3fn).view(torch.uint8))
-    amax = x.abs().amax().cpu()
-    want_g = want_gs.reshape(()) if convention == "compressed_tensors" else amax / 2688.0
-    assert torch.equal(gs.cpu(), want_g)
+    assert torch.equal(gs.cpu(), want_gs.reshape(()))
     y = tf.dequantize_float(codes, scale, gs, cfg, x.shape)
     from compressed_tensors.compressors.nvfp4.helpers import unpack_fp4_from_uint8
 
     vals = unpack_fp4_from_uint8(want_q, 3, 48, dtype=torch.float32)[:, :37]
-    per = want_s.to(torch.float8_e4m3fn).float()
-    per = per / want_gs if convention == "compressed_tensors" else per * want_g
+    per = want_s.to(torch.float8_e4m3fn).float() / want_gs
     assert same_floats(y.cpu(), vals * per.repeat_interleave(16, -1)[:, :37])
+
+
+def test_nvfp4_modelopt_convention_equals_modelopt(rng):
+    pytest.importorskip("modelopt.torch.quantization.qtensor.nvfp4_tensor")
+    x = nvfp4_input(rng, inf=False)
+    cfg = Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16,
+              global_scale_convention="modelopt")
+    codes, scale, gs = tf.quantize_float(x, cfg)
+    want_q, want_s, want_s2 = modelopt_peer(pad_last(x.cpu(), 16))
+    assert torch.equal(unpack_low_first(codes.cpu(), 37), unpack_low_first(want_q, 37))
+    assert torch.equal(scale.cpu(), want_s.view(torch.uint8))
+    assert torch.equal(gs.cpu(), want_s2.reshape(()))
+    y = tf.dequantize_float(codes, scale, gs, cfg, x.shape)
+    from torchao.prototype.custom_fp_utils import _floatx_unpacked_to_f32
+
+    vals = _floatx_unpacked_to_f32(unpack_low_first(want_q, 37), 2, 1)
+    per = (want_s.float() * want_s2).repeat_interleave(16, -1)[:, :37]
+    assert torch.equal(y.cpu(), vals * per)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -32,7 +32,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 __all__ = ["quantize_float", "dequantize_float", "quantize_fp8_dynamic", "FloatPlan", "plan_for"]
 
 FMT = {"fp8_e4m3": 0, "fp8_e5m2": 1, "fp4_e2m1": 2, "nf4": 3}
-FMT_E2M1_CT = 4  # E2M1 with compressed-tensors' signs, for NVFP4 (kernels/float_codecs.py)
+FMT_E2M1_CT, FMT_E2M1_MO = 4, 5  # E2M1 with compressed-tensors' / ModelOpt's signs (NVFP4)
 RULE = {"floor": 0, "rceil": 1, "even": 2}
 ROW_TILE = 8192  # longest row one program of float_units_kernel holds
 TENSOR_CHUNK = 4096  # elements a program quantizes per tensor
@@ -115,8 +115,9 @@ def _block_scaled(shape, cfg, fmt, rows, k, scale_format) -> FloatPlan:
     if conv not in ("compressed_tensors", "modelopt"):
         raise UnsupportedSchemeError(f"cfg.global_scale_convention {conv!r}: "
                                      "takes 'compressed_tensors' or 'modelopt'")
-    return FloatPlan("units", rows, k, g, FMT_E2M1_CT, 4, 0, True, False, code_shape, scale_shape,
-                     torch.uint8, modelopt=conv == "modelopt")
+    modelopt = conv == "modelopt"
+    return FloatPlan("units", rows, k, g, FMT_E2M1_MO if modelopt else FMT_E2M1_CT, 4, 0, True, False,
+                     code_shape, scale_shape, torch.uint8, modelopt=modelopt)
 
 
 def _fp8_plan(shape, cfg, fmt, rows, k) -> FloatPlan:

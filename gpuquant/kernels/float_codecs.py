@@ -7,7 +7,8 @@ two are exact; rounding to nearest even is the add-and-subtract of
 common.RINT_MAGIC or an integer carry on the float32 bits.
 
 Element format codes (constexpr ``FMT``): FMT_E4M3, FMT_E5M2, FMT_E2M1, FMT_NF4, and
-FMT_E2M1_CT: E2M1 with compressed-tensors' signs (NVFP4): the peers differ on zeros.
+FMT_E2M1_CT / FMT_E2M1_MO: E2M1 with compressed-tensors' / ModelOpt's signs and NaN codes
+(NVFP4): the peers differ on zeros and NaN.
 Scale rules of the E8M0 encoder (constexpr ``RULE``): RULE_FLOOR, RULE_RCEIL,
 RULE_EVEN, as torchao's ``to_mx`` computes them.
 """
@@ -23,6 +24,8 @@ FMT_E5M2 = tl.constexpr(1)
 FMT_E2M1 = tl.constexpr(2)
 FMT_NF4 = tl.constexpr(3)
 FMT_E2M1_CT = tl.constexpr(4)
+FMT_E2M1_MO = tl.constexpr(5)
+MIN_E4M3_SUB = tl.constexpr(0.001953125)  # 2^-9, ModelOpt's floor of a block scale
 RULE_FLOOR = tl.constexpr(0)
 RULE_RCEIL = tl.constexpr(1)
 RULE_EVEN = tl.constexpr(2)
@@ -190,16 +193,17 @@ def fp8_decode(c, FMT: tl.constexpr):
 
 
 @triton.jit
-def e2m1_encode(v, CT_SIGN: tl.constexpr):
+def e2m1_encode(v, SIGNS: tl.constexpr):
     """E2M1 code (int32 0..15) of float32 v (clamped to +/-6), round to nearest even.
 
-    torchao (MX): the sign bit is v's (-0 gives 8), NaN gives 3 with its sign.
-    compressed-tensors (CT_SIGN, NVFP4): rounds |v| and multiplies by torch.sign(v), so
-    the sign bit is v < 0 (-0 gives 0, -0.1 gives 8); NaN gives 0 (what its packer gives
-    for the NaN of a block whose scale is NaN; a NaN's sign is no portable bit).
+    SIGNS 0, torchao (MX): the sign bit is v's (-0 gives 8), NaN gives 3 with its sign.
+    SIGNS 1, compressed-tensors (NVFP4): rounds |v| and multiplies by torch.sign(v), so the
+    sign bit is v < 0 (-0 gives 0, -0.1 gives 8); NaN gives 0 (what its packer gives for
+    the NaN of a block whose scale is NaN; a NaN's sign is no portable bit).
+    SIGNS 2, ModelOpt (NVFP4): the sign bit is v < 0; NaN gives 7 (searchsorted's end).
     """
     u = v.to(tl.int32, bitcast=True)
-    if CT_SIGN:
+    if SIGNS != 0:
         sign = tl.where(v < 0.0, 8, 0)
     else:
         sign = (u >> 28) & 8
@@ -207,7 +211,12 @@ def e2m1_encode(v, CT_SIGN: tl.constexpr):
     q = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
          + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
          + (a > 5.0).to(tl.int32))
-    q = tl.where(a != a, 0 if CT_SIGN else 3, q)
+    if SIGNS == 0:
+        q = tl.where(a != a, 3, q)
+    elif SIGNS == 1:
+        q = tl.where(a != a, 0, q)
+    else:
+        q = tl.where(a != a, 7, q)
     return q | sign
 
 
@@ -248,9 +257,11 @@ def nf4_decode(c):
 def element_encode(v, FMT: tl.constexpr):
     """The code of v (already scaled into the element range and clamped) in format FMT."""
     if FMT == FMT_E2M1:
-        return e2m1_encode(v, False)
+        return e2m1_encode(v, 0)
     elif FMT == FMT_E2M1_CT:
-        return e2m1_encode(v, True)
+        return e2m1_encode(v, 1)
+    elif FMT == FMT_E2M1_MO:
+        return e2m1_encode(v, 2)
     elif FMT == FMT_NF4:
         return nf4_encode(v)
     else:
@@ -263,6 +274,8 @@ def element_decode(c, FMT: tl.constexpr):
     if FMT == FMT_E2M1:
         return e2m1_decode(c)
     elif FMT == FMT_E2M1_CT:
+        return e2m1_decode(c)
+    elif FMT == FMT_E2M1_MO:
         return e2m1_decode(c)
     elif FMT == FMT_NF4:
         return nf4_decode(c)
@@ -295,3 +308,22 @@ def nvfp4_global(amax):
     gs = tl.math.div_rn(one, tl.maximum(amax, MIN_NORMAL)) * 2688.0
     ok = (gs == gs) & (gs != float("inf"))
     return tl.where(ok, gs, 1.0)
+
+
+@triton.jit
+def nvfp4_modelopt_global(amax):
+    """ModelOpt's weight_scale_2 = amax / (448 * 6) (a multiplier); non-finite or zero gives 1."""
+    ws2 = tl.math.div_rn(amax, tl.zeros_like(amax) + 2688.0)
+    ok = (ws2 == ws2) & (ws2 != float("inf")) & (ws2 > 0.0)
+    return tl.where(ok, ws2, 1.0)
+
+
+@triton.jit
+def nvfp4_modelopt_block_scale(amax16, ws2):
+    """ModelOpt's NVFP4 block scale: e4m3 bits of clamp(amax16 / (6 * ws2), 2^-9, 448), a
+    zero quotient replaced by 1 first. Returns (bits, the step: e4m3 value * ws2)."""
+    s = tl.math.div_rn(amax16, (tl.zeros_like(amax16) + 6.0) * ws2)
+    s = tl.where(s == 0.0, 1.0, s)
+    s = tl.where(s != s, s, tl.minimum(tl.maximum(s, MIN_E4M3_SUB), 448.0))
+    bits = fp8_encode(s, FMT_E4M3)
+    return bits, fp8_decode(bits, FMT_E4M3) * ws2

@@ -37,6 +37,8 @@ from .float_codecs import (
     mx_scaled,
     nvfp4_block_scale,
     nvfp4_global,
+    nvfp4_modelopt_block_scale,
+    nvfp4_modelopt_global,
 )
 
 SCALE_FP32 = tl.constexpr(0)
@@ -85,14 +87,13 @@ def unit_params(amax, short, g_amax, FMT: tl.constexpr, SCALE: tl.constexpr, RUL
         e = e8m0_encode(amax, FMT, RULE)
         return e, one, one, gs
     elif SCALE == SCALE_NVFP4:
+        if MODELOPT:
+            ws2 = nvfp4_modelopt_global(g_amax + tl.zeros_like(amax))
+            bits, step = nvfp4_modelopt_block_scale(amax, ws2)
+            return bits, step, one, ws2
         gs = nvfp4_global(g_amax + tl.zeros_like(amax))
         bits, value = nvfp4_block_scale(amax, gs)
-        if MODELOPT:
-            stored_gs = tl.math.div_rn(g_amax + tl.zeros_like(amax), tl.zeros_like(amax) + 2688.0)
-            stored_gs = tl.where(stored_gs == 0.0, 1.0, stored_gs)
-        else:
-            stored_gs = gs
-        return bits, tl.math.div_rn(value, gs), one, stored_gs
+        return bits, tl.math.div_rn(value, gs), one, gs
     else:
         tiny = (tl.zeros_like(amax).to(tl.int32, bitcast=True) + NF4_TINY_BITS).to(tl.float32, bitcast=True)
         a = tl.where(amax != amax, amax, tl.maximum(amax, tiny))  # torch.clamp keeps NaN
