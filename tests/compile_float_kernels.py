@@ -1,4 +1,4 @@
-"""Compile every float-format kernel specialisation (backends/triton_float.py) for sm_90.
+"""Compile every float-format kernel specialisation (backends/triton/floats.py) for sm_90.
 
 The runners are driven with CPU tensors inside launch.recording() (see
 compile_kernels.py, whose compile-and-check machinery this reuses): every
@@ -17,7 +17,7 @@ import compile_kernels  # noqa: E402
 import torch  # noqa: E402
 from float_cases import Cfg  # noqa: E402
 
-from gpuquant.backends import triton_float as tf  # noqa: E402
+from gpuquant.backends.triton import floats as tf  # noqa: E402
 
 CASES = [((4096, 4096), Cfg()), ((33, 45), Cfg(element="fp8_e5m2")),
          ((4096, 4096), Cfg(granularity="channel")), ((16, 4096), Cfg(granularity="token")),

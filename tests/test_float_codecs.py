@@ -18,7 +18,7 @@ if not (CUDA or INTERPRET):
 import triton.language as tl  # noqa: E402
 from float_cases import F8, FMAX, edge_values, same_floats  # noqa: E402
 
-from gpuquant.backends import triton_float as tf  # noqa: E402
+from gpuquant.backends.triton import floats as tf  # noqa: E402
 from gpuquant.kernels import float_codecs as fc  # noqa: E402
 
 DEVICE = "cuda" if CUDA and not INTERPRET else "cpu"

@@ -18,8 +18,8 @@ if not (CUDA or INTERPRET):
 
 from float_cases import F8, FMAX, Cfg, pad_last, same_floats, unpack_low_first  # noqa: E402
 
-from gpuquant.backends import triton_float as tf  # noqa: E402
-from gpuquant.backends.launch import recording  # noqa: E402
+from gpuquant.backends.triton import floats as tf  # noqa: E402
+from gpuquant.backends.triton.launch import recording  # noqa: E402
 from gpuquant.errors import QuantizationError  # noqa: E402
 from gpuquant.kernels import float_codecs as fc  # noqa: E402
 

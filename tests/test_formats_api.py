@@ -169,9 +169,9 @@ def test_gpu_inputs_dispatch_to_triton_float(monkeypatch):
 
     fake = types.SimpleNamespace(quantize_float=quantize, dequantize_float=dequantize)
     monkeypatch.setitem(sys.modules, "gpuquant.backends.triton.floats", fake)
-    import gpuquant.backends as backends
+    import gpuquant.backends.triton as triton_backend
 
-    monkeypatch.setattr(backends, "triton_float", fake, raising=False)
+    monkeypatch.setattr(triton_backend, "floats", fake, raising=False)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     t = torch.from_numpy(_x((4, 64)))
     qt = gq.quantize(t, QuantConfig.nvfp4(), backend="triton")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ..errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, UnsupportedSchemeError
+from ...errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, UnsupportedSchemeError
 from .launch import launch
 
 try:
