@@ -214,3 +214,14 @@ def test_tensor_in_two_shards_is_refused(model, tmp_path, capsys, shard_size):
         argv = [reader, str(model)] + (["-o", str(tmp_path / "d")] if reader == "dequantize" else [])
         assert main(argv) == 2
         assert "b.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_leave_no_launcher_logs(model, tmp_path):
+    """Issue 19 item 26: --workers keeps no torchelastic_* folder in the temporary folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = run("quantize", model, "-o", tmp_path / "o", "--shard-size", "10KB", "--workers", "2",
+              "--quiet", env={"TMPDIR": str(tmp)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.listdir(tmp) == []

@@ -37,7 +37,7 @@ def test_readme_block_runs(index, tmp_path):
         pytest.importorskip("torch")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
            "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "TMPDIR": str(tmp_path),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
            "GLOO_SOCKET_IFNAME": "lo"}
     out = subprocess.run([sys.executable, "-c", block], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=300)
