@@ -219,8 +219,11 @@ def test_usage_errors_exit_2():
 
 
 def test_failure_halfway_leaves_no_output(tmp_path, single, sharded, monkeypatch):
+    import importlib
+
     from gpuquant.checkpoint import convert as checkpoint
-    from gpuquant.cli import main as cli
+
+    cli = importlib.import_module("gpuquant.cli.main")  # the module: the package's `main` is the function
 
     calls = {"n": 0}
     real = checkpoint.quantize

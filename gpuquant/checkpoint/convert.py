@@ -37,7 +37,7 @@ from ..metrics import error_sums
 from ..quantize import quantize
 from ..tensor import QuantizedTensor
 from .files import BF16, DTYPES, SafetensorsFile, tag_of, write_safetensors_stream
-from .shards import open_checkpoint, write_output
+from .shards import check_output, open_checkpoint, write_output
 
 __all__ = ["quantize_checkpoint", "dequantize_checkpoint", "inspect_checkpoint"]
 
@@ -248,6 +248,7 @@ def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
     """Write a plain checkpoint: each quantized tensor in ``dtype`` (default: its original)."""
     checkpoint = open_checkpoint(src)
     stats = {"dequantized": 0, "kept": 0}
+    check_output(out, checkpoint, force)  # the input is never the output: that error first
     if not any(checked_described(f) for _, f in checkpoint.files()):
         raise QuantizationError(f"{src}: nothing to dequantize: no tensor was quantized by "
                                 f"gpuquant; {out} was not written")
