@@ -381,8 +381,8 @@ def launch_or_join(args, argv: list[str]):
                                 "processes; leave --workers out there")
     from ..core.devices import converter_for
 
-    to_device, local = converter_for(args.device), os.environ.get("LOCAL_WORLD_SIZE") or world
-    if world > 1 and to_device is not None and _gpus() < int(local):
+    to_device, local = converter_for(args.device), env_int("LOCAL_WORLD_SIZE", world)
+    if world > 1 and to_device is not None and _gpus() < local:
         if args.device == "cuda":  # one GPU per process, decided alike on every rank
             raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for {local} processes "
                                     "on this machine; run at most one per GPU")
