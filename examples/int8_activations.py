@@ -21,7 +21,7 @@ import torch
 
 import gpuquant as gq
 
-WEIGHTS = gq.QuantConfig.int4_per_group(group_size=128)  # asymmetric int4, groups of 128
+WEIGHTS = gq.QuantConfig.int4_per_group(group_size=128)  # symmetric int4 (the default), groups of 128
 
 
 class Int8MLP:

@@ -50,3 +50,20 @@ def as_numpy(a):
             a = a.float()
         return a.numpy()
     return np.asarray(a)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_folder_of_the_session(tmp_path_factory):
+    """Processes the tests spawn (torchrun writes torchelastic_* log folders) use a temporary
+    folder of this session, removed at its end: the suite leaves nothing in the system's."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tmpdir")
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = previous
+    shutil.rmtree(folder, ignore_errors=True)

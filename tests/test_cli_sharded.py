@@ -195,3 +195,33 @@ def test_failure_on_rank_0_fails_every_rank(model, tmp_path):
     assert [code for _, _, code in results] == [2, 1], results
     assert "exists" in results[0][1] and "another rank failed" in results[1][1], results
     assert os.listdir(tmp_path / "out") == [] and sorted(os.listdir(tmp_path)) == ["in", "out"]
+
+
+@pytest.mark.parametrize("shard_size", [None, "12KB"])
+def test_tensor_in_two_shards_is_refused(model, tmp_path, capsys, shard_size):
+    """Issue 19 item 4b: a tensor stored in two input shards is refused, naming both."""
+    from gpuquant.cli import main
+
+    t = tensors()
+    write_safetensors(model / "b.safetensors", t[5:] + [(t[0][0], "F32", t[0][2] * 100)])
+    extra = ["--shard-size", shard_size] if shard_size else []
+    assert main(["quantize", str(model), "-o", str(tmp_path / "o"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and t[0][0] in err, err
+    assert "a.safetensors" in err and "b.safetensors" in err, err
+    assert not (tmp_path / "o").exists()
+    for reader in ("dequantize", "inspect"):
+        argv = [reader, str(model)] + (["-o", str(tmp_path / "d")] if reader == "dequantize" else [])
+        assert main(argv) == 2
+        assert "b.safetensors" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_workers_leave_no_launcher_logs(model, tmp_path):
+    """Issue 19 item 26: --workers keeps no torchelastic_* folder in the temporary folder."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = run("quantize", model, "-o", tmp_path / "o", "--shard-size", "10KB", "--workers", "2",
+              "--quiet", env={"TMPDIR": str(tmp)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert os.listdir(tmp) == []

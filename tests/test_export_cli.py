@@ -3,6 +3,7 @@
 import json
 import os
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -134,3 +135,41 @@ def test_inspect_compressed_tensors_folder(tmp_path, llama, capsys):
     assert rows["lm_head.weight"]["scheme"] == "-"
     assert main(["inspect", str(out)]) == 0
     assert "int4 asym group32" in capsys.readouterr().out
+
+
+def test_group_size_needs_group_granularity_and_help_shows_defaults(tmp_path, llama, capsys):
+    """Issue 19 item 19: as quantize, export refuses --group-size without group; its help
+    shows the defaults."""
+    out = tmp_path / "out"
+    fails(capsys, ["export", llama["single"], "-o", str(out), "--granularity", "channel",
+                   "--group-size", "64"], "--group-size needs --granularity group")
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for default in ("(default: int4)", "(default: group)", "(default: minmax)",
+                    "(default: ['lm_head'])", "(default: model)", "(default: auto)",
+                    "(default 128 there)"):
+        assert default in text, text
+
+
+def test_exported_folder_is_already_quantized(tmp_path, llama, capsys):
+    """Issue 19 item 20: re-exporting an export says it is already quantized."""
+    first = tmp_path / "first"
+    assert main(["export", llama["single"], "-o", str(first), "--group-size", "32", "--quiet"]) == 0
+    out = tmp_path / "again"
+    fails(capsys, ["export", str(first), "-o", str(out)], "already quantized",
+          "compressed-tensors")
+    assert not out.exists() and not left_behind(tmp_path)
+
+
+def test_workers_without_torch_give_the_pip_command(tmp_path, llama, capsys, monkeypatch):
+    """Issue 19 item 21: --workers 2 without torch names the pip command, exit 2."""
+    monkeypatch.setitem(sys.modules, "torch", None)
+    out = tmp_path / "out"
+    fails(capsys, ["export", llama["single"], "-o", str(out), "--workers", "2"],
+          "--workers 2", "pip install torch")
+    single = os.path.join(llama["single"], "model.safetensors")
+    fails(capsys, ["quantize", single, "-o", str(out), "--shard-size", "1MB", "--workers", "2"],
+          "--workers 2", "pip install torch")
+    assert not out.exists()

@@ -89,11 +89,12 @@ def test_inspect_gguf_reports_sqnr(tmp_path, rng, capsys):
     gq.export.gguf(src, out, "q8_0")
     capsys.readouterr()
     assert main(["inspect", out, "--reference", src, "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
+    report = json.loads(capsys.readouterr().out,
+                        parse_constant=lambda c: pytest.fail(f"not strict JSON: {c}"))
     rows = {r["name"]: r for r in report["tensors"]}
     assert report["format"] == "gguf" and report["scheme"] == "Q8_0"
     assert 30 < rows["blk.0.w"]["sqnr_db"] < 60
-    assert rows["blk.0.norm"]["sqnr_db"] == float("inf")
+    assert rows["blk.0.norm"]["sqnr_db"] is None  # exact: infinite SQNR, null as plain inspect
     assert rows["blk.0.w"]["bytes"] == 8 * 2 * 34
 
 
@@ -110,3 +111,30 @@ def test_cli_gguf_errors_leave_nothing(tmp_path, rng, capsys):
     assert "--force" in capsys.readouterr().err and out.read_bytes() == b"mine"
     assert main(["quantize", src2, "-o", str(out), "--format", "gguf-q4_0", "--force"]) == 0
     assert out.read_bytes()[:4] == b"GGUF"
+
+
+@pytest.mark.parametrize("flags", [["--scheme", "int8"], ["--asymmetric"], ["--symmetric"],
+                                   ["--calibration", "entropy"], ["--granularity", "tensor"],
+                                   ["--group-size", "32"], ["--axis", "1"],
+                                   ["--percentile", "1", "99"], ["--ignore-nonfinite"]])
+def test_cli_gguf_refuses_options_it_would_ignore(tmp_path, rng, capsys, flags):
+    """Issue 19 item 15: GGUF blocks fix the scheme, range and calibration; saying otherwise
+    is refused (even the default value, given explicitly), naming the option."""
+    src, _ = checkpoint(tmp_path, rng)
+    out = tmp_path / "model.gguf"
+    assert main(["quantize", src, "-o", str(out), "--format", "gguf-q4_0", *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and flags[0] in err and "--format gguf-q4_0" in err, err
+    assert not out.exists()
+
+
+def test_cli_gguf_name_needs_gguf_format(tmp_path, rng, capsys):
+    """Issue 19 item 18: `-o x.gguf` without --format gguf-* is refused, not written as
+    gpuquant safetensors under a .gguf name."""
+    src, _ = checkpoint(tmp_path, rng)
+    for name in ("model.gguf", "MODEL.GGUF"):
+        out = tmp_path / name
+        assert main(["quantize", src, "-o", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and "--format gguf-q8_0" in err and str(out) in err, err
+        assert not out.exists()

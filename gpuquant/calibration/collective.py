@@ -41,13 +41,13 @@ __all__ = ["all_reduce_calibrator"]
 _NO_VALUE = -(1 << 62)  # what a rank without a value gives to a MAX agreement
 
 
-def _torch_distributed():
+def _torch_distributed(what: str = "Calibrator.all_reduce"):
     try:
         import torch
         import torch.distributed as dist
     except ImportError:
         raise BackendUnavailableError(
-            "Calibrator.all_reduce needs PyTorch's torch.distributed: pip install torch "
+            f"{what} needs PyTorch's torch.distributed: pip install torch "
             "(or pip install 'gpuquant[torch]')"
         ) from None
     if not dist.is_available():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from ..tensor import QuantizedTensor
 from .files import BF16, DTYPES, SafetensorsFile, tag_of, write_safetensors_stream
 from .index import open_checkpoint
 from .job import write_checkpoint
+from .output import check_output
 
 __all__ = ["quantize_checkpoint", "dequantize_checkpoint", "inspect_checkpoint"]
 
@@ -257,6 +259,11 @@ def dequantize_checkpoint(src: str, out: str, dtype: str | None = None,
     """Write a plain checkpoint: each quantized tensor in ``dtype`` (default: its original)."""
     checkpoint = open_checkpoint(src)
     stats = {"dequantized": 0, "kept": 0}
+    check_output(out, checkpoint.inputs, force, folder=checkpoint.sharded,  # the input is never
+                 names=[os.path.basename(s) for s in checkpoint.shards])  # the output: first
+    if not any(checked_described(f) for _, f in checkpoint.files()):
+        raise QuantizationError(f"{src}: nothing to dequantize: no tensor was quantized by "
+                                f"gpuquant; {out} was not written")
 
     def write_shard(name: str, f: SafetensorsFile, target: str) -> dict[str, str]:
         described = checked_described(f)
@@ -303,17 +310,34 @@ def _quantized_row(f: SafetensorsFile, key: str, info: dict, reference) -> dict:
     except QuantizationError as exc:
         raise FormatError(f"{f.path}: quantized tensor {key!r}: {exc}") from None
     if reference is not None:
-        ref = reference(key)
-        y = read_quantized(f, key, info).dequantize(dtype="float32")
-        try:
-            signal, noise, max_err, _ = error_sums(ref.astype(np.float32), y)
-        except QuantizationError as exc:
-            raise QuantizationError(f"{f.path}: tensor {key!r} against the reference: "
-                                    f"{exc}") from None
-        # as metrics.sqnr: +inf for an exact copy, -inf for noise on a zero signal
-        row["sqnr_db"] = math.inf if noise == 0 else -math.inf if signal == 0 else \
-            10 * math.log10(signal / noise)
-        row["max_abs_err"] = max_err
+        _errors(row, f, reference(key), read_quantized(f, key, info).dequantize(dtype="float32"))
+    return row
+
+
+def _errors(row: dict, f: SafetensorsFile, ref: np.ndarray, y: np.ndarray) -> None:
+    """SQNR and max abs error of ``y`` against the reference, into ``row``."""
+    try:
+        signal, noise, max_err, _ = error_sums(ref.astype(np.float32), y)
+    except QuantizationError as exc:
+        raise QuantizationError(f"{f.path}: tensor {row['name']!r} against the reference: "
+                                f"{exc}") from None
+    # as metrics.sqnr: +inf for an exact copy, -inf for noise on a zero signal
+    row["sqnr_db"] = math.inf if noise == 0 else -math.inf if signal == 0 else \
+        10 * math.log10(signal / noise)
+    row["max_abs_err"] = max_err
+
+
+def _kept_row(f: SafetensorsFile, key: str, reference) -> dict:
+    """A tensor stored as it is: identical to the reference, or (a float that differs, as in
+    a dequantized file) its SQNR and max abs error."""
+    tag, nbytes = f.dtype_tag(key), f.nbytes(key)
+    row = {"name": key, "shape": list(f.shape(key)), "dtype": float_name(tag) or tag,
+           "scheme": "-", "granularity": "kept", "symmetric": None, "bytes": nbytes,
+           "original_bytes": nbytes}
+    if reference is not None:
+        row["identical"] = bool(np.array_equal(reference(key, raw=True), f.get(key)))
+        if not row["identical"] and float_name(tag):
+            _errors(row, f, reference(key), as_float(f.get(key), tag).astype(np.float32))
     return row
 
 
@@ -326,16 +350,7 @@ def inspect_checkpoint(src: str, reference_path: str | None = None) -> dict:
         described = checked_described(f)
         owned = {key + s for key, info in described.items() for s in _suffixes(info)}
         rows += [_quantized_row(f, key, info, reference) for key, info in described.items()]
-        for key in f.keys():
-            if key in owned:
-                continue
-            tag, nbytes = f.dtype_tag(key), f.nbytes(key)
-            row = {"name": key, "shape": list(f.shape(key)), "dtype": float_name(tag) or tag,
-                   "scheme": "-", "granularity": "kept", "symmetric": None, "bytes": nbytes,
-                   "original_bytes": nbytes}
-            if reference is not None:
-                row["identical"] = bool(np.array_equal(reference(key, raw=True), f.get(key)))
-            rows.append(row)
+        rows += [_kept_row(f, key, reference) for key in f.keys() if key not in owned]
     before = sum(r["original_bytes"] for r in rows)
     after = sum(r["bytes"] for r in rows)
     sqnr = [r["sqnr_db"] for r in rows if "sqnr_db" in r]

@@ -104,8 +104,29 @@ def _read_index(index_path: str) -> tuple[list[str], dict]:
     return _shard_paths(index_path, names), index.get("metadata") or {}
 
 
+def _check_unique(checkpoint: Checkpoint) -> Checkpoint:
+    """Refuse a tensor stored in two shards (headers only): which copy is meant is unknown."""
+    where: dict[str, str] = {}
+    for shard in checkpoint.shards:
+        with SafetensorsFile(shard) as f:
+            for key in f.keys():
+                if key in where:
+                    raise FormatError(f"{checkpoint.path}: tensor {key!r} is stored in two "
+                                      f"shards, {where[key]} and {os.path.basename(shard)}; "
+                                      "keep one copy")
+                where[key] = os.path.basename(shard)
+    return checkpoint
+
+
 def open_checkpoint(path: str) -> Checkpoint:
-    """A .safetensors file, a folder of shards, or a model.safetensors.index.json."""
+    """A .safetensors file, a folder of shards, or a model.safetensors.index.json (a tensor
+    stored in two shards is refused)."""
+    if path.endswith(".json") or os.path.isdir(path):
+        return _check_unique(_open_checkpoint(path))
+    return _open_checkpoint(path)
+
+
+def _open_checkpoint(path: str) -> Checkpoint:
     if path.endswith(".json"):
         shards, meta = _read_index(path)
         return Checkpoint(path, shards, True, meta, index=path)

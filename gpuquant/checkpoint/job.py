@@ -17,6 +17,7 @@ import contextlib
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import timedelta
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..calibration.collective import _Collective, _torch_distributed
+from ..core.environ import env_int
 from ..errors import QuantizationError
 from .files import SafetensorsFile
 from .index import Checkpoint, write_index
@@ -121,15 +123,18 @@ class Team:
     @classmethod
     def from_env(cls, cuda: bool, timeout_s: float = 60.0) -> Team:
         team = cls()
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        if env_int("WORLD_SIZE", 1) <= 1:
             return team
         torch, dist = _torch_distributed()
-        team.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        team.local_rank = env_int("LOCAL_RANK", 0, 0)
         if cuda:  # NCCL reduces on each rank's own GPU
             torch.cuda.set_device(team.local_rank)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if cuda else "gloo",
-                                    timeout=timedelta(seconds=timeout_s))
+            try:
+                dist.init_process_group("nccl" if cuda else "gloo",
+                                        timeout=timedelta(seconds=timeout_s))
+            except dist.DistNetworkError as exc:  # a port in use, an address not reached
+                raise QuantizationError(f"MASTER_PORT: {str(exc).splitlines()[0][-150:]}") from None
         team.rank, team.world = dist.get_rank(), dist.get_world_size()
         team._reduce = _Collective(None)
         try:  # the job's key-value store; without it each rank counts only its own share
@@ -185,18 +190,17 @@ class Team:
 
 
 def launch_local(workers: int, argv: list[str], env: dict[str, str] | None = None) -> None:
-    """Run ``python -m gpuquant *argv`` on ``workers`` processes of this machine through
-    torch.distributed's elastic launcher (torchrun --standalone); raises
-    ChildFailedError when a worker fails (the launcher stops the others)."""
-    _torch_distributed()
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    """Run ``python -m gpuquant *argv`` on ``workers`` local processes (torchrun --standalone's
+    launcher, its logs not kept); raises ChildFailedError when a worker fails (the others stop)."""
+    _torch_distributed(f"--workers {workers}")
+    from torch.distributed.launcher.api import DefaultLogsSpecs, LaunchConfig, elastic_launch
 
     os.environ.update(env or {})  # the workers inherit this process's environment
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=workers,
-                          run_id=str(uuid.uuid4()), rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
-                          local_addr="127.0.0.1")
-    elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)
+    with tempfile.TemporaryDirectory(prefix="gpuquant-launch-") as logs:  # not torchelastic_*
+        config = LaunchConfig(1, 1, workers, run_id=str(uuid.uuid4()), rdzv_backend="c10d",
+                              rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                              local_addr="127.0.0.1", logs_specs=DefaultLogsSpecs(log_dir=logs))
+        elastic_launch(config, sys.executable)("-m", "gpuquant", *argv)
 
 
 def _gpus() -> int:
@@ -207,6 +211,7 @@ def _gpus() -> int:
 
 def _launch(args, argv: list[str]) -> None:
     """--workers N: the same command on N local processes; cleans up after a failed worker."""
+    _torch_distributed(f"--workers {args.workers}")
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     if args.device == "cuda" and args.workers > _gpus():
@@ -227,7 +232,7 @@ def launch_or_join(args, argv: list[str]):
     """--workers N without torchrun: starts them here and returns None; else this rank's
     (to_device, Team): under torchrun or --workers, the GPU of its local rank when every
     process of this machine has one, the CPU otherwise."""
-    world = int(os.environ.get("WORLD_SIZE") or 1)
+    world = env_int("WORLD_SIZE", 1)
     if world == 1 and args.workers > 1:
         _launch(args, argv)
         return None
@@ -236,8 +241,8 @@ def launch_or_join(args, argv: list[str]):
                                 "processes; leave --workers out there")
     from ..core.devices import converter_for
 
-    to_device, local = converter_for(args.device), os.environ.get("LOCAL_WORLD_SIZE") or world
-    if world > 1 and to_device is not None and _gpus() < int(local):
+    to_device, local = converter_for(args.device), env_int("LOCAL_WORLD_SIZE", world)
+    if world > 1 and to_device is not None and _gpus() < local:
         if args.device == "cuda":  # one GPU per process, decided alike on every rank
             raise QuantizationError(f"--device cuda: {_gpus()} GPU(s) for {local} processes "
                                     "on this machine; run at most one per GPU")

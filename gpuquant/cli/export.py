@@ -10,13 +10,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import math
 
 from ..errors import QuantizationError
 
-__all__ = ["add_parsers", "cmd_export", "workers_arg"]
+__all__ = ["add_parsers", "cmd_export", "json_safe", "workers_arg", "world_size"]
 
 FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
+# quantize options that GGUF output does not use: its blocks fix scheme, granularity and range
+NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
+            "percentile", "ignore_nonfinite")
+_UNSET = object()
+
+
+def given_options(parser: argparse.ArgumentParser, argv: list[str], dests) -> list[str]:
+    """The option strings among ``dests`` that ``argv`` (the command's own arguments) sets,
+    even to their default value."""
+    seen = argparse.Namespace(**{d: _UNSET for d in dests})
+    parser.parse_known_args(argv, seen)
+    names = {d: "/".join(o for a in parser._actions if a.dest == d
+                         for o in a.option_strings if o.startswith("--")) for d in dests}
+    return [names[d] for d in dests if getattr(seen, d) is not _UNSET]
 
 
 def _calibration(args: argparse.Namespace):
@@ -32,8 +46,11 @@ def _calibration(args: argparse.Namespace):
 def cmd_export(args: argparse.Namespace) -> int:
     from ..export.ctensors import PackOptions
 
+    if args.group_size is not None and args.granularity != "group":
+        raise QuantizationError("--group-size needs --granularity group")
     options = PackOptions(scheme=args.scheme, granularity=args.granularity,
-                          group_size=args.group_size, symmetric=not args.asymmetric,
+                          group_size=128 if args.group_size is None else args.group_size,
+                          symmetric=not args.asymmetric,
                           calibration=_calibration(args),
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
@@ -51,7 +68,7 @@ def _export(args: argparse.Namespace, options):
     """One process, or this rank of torchrun / --workers (None but on rank 0)."""
     from ..export.hf_folder import compressed_tensors, export_folder, prepare_export
 
-    world = int(os.environ.get("WORLD_SIZE") or 1)
+    world = world_size()
     if args.workers == 1 and world == 1:
         return compressed_tensors(args.model_dir, args.output, options, force=args.force,
                                   device=args.device)
@@ -74,6 +91,24 @@ def _export(args: argparse.Namespace, options):
     return stats if team.rank == 0 else None
 
 
+def world_size() -> int:
+    """WORLD_SIZE (set by torchrun), 1 when unset; a bad value is refused."""
+    from ..core.environ import env_int
+
+    return env_int("WORLD_SIZE", 1, 1, "the processes of a torchrun job")
+
+
+def json_safe(value):
+    """Infinite SQNR (no error at all) as null: inspect's --json output stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def workers_arg(text: str) -> int:
     """argparse type of --workers (export's and quantize's): processes, 1 or more."""
     if not text.isdigit() or int(text) < 1:
@@ -81,36 +116,42 @@ def workers_arg(text: str) -> int:
     return int(text)
 
 
-def _add_export(sub) -> None:
+def _add_export(sub, formatter) -> None:
     e = sub.add_parser("export", help="write a Hugging Face model folder as compressed-tensors "
-                                      "pack-quantized (vLLM, transformers)")
+                                      "pack-quantized (vLLM, transformers)",
+                       formatter_class=formatter)
     e.add_argument("model_dir", help="folder with config.json and safetensors (sharded or not)")
     e.add_argument("-o", "--output", required=True, help="the new model folder")
-    e.add_argument("--scheme", choices=("int4", "int8"), default="int4")
-    e.add_argument("--granularity", choices=("group", "channel"), default="group")
-    e.add_argument("--group-size", type=int, default=128)
+    e.add_argument("--scheme", choices=("int4", "int8"), default="int4",
+                   help="integer width of the codes")
+    e.add_argument("--granularity", choices=("group", "channel"), default="group",
+                   help="one scale per group of values along a row, or per output channel")
+    e.add_argument("--group-size", type=int,
+                   help="values per group; only with --granularity group (default 128 there)")
     e.add_argument("--asymmetric", action="store_true",
                    help="unsigned codes and zero points (load with CompressedTensorsConfig("
                         "dequantize=True))")
     e.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="MODULE",
-                   help="modules left unquantized: names, or re:PATTERN (default lm_head)")
+                   help="modules left unquantized: names, or re:PATTERN")
     e.add_argument("--targets", metavar="REGEX",
                    help="module names to quantize, instead of the Linear modules transformers "
                         "finds from config.json")
     e.add_argument("--calibration", choices=("minmax", "percentile", "entropy", "mse"),
-                   default="minmax")
-    e.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"))
+                   default="minmax", help="how each range is chosen")
+    e.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"),
+                   help="bounds of --calibration percentile (default 0.01 99.99)")
     e.add_argument("--scale-dtype", choices=("model", "float16", "bfloat16", "float32"),
-                   default="model", help="dtype of the stored scales (default: the model's, "
-                                         "as compressed-tensors does)")
-    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+                   default="model", help="dtype of the stored scales; model: the model's, "
+                                         "as compressed-tensors does")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto uses a GPU when one works (CuPy or torch, and Triton)")
     e.add_argument("--workers", type=workers_arg, default=1, metavar="N",
                    help="processes on this machine (torch.distributed), each writing a share "
                         "of the shards; under torchrun leave it out")
     e.add_argument("--ignore-nonfinite", action="store_true",
                    help="calibrate over finite values instead of refusing NaN/Inf")
     e.add_argument("--force", action="store_true", help="replace the files of an existing output")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help="no summary")
     e.set_defaults(func=cmd_export)
 
 
@@ -121,10 +162,18 @@ def _wrap_quantize(q: argparse.ArgumentParser) -> None:
 
     def run(args: argparse.Namespace) -> int:
         if args.format == "gpuquant":
+            if args.output.lower().endswith(".gguf"):
+                raise QuantizationError(f"{args.output}: a .gguf name needs --format gguf-q8_0 "
+                                        "or gguf-q4_0 (the default writes gpuquant safetensors)")
             return plain(args)
         if args.shard_size is not None or args.workers > 1:
             raise QuantizationError(f"--format {args.format}: GGUF output is one file; leave "
                                     "out --shard-size and --workers")
+        unused = given_options(q, args.argv[1:], NOT_GGUF)
+        if unused:
+            raise QuantizationError(f"--format {args.format}: leave out {', '.join(unused)}: "
+                                    "GGUF blocks fix them (Q8_0 int8, Q4_0 int4, symmetric, "
+                                    "one scale per 32 values, min/max)")
         from ..export.gguf_file import gguf
 
         stats = gguf(args.input, args.output, args.format.split("-")[1], force=args.force,
@@ -148,7 +197,8 @@ def _wrap_inspect(i: argparse.ArgumentParser) -> None:
         report = inspect_export(args.input, args.reference)
         if report is None:
             return plain(args)
-        print(json.dumps(report, indent=2, default=str) if args.json else format_report(report))
+        print(json.dumps(json_safe(report), indent=2, default=str, allow_nan=False) if args.json
+              else format_report(report))
         return 0
 
     i.set_defaults(func=run)
@@ -157,7 +207,7 @@ def _wrap_inspect(i: argparse.ArgumentParser) -> None:
 def add_parsers(sub, quantize: argparse.ArgumentParser | None = None,
                 inspect: argparse.ArgumentParser | None = None) -> None:
     """Add ``export``; give ``quantize`` its --format and ``inspect`` the two export formats."""
-    _add_export(sub)
+    _add_export(sub, quantize.formatter_class if quantize is not None else argparse.HelpFormatter)
     if quantize is not None:
         _wrap_quantize(quantize)
     if inspect is not None:

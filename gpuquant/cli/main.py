@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -19,7 +18,7 @@ import sys
 from .. import __version__
 from ..errors import QuantizationError
 from .export import add_parsers as add_export_parsers
-from .export import workers_arg
+from .export import json_safe, workers_arg, world_size
 from .formats import FLOAT_SCHEMES, add_float_options, float_config
 
 __all__ = ["main", "build_parser"]
@@ -108,8 +107,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..core.devices import converter_for
 
     config = _quantize_config(args)
-    if args.shard_size is not None or args.workers > 1 or \
-            int(os.environ.get("WORLD_SIZE") or 1) > 1:
+    if args.shard_size is not None or args.workers > 1 or world_size() > 1:
         from ..checkpoint.reshard import run_sharded
 
         stats = run_sharded(args, config, args.argv, lambda quiet: Progress(0, quiet))
@@ -161,23 +159,12 @@ def cmd_dequantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_safe(value):
-    """Infinite SQNR (no error at all) as null: the output stays strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
     from ..checkpoint.convert import inspect_checkpoint
 
     report = inspect_checkpoint(args.input, args.reference)
     if args.json:
-        print(json.dumps(_json_safe(report), indent=2, allow_nan=False))
+        print(json.dumps(json_safe(report), indent=2, allow_nan=False))
     else:
         print(format_inspect(report))
     return 0
@@ -216,17 +203,25 @@ def format_inspect(report: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.devices import converter_for
-    from .demo import format_table, run_demo
+    from .demo import NOTES, run_demo, table_head, table_row
 
+    if not 0 <= args.seed < 2**64:
+        raise QuantizationError(f"--seed {args.seed}: give an integer from 0 to 2**64 - 1")
     to_device = converter_for(args.device)
     backend = "numpy" if to_device is None else "triton"
-    print(f"gpuquant demo: synthetic transformer weights with outlier channels, backend={backend}")
-    print(format_table(run_demo(backend=backend, seed=args.seed, to_device=to_device)))
+    print(f"gpuquant demo: synthetic transformer weights with outlier channels, backend={backend}; "
+          "one row per config as it is measured", flush=True)
+    print(table_head(), flush=True)
+    run_demo(backend=backend, seed=args.seed, to_device=to_device,
+             on_row=lambda row: print(table_row(row), flush=True))
+    print("\n".join(NOTES))
     if args.plot:
         from .demo import plot_error_vs_bits
 
+        path = os.path.abspath(args.plot)
+        print(f"plotting SQNR against bits to {path} (--plot '' for none) ...", flush=True)
         try:
-            path = plot_error_vs_bits(args.plot, seed=args.seed)
+            plot_error_vs_bits(path, seed=args.seed)
         except ImportError as exc:
             print(f"gpuquant: warning: no plot ({exc}); pip install matplotlib", file=sys.stderr)
         else:
@@ -318,7 +313,8 @@ def _add_demo(sub) -> argparse.ArgumentParser:
                       help="auto uses a GPU when one works (CuPy or torch, and Triton)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the synthetic weights")
     demo.add_argument("--plot", default="gpuquant-demo.png",
-                      help="PNG of error against bits ('' for none)")
+                      help="PNG of error against bits, in the current folder unless a path is "
+                           "given ('' for none)")
     demo.set_defaults(func=cmd_demo)
     return demo
 
@@ -383,8 +379,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         print("gpuquant: interrupted", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
-    except OSError as exc:
-        return _fail(f"gpuquant: error: {exc.filename or ''}: {exc.strerror or exc}", 2)
+    except OSError as exc:  # a write without a file name (disk full): the output being written
+        name = exc.filename or getattr(args, "output", None) or getattr(args, "input", "")
+        return _fail(f"gpuquant: error: {name}: {exc.strerror or exc}", 2)
     except Exception as exc:  # noqa: BLE001 - the last resort: one line, exit 1
         return _fail(f"gpuquant: internal error: {type(exc).__name__}: {exc} "
                      "(GPUQUANT_DEBUG=1 shows the traceback)", 1)

@@ -43,7 +43,10 @@ def blocks(rows: int, cols: int, align: int = 1,
 
 
 def _workers() -> int:
-    return int(os.environ.get("GPUQUANT_NUM_THREADS", 0)) or (os.cpu_count() or 1)
+    from .environ import env_int
+
+    return env_int("GPUQUANT_NUM_THREADS", 0, 0, "threads; 0 or unset: one per CPU") or \
+        (os.cpu_count() or 1)
 
 
 def run_blocks(fn: Callable[[tuple[int, int, int, int]], object], rows: int, cols: int,

@@ -62,6 +62,18 @@ def _headers(shards: list[str]) -> dict[str, tuple[str, str, tuple[int, ...]]]:
     return found
 
 
+def _refuse_quantized(model_dir: str, config: dict, headers: dict) -> None:
+    """An exported (or otherwise quantized) model is refused: it has no float weights left."""
+    qc = config.get("quantization_config")
+    method = None if not qc else qc.get("quant_method", "quantization_config") \
+        if isinstance(qc, dict) else str(qc)
+    if method is None and any(k.endswith((".qdata", "_packed")) for k in headers):
+        method = "gpuquant" if any(k.endswith(".qdata") for k in headers) else "packed weights"
+    if method is not None:
+        raise QuantizationError(f"{model_dir}: already quantized ({method}); export the original "
+                                "float model")
+
+
 def _entries(f: SafetensorsFile, selected: dict[str, str], bits: int, symmetric: bool,
              groups: dict[str, int], scale_tag: str) -> list[tuple[str, str, tuple[int, ...]]]:
     entries = []
@@ -166,6 +178,7 @@ def _plan(model_dir: str, config: dict, checkpoint, options: PackOptions):
     """(selected {tensor: module}, groups per row {tensor: n}, scale dtype), from the headers;
     adds ``quantization_config`` to ``config``."""
     headers = _headers(checkpoint.shards)
+    _refuse_quantized(model_dir, config, headers)
     floats = {k: shape for k, (_, tag, shape) in headers.items() if tag in _FLOAT_TAGS}
     selected, absent = select_weights(model_dir, floats, options.targets, list(options.ignore))
     if not selected:

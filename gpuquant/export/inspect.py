@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 
 import numpy as np
 
@@ -105,10 +106,10 @@ def _inspect_gguf(path: str, ref) -> dict:
 
 def dequantize_packed(f: SafetensorsFile, base: str, bits: int, symmetric: bool) -> np.ndarray:
     """float32 ``(q - zp) * scale`` of the pack-quantized weight ``base`` (e.g. "fc.weight")."""
-    rows, cols = (int(v) for v in f.get(base + "_shape"))
+    rows, cols = packed_shape(f, base)
     scale = as_float(f.get(base + "_scale"), f.dtype_tag(base + "_scale")).astype(np.float32)
-    groups = scale.shape[-1]
-    if cols % groups:
+    groups = scale.shape[-1] if scale.ndim == 2 and scale.shape[0] == rows else 0
+    if groups == 0 or cols % groups:
         raise QuantizationError(f"{f.path}: {base}_scale has {groups} groups for {cols} columns")
     q = unpack32(f.get(base + "_packed"), bits, cols).astype(np.int32)
     if symmetric:
@@ -119,9 +120,33 @@ def dequantize_packed(f: SafetensorsFile, base: str, bits: int, symmetric: bool)
     return (diff * scale.reshape(rows, groups, 1)).reshape(rows, cols)
 
 
+def packed_shape(f: SafetensorsFile, base: str) -> tuple[int, int]:
+    """(rows, columns) of a pack-quantized weight from its ``_shape`` tensor, checked."""
+    shape = f.get(base + "_shape") if base + "_shape" in f else np.zeros(0, np.int64)
+    if shape.shape != (2,) or shape.dtype.kind not in "iu" or (shape < 0).any():
+        raise QuantizationError(f"{f.path}: {base}_shape must hold 2 non-negative integers "
+                                f"(rows, columns), not {shape.tolist()}")
+    return int(shape[0]), int(shape[1])
+
+
+def _ct_weights(path: str, qc: dict) -> dict:
+    """The ``weights`` quantization args of a compressed-tensors config, checked."""
+    groups = qc.get("config_groups", {})
+    if not isinstance(groups, dict) or not all(isinstance(g, dict) for g in groups.values()):
+        raise QuantizationError(f"{path}: quantization_config.config_groups must be an object "
+                                "of group name -> {\"weights\": ...}")
+    weights = next(iter(groups.values()), {}).get("weights") or {}
+    bits = weights.get("num_bits", 4) if isinstance(weights, dict) else None
+    if type(bits) is not int or bits not in (4, 8) or \
+            not isinstance(weights.get("symmetric", True), bool):
+        raise QuantizationError(f"{path}: quantization_config weights need num_bits 4 or 8 (an "
+                                "integer) and symmetric true or false")
+    return weights
+
+
 def _inspect_ct(path: str, qc: dict, ref) -> dict:
-    weights = next(iter(qc.get("config_groups", {}).values()), {}).get("weights", {})
-    bits, symmetric = int(weights.get("num_bits", 4)), bool(weights.get("symmetric", True))
+    weights = _ct_weights(path, qc)
+    bits, symmetric = weights.get("num_bits", 4), weights.get("symmetric", True)
     gran = weights.get("strategy", "?")
     scheme = f"int{bits} {'sym' if symmetric else 'asym'} {gran}" + \
         (f"{weights.get('group_size')}" if gran == "group" else "")
@@ -132,7 +157,7 @@ def _inspect_ct(path: str, qc: dict, ref) -> dict:
             packed = {k[: -len("_packed")] for k in keys if k.endswith("_packed")}
             owned = {b + s for b in packed for s in ("_packed", "_scale", "_shape", "_zero_point")}
             for base in sorted(packed):
-                rows_, cols = (int(v) for v in f.get(base + "_shape"))
+                rows_, cols = packed_shape(f, base)
                 stored = sum(f.nbytes(base + s) for s in ("_packed", "_scale", "_shape",
                                                          "_zero_point") if base + s in f)
                 row = {"name": base, "shape": [rows_, cols], "scheme": scheme, "bytes": stored,
@@ -154,23 +179,33 @@ def _inspect_ct(path: str, qc: dict, ref) -> dict:
 def _totals(report: dict) -> dict:
     before = sum(r["original_bytes"] for r in report["tensors"])
     after = sum(r["bytes"] for r in report["tensors"])
+    sqnr = [r["sqnr_db"] for r in report["tensors"] if "sqnr_db" in r]
     report.update(total_original_bytes=before, total_bytes=after,
-                  compression_ratio=before / after if after else math.inf)
+                  compression_ratio=before / after if after else math.inf,
+                  sqnr_min_db=min(sqnr) if sqnr else None,
+                  sqnr_median_db=statistics.median(sqnr) if sqnr else None)
     return report
 
 
 def format_report(report: dict) -> str:
+    """The table of an export: full names, and the SQNR summary with --reference."""
     has_ref = any("sqnr_db" in r for r in report["tensors"])
-    head = f"{'name':<44} {'shape':<14} {'scheme':<18} {'bytes':>10}"
+    width = max([len("name")] + [len(r["name"]) for r in report["tensors"]])
+    head = f"{'name':<{width}} {'shape':<14} {'scheme':<18} {'bytes':>10}"
     head += f" {'SQNR dB':>9} {'max abs err':>12}" if has_ref else ""
     lines = [f"{report['format']}: {report['scheme']}", head, "-" * len(head)]
     for r in report["tensors"]:
-        line = (f"{r['name'][:44]:<44} {'x'.join(map(str, r['shape'])):<14} "
+        line = (f"{r['name']:<{width}} {'x'.join(map(str, r['shape'])):<14} "
                 f"{r['scheme'][:18]:<18} {r['bytes']:>10}")
         if "sqnr_db" in r:
             line += f" {r['sqnr_db']:9.2f} {r['max_abs_err']:12.6f}"
         lines.append(line)
     lines.append("-" * len(head))
-    lines.append(f"total: {report['total_original_bytes']} bytes -> {report['total_bytes']} "
-                 f"bytes, compression {report['compression_ratio']:.2f}x")
+    summary = (f"total: {len(report['tensors'])} tensor(s); {report['total_original_bytes']} "
+               f"bytes -> {report['total_bytes']} bytes, compression "
+               f"{report['compression_ratio']:.2f}x")
+    if report["sqnr_min_db"] is not None:
+        summary += (f"; SQNR min {report['sqnr_min_db']:.2f} dB, "
+                    f"median {report['sqnr_median_db']:.2f} dB")
+    lines.append(summary)
     return "\n".join(lines)
