@@ -88,7 +88,7 @@ def test_save_load_round_trip(tmp_path, cfg):
     assert np.array_equal(back["old"].dequantize(), gq.quantize(x, QuantConfig.int4_per_group(32))
                           .dequantize())
     assert set(back) == {"w", "old", "plain"}
-    from gpuquant.safetensors_file import SafetensorsFile
+    from gpuquant.checkpoint.files import SafetensorsFile
 
     with SafetensorsFile(str(path)) as f:
         names = {k for k in f.keys() if k.startswith("w.")}
@@ -105,7 +105,7 @@ def test_load_rejects_a_tampered_float_file(tmp_path):
     qt = gq.quantize(x, QuantConfig.nvfp4())
     import json
 
-    from gpuquant.safetensors_file import write_safetensors
+    from gpuquant.checkpoint.files import write_safetensors
     meta = {"gpuquant.format_version": "1", "gpuquant.tensors": json.dumps(
         {"w": {"config": QuantConfig.nvfp4().to_dict(), "shape": [4, 64], "dtype": "float32"}})}
     write_safetensors(str(path), [("w.qdata", "U8", np.asarray(qt.data)),

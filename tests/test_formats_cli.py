@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from gpuquant.safetensors_file import write_safetensors
+from gpuquant.checkpoint.files import write_safetensors
 
 import gpuquant as gq
 from gpuquant.cli import main
