@@ -45,7 +45,7 @@ from .config import QuantConfig
 from .core.frameworks import FLOAT_DTYPES, TensorInfo, output_dtype
 from .core.layout import Layout
 from .core.nonfinite import raise_ready
-from .core.plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
+from .core.plan import DEFAULT_CONFIG, MAX_PLANS, plan_for
 from .errors import InvalidDtypeError, QuantizationError
 
 __all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
@@ -137,9 +137,6 @@ def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, ou
         if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.core.plan does with its plans
             _dequantizers.clear()
         _dequantizers[key] = runner
-    if backend == "numpy":
-        y = runner(codes, scale, zero_point)
-        return y if out is None else copy_into((out,), (y,))[0]
     return runner(codes, scale, zero_point, out)
 
 

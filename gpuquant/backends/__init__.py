@@ -24,35 +24,42 @@ from typing import Any, Protocol, runtime_checkable
 from ..core.frameworks import TensorInfo
 from ..errors import BackendUnavailableError
 
-__all__ = ["select", "available", "BACKENDS", "Backend", "ArrayOps"]
+__all__ = ["select", "BACKENDS", "Backend", "ArrayOps"]
 
 Array = Any  # an array of the backend's framework (NumPy, torch or CuPy)
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """A backend: launch plans for the hot path, primitives for the calibrations.
+    """A backend: what gpuquant.core.plan and the calibrations call, and nothing else.
 
     ``layout`` arguments are gpuquant.core.layout.Layout, ``config`` QuantConfig;
-    ``x2`` is the (rows, cols) view of the input; per-unit arrays are shaped
-    ``layout.unit_shape``. Runners are built once per input class and called
-    for every input of that class.
+    ``x2`` is the (rows, cols) view of the input as ``native`` gives it; per-unit
+    arrays are shaped ``layout.unit_shape``.
+
+    The runners' contract, the same on every backend (no caller asks which backend
+    it has): a runner is built once per input class and called for every input of
+    that class; it takes the caller's arrays (NumPy, torch or CuPy, as the plan
+    was built for), returns arrays of that framework and device, and with ``out=``
+    checks the caller's buffers (shape, dtype, framework: InvalidShapeError /
+    InvalidDtypeError naming ``out``), writes the results into them and returns them.
     """
 
     name: str
 
     def native(self, x: Array, info: TensorInfo) -> Array:
-        """The caller's array as this backend computes on it (no copy where possible)."""
+        """The caller's array as the primitives below compute on it (no copy where possible)."""
 
     def wrap(self, arr: Array, info: TensorInfo, dtype: str | None = None) -> Array:
-        """A result back in the caller's framework (``dtype``: the output dtype to give)."""
+        """A primitive's result back in the caller's framework (``dtype``: the output dtype)."""
 
     def plan_quantize(self, layout, config, x: Array) -> Callable[..., tuple[Array, Array, Array]]:
         """Runner ``(x, out=None) -> (codes, scale, zero_point)``: min/max ranges, qparams,
-        codes (int4 packed), written into ``out`` when given."""
+        codes (int4 packed); ``out`` is the (codes, scale, zero_point) buffers."""
 
     def plan_quantize_given(self, layout, config, x: Array) -> Callable[..., Array]:
-        """Runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams."""
+        """Runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams (float32
+        scale, int32 zero point, of x's framework); ``out`` is the codes buffer."""
 
     def plan_dequantize(self, layout, config, data: Array, out_dtype: str) -> Callable[..., Array]:
         """Runner ``(codes, scale, zero_point, out=None) -> y`` in ``out_dtype``."""
@@ -64,13 +71,6 @@ class Backend(Protocol):
 
     def qparams(self, lo: Array, hi: Array, config) -> tuple[Array, Array]:
         """(scale float32, zero point int32) of per-unit ranges: gpuquant.core.qparams' formula."""
-
-    def quantize(self, x2: Array, layout, config, scale: Array, zero_point: Array) -> Array:
-        """Codes of the 2-D view (int4 packed along rows) for per-unit qparams."""
-
-    def dequantize(self, data2: Array, layout, config, scale: Array, zero_point: Array,
-                   out_dtype: str = "float32") -> Array:
-        """float32(q - zero_point) * scale of the 2-D codes, rounded to ``out_dtype``."""
 
     def percentile(self, x2: Array, layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False) -> tuple[Array, Array]:
@@ -163,13 +163,3 @@ def select(info: TensorInfo, backend: str | None = None):
             )
     return _make(name)
 
-
-def available() -> list[str]:
-    """Backends that can run on this machine now."""
-    names = ["numpy"]
-    try:
-        _make("triton")
-        names.append("triton")
-    except BackendUnavailableError:
-        pass
-    return names

@@ -109,20 +109,6 @@ class TritonBackend:
                    SYMMETRIC=config.symmetric, BLOCK_P=2, BLOCK_N=block_n)
         return scale, zero_point, inv
 
-    def quantize(self, x2, layout: Layout, config: QuantConfig, scale, zero_point):
-        """Codes (int4 packed) of the 2-D view for given per-unit qparams."""
-        ops = ops_for(x2)
-        runner = runners.GivenQuantize(layout, config, x2)
-        return runner(x2, ops.astype(scale, "float32"), ops.astype(zero_point, "int32")).reshape(
-            layout.rows, -1)
-
-    def dequantize(self, data2, layout: Layout, config: QuantConfig, scale, zero_point,
-                   out_dtype: str = "float32"):
-        ops = ops_for(data2)
-        runner = runners.Dequantize(layout, config, data2, out_dtype)
-        y = runner(data2, ops.astype(scale, "float32"), ops.astype(zero_point, "int32"))
-        return y.reshape(layout.rows, layout.cols)
-
     def percentile(self, x2, layout: Layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False):
         ops = ops_for(x2)
