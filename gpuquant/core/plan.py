@@ -25,7 +25,7 @@ from ..backends import select
 from ..calibration.dispatch import calibration_range
 from ..config import QuantConfig
 from ..errors import InvalidShapeError, QuantizationError
-from .frameworks import TensorInfo, prepare
+from .frameworks import TensorInfo, framework_of, prepare
 from .layout import Layout
 from .out_buffers import copy_into
 from .qparams import QParams, check_user_qparams
@@ -67,8 +67,7 @@ def plan_for(x, config: QuantConfig | None, backend: str | None) -> tuple[Quanti
     keyf = _KEYS.get(type(x))
     if keyf is None:
         x = prepare(x)[0]  # lists and scalars -> NumPy; validates the input
-        framework = type(x).__module__.split(".")[0]
-        keyf = _KEYS.setdefault(type(x), _KEY_OF_FRAMEWORK.get(framework, _numpy_key))
+        keyf = _KEYS.setdefault(type(x), _KEY_OF_FRAMEWORK.get(framework_of(x), _numpy_key))
     key = (type(x), keyf(x), config, backend)
     try:
         return _plans[key], x
