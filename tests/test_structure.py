@@ -173,3 +173,12 @@ def test_array_adapters_implement_the_protocol_side_by_side(adapter):
         assert hasattr(cls, name), (adapter, name)
         assert _parameters(inspect.signature(getattr(cls, name))) == _parameters(sig), (adapter,
                                                                                         name)
+
+
+def test_callers_reach_a_backend_only_through_the_protocol():
+    """Above the backends, only gpuquant.backends (select, the protocols) and its array adapters
+    are imported: export, the plan and the API never name a backend's own modules."""
+    reaching = [f"{m} imports {t}" for m, targets in GRAPH.items() for t in targets
+                if t.startswith(("gpuquant.backends.numpy", "gpuquant.backends.triton"))
+                and not m.startswith("gpuquant.backends")]
+    assert not reaching, "\n".join(reaching)

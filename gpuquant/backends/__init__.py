@@ -21,17 +21,17 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ..core.frameworks import TensorInfo
+from ..core.frameworks import TensorInfo, array_device, dtype_name, framework_of
 from ..errors import BackendUnavailableError
 
-__all__ = ["select", "BACKENDS", "Backend", "ArrayOps"]
+__all__ = ["select", "select_for", "BACKENDS", "Backend", "ArrayOps"]
 
 Array = Any  # an array of the backend's framework (NumPy, torch or CuPy)
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """A backend: what gpuquant.core.plan and the calibrations call, and nothing else.
+    """A backend: what gpuquant.core.plan, the calibrations and export call, and nothing else.
 
     ``layout`` arguments are gpuquant.core.layout.Layout, ``config`` QuantConfig;
     ``x2`` is the (rows, cols) view of the input as ``native`` gives it; per-unit
@@ -82,6 +82,15 @@ class Backend(Protocol):
 
     def mse_errors(self, x2: Array, layout, lo: Array, hi: Array, factors, config) -> Array:
         """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor."""
+
+    def quantize_pack32(self, x2: Array, scale: Array, zero_point: Array, config) -> Array:
+        """int32 words (compressed-tensors "pack-quantized", gpuquant.core.pack_quantized) of a
+        2-D weight quantized with given per-unit float32 scales and int32 zero points (NumPy,
+        or on x2's device) under ``config`` (int4/int8, groups or channels on axis 0)."""
+
+    def quantize_gguf(self, x: Array, scheme: str, bf16_bits: bool = False) -> Array:
+        """GGUF "q8_0" / "q4_0" blocks (uint8, gpuquant.core.ggml_blocks) of x, whose last
+        dimension is a multiple of 32; ``bf16_bits``: x holds bfloat16 bit patterns."""
 
 
 @runtime_checkable
@@ -163,3 +172,8 @@ def select(info: TensorInfo, backend: str | None = None):
             )
     return _make(name)
 
+
+def select_for(x, backend: str | None = None):
+    """The backend that serves array ``x`` where it lives (``select`` of its framework and device)."""
+    shape = tuple(int(s) for s in x.shape)
+    return select(TensorInfo(framework_of(x), dtype_name(x), shape, array_device(x)), backend)

@@ -26,9 +26,9 @@ from ..checkpoint.output import check_new_output, place_folder
 from ..checkpoint.shards import INDEX_NAME, assign_shards, make_staging, open_checkpoint, staging_path
 from ..core.devices import converter_for
 from ..core.frameworks import as_float
+from ..core.pack_quantized import packed_width
 from ..errors import FormatError, QuantizationError
 from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
-from .pack32 import packed_width
 from .targets import select_weights
 
 __all__ = ["compressed_tensors", "export_folder", "prepare_export"]

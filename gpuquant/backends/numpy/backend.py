@@ -270,6 +270,19 @@ class NumpyBackend:
             run_blocks(one, layout.rows, layout.cols, _align(layout))
         return out
 
+    # -- export (gpuquant.export) ----------------------------------------------
+    def quantize_pack32(self, x2, scale, zero_point, config: QuantConfig):
+        """compressed-tensors pack-quantized int32 words of a 2-D weight with given qparams."""
+        from .export import quantize_pack32
+
+        return quantize_pack32(self, x2, scale, zero_point, config)
+
+    def quantize_gguf(self, x, scheme: str, bf16_bits: bool = False):
+        """GGUF Q8_0 / Q4_0 blocks (uint8) of x, whose last dimension is a multiple of 32."""
+        from .export import quantize_gguf
+
+        return quantize_gguf(x, scheme, bf16_bits)
+
     # -- launch plans (gpuquant.core.plan caches them; the runners' contract is the Backend's) --
     def plan_quantize(self, layout: Layout, config: QuantConfig, x):
         """A runner ``(x, out=None) -> (codes, scale, zero_point)`` with min/max ranges."""

@@ -25,7 +25,7 @@ try:
 
     from gpuquant.kernels import quantize as _q
 
-    from . import calibration, runners
+    from . import calibration, export, runners
     from .launch import launch
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise BackendUnavailableError(
@@ -125,3 +125,16 @@ class TritonBackend:
         ops = ops_for(x2)
         return calibration.mse_errors(self, ops, ops.as_2d(x2, layout.rows, layout.cols),
                                       layout, lo, hi, factors, config)
+
+    # -- export (gpuquant.export) ----------------------------------------------
+    def quantize_pack32(self, x2, scale, zero_point, config: QuantConfig):
+        """compressed-tensors pack-quantized int32 words of a 2-D weight, in one kernel."""
+        group = config.group_size if config.granularity.value == "group" else int(x2.shape[1])
+        return export.quantize_pack32(x2, scale, zero_point, config.bits, config.symmetric, group)
+
+    def quantize_gguf(self, x, scheme: str, bf16_bits: bool = False):
+        """GGUF Q8_0 / Q4_0 blocks (uint8) of x; ``bf16_bits``: x holds bfloat16 bit patterns
+        (a torch int16/uint16 tensor, read as bfloat16 by the kernel)."""
+        if bf16_bits:
+            x = ops_for(x).view_as(x, "bfloat16")
+        return export.quantize_gguf(x, scheme)
