@@ -50,8 +50,8 @@ class Backend(Protocol):
     def native(self, x: Array, info: TensorInfo) -> Array:
         """The caller's array as the primitives below compute on it (no copy where possible)."""
 
-    def wrap(self, arr: Array, info: TensorInfo, dtype: str | None = None) -> Array:
-        """A primitive's result back in the caller's framework (``dtype``: the output dtype)."""
+    def wrap(self, arr: Array, info: TensorInfo) -> Array:
+        """A primitive's result (qparams, say) back in the caller's framework."""
 
     def plan_quantize(self, layout, config, x: Array) -> Callable[..., tuple[Array, Array, Array]]:
         """Runner ``(x, out=None) -> (codes, scale, zero_point)``: min/max ranges, qparams,

@@ -119,9 +119,9 @@ class NumpyBackend:
         """The caller's CPU array as NumPy (zero-copy where DLPack allows)."""
         return to_numpy(x, info)
 
-    def wrap(self, arr: np.ndarray, info: TensorInfo, dtype: str | None = None):
+    def wrap(self, arr: np.ndarray, info: TensorInfo):
         """A NumPy result in the caller's framework."""
-        return from_numpy(arr, info, dtype)
+        return from_numpy(arr, info)
 
     # -- calibration ---------------------------------------------------------
     def minmax(self, x2: np.ndarray, layout: Layout, ignore_nonfinite: bool = False,

@@ -45,7 +45,7 @@ class TritonBackend:
     def native(self, x, info: TensorInfo):
         return x
 
-    def wrap(self, arr, info: TensorInfo, dtype: str | None = None):
+    def wrap(self, arr, info: TensorInfo):
         return arr
 
     # -- launch plans --------------------------------------------------------
