@@ -41,7 +41,7 @@ import functools
 
 import torch
 
-from .backends import select
+from .backends import select_for
 from .config import QuantConfig
 from .core.frameworks import FLOAT_DTYPES, TensorInfo, output_dtype
 from .core.layout import Layout
@@ -122,8 +122,7 @@ def _dequantize(codes, scale, zero_point, shape, dtype, config, out=None):
     layout = Layout.of(key[0], config)
     _check_qparams(layout, scale, zero_point)
     if runner is None:
-        info = TensorInfo("torch", name, layout.shape, "cpu" if backend == "numpy" else "cuda")
-        runner = select(info, backend).plan_dequantize(layout, config, codes, name)
+        runner = select_for(codes, backend).plan_dequantize(layout, config, codes, name)
         if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.core.plan does with its plans
             _dequantizers.clear()
         _dequantizers[key] = runner
