@@ -3,7 +3,7 @@
 GGUF Q8_0 / Q4_0 blocks are compared with gguf-py's ``gguf.quants.quantize``
 (NumPy, on the CPU); on a GPU the kernel is judged against copy bandwidth.
 ``ct-pack-int4-g128`` quantizes with given qparams straight into int32 words
-(on a GPU the one kernel of kernels/pack32.py, judged like our own int4
+(on a GPU the one kernel of kernels/pack_quantized.py, judged like our own int4
 layout against copy bandwidth); ``ct-export-int4-g128`` is the per-weight work
 of ``gpuquant export``: calibrate, round the scales to float16, quantize and
 pack, with the packed words copied back to the host.
@@ -25,7 +25,7 @@ def build(op: str, x, framework: str, case_type, itemsize: int):
     if op in _BLOCK_BYTES:
         scheme = op.split("-")[1]
         if framework == "numpy":
-            from gpuquant.export.ggml_blocks import quantize_blocks
+            from gpuquant.core.ggml_blocks import quantize_blocks
 
             try:
                 import gguf
@@ -51,7 +51,7 @@ def build(op: str, x, framework: str, case_type, itemsize: int):
         config = options.quant_config()
         params = gq.calibrate(x, config)
         if framework == "numpy":
-            from gpuquant.export.pack32 import words_from_codes_bytes
+            from gpuquant.core.pack_quantized import words_from_codes_bytes
 
             ours = lambda: words_from_codes_bytes(  # noqa: E731
                 gq.quantize(x, config, qparams=params).data, 4, True, cols)

@@ -173,24 +173,16 @@ class QuantizedTensor:
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)
         runner = plan.dequantizer(output_dtype(dtype, self.dtype, self.framework), self.data)
-        if plan.be.name == "numpy" and out is not None:
-            from .core.plan import copy_into
-
-            return copy_into((out,), (runner(self.data, self.scale, self.zero_point),))[0]
         return runner(self.data, self.scale, self.zero_point, out)
 
     def _dequantize_slow(self, dtype, backend, out):
         """Dequantize without a plan of gq.quantize (loaded or constructed tensors)."""
         from .backends import select
-        from .core.plan import copy_into
 
         info = prepare(self.data, "data", require_float=False)[1]
         be = select(info, backend)
         out_dtype = output_dtype(dtype, self.dtype, self.framework)
         runner = be.plan_dequantize(self.layout, self.config, self.data, out_dtype)
-        if be.name == "numpy":
-            y = runner(self.data, self.scale, self.zero_point)
-            return y if out is None else copy_into((out,), (y,))[0]
         return runner(self.data, self.scale, self.zero_point, out)
 
     def check_finite(self) -> None:

@@ -1,8 +1,9 @@
 """gpuquant's hot operations as torch operators, for torch.compile and CUDA graphs.
 
 Importing this module (which needs torch) registers, in the ``gpuquant``
-namespace of ``torch.ops``, eight operators whose schemas are written once in
-:data:`SCHEMAS`:
+namespace of ``torch.ops``, eight operators, each declared once from a typed
+Python function with ``torch.library.custom_op`` (the schema is inferred from
+its annotations; ``*_out`` declare the buffers they write in ``mutates_args``):
 
 ==========================  ==================================================
 ``quantize_minmax``         min/max calibration + quantize, every granularity
@@ -22,7 +23,7 @@ Each operator has a CPU kernel (the NumPy reference, also for torch CPU
 tensors under ``TRITON_INTERPRET=1``: it is bit-identical and far faster than
 the interpreter), a CUDA kernel (the Triton launch plans) and a fake kernel
 (shapes and dtypes from gpuquant.core.layout, symbolic sizes kept), all through
-gpuquant.core.plan. They are ``torch.library.define`` operators, opaque to
+gpuquant.core.plan. They are ``torch.library.custom_op`` operators, opaque to
 Inductor, rather than ``triton_op``: a launch plan makes host decisions once
 per input class, launches kernels with constexpr specialisations and a
 host-mapped non-finite board that is no operator input, and the CPU kernel is
@@ -40,34 +41,23 @@ import functools
 
 import torch
 
-from .backends import select
+from .backends import select_for
 from .config import QuantConfig
 from .core.frameworks import FLOAT_DTYPES, TensorInfo, output_dtype
 from .core.layout import Layout
 from .core.nonfinite import raise_ready
-from .core.plan import DEFAULT_CONFIG, MAX_PLANS, copy_into, plan_for
+from .core.plan import DEFAULT_CONFIG, MAX_PLANS, plan_for
 from .errors import InvalidDtypeError, QuantizationError
 
-__all__ = ["SCHEMAS", "GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
+__all__ = ["GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
            "eager"]
 
 GRANULARITIES = ("tensor", "channel", "group", "token")  # the operators' granularity codes
-_CFG = "int bits, bool symmetric, int granularity, int axis, int group_size, bool high_first"
-_OUT3 = "Tensor(a!) codes, Tensor(b!) scale, Tensor(c!) zero_point"
-_TOKEN = "int bits, bool symmetric, bool high_first, bool ignore_nonfinite"
-SCHEMAS = {
-    "quantize_minmax": f"(Tensor x, {_CFG}, bool ignore_nonfinite) -> (Tensor, Tensor, Tensor)",
-    "quantize_minmax_out": f"(Tensor x, {_CFG}, bool ignore_nonfinite, {_OUT3}) -> ()",
-    "quantize_per_token": f"(Tensor x, {_TOKEN}) -> (Tensor, Tensor, Tensor)",
-    "quantize_per_token_out": f"(Tensor x, {_TOKEN}, {_OUT3}) -> ()",
-    "quantize_given": f"(Tensor x, Tensor scale, Tensor zero_point, {_CFG}) -> Tensor",
-    "quantize_given_out": f"(Tensor x, Tensor scale, Tensor zero_point, {_CFG}, Tensor(a!) codes) -> ()",
-    "dequantize": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, ScalarType dtype, "
-                  f"{_CFG}) -> Tensor",
-    "dequantize_out": "(Tensor codes, Tensor scale, Tensor zero_point, SymInt[] shape, "
-                      f"ScalarType dtype, {_CFG}, Tensor(a!) out) -> ()",
-}
 BACKENDS = {"cpu": "numpy", "cuda": "triton"}  # the kernel of each device type
+DEVICES = tuple(BACKENDS)
+Tensor = torch.Tensor
+Outputs = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (codes, scale, zero_point)
+OUTS = ("codes", "scale", "zero_point")
 
 
 # ------------------------------------------------------------------ configs
@@ -108,15 +98,15 @@ def _check_qparams(layout: Layout, scale, zero_point) -> None:
 
 
 # ------------------------------------------------------------------ kernels
-def _calibrated(backend: str, x, config: QuantConfig, out=None):
+def _calibrated(x, config: QuantConfig, out=None):
     raise_ready()  # what earlier GPU calls (compiled or eager) found
-    plan, x = plan_for(x, config, backend)
+    plan, x = plan_for(x, config, BACKENDS[x.device.type])
     return plan.calibrated(x, out)
 
 
-def _given(backend: str, x, scale, zero_point, config: QuantConfig, out=None):
+def _given(x, scale, zero_point, config: QuantConfig, out=None):
     raise_ready()
-    plan, x = plan_for(x, config, backend)
+    plan, x = plan_for(x, config, BACKENDS[x.device.type])
     _check_qparams(plan.layout, scale, zero_point)
     return plan.given(x, (scale, zero_point), out)[0]
 
@@ -124,61 +114,95 @@ def _given(backend: str, x, scale, zero_point, config: QuantConfig, out=None):
 _dequantizers: dict = {}  # (shape, config, dtype, backend) -> dequantize runner
 
 
-def _dequantize(backend: str, codes, scale, zero_point, shape, dtype, config, out=None):
+def _dequantize(codes, scale, zero_point, shape, dtype, config, out=None):
     raise_ready()
-    name = str(dtype)[6:]
+    name, backend = str(dtype)[6:], BACKENDS[codes.device.type]
     key = (tuple(shape), config, name, backend)
     runner = _dequantizers.get(key)
     layout = Layout.of(key[0], config)
     _check_qparams(layout, scale, zero_point)
     if runner is None:
-        info = TensorInfo("torch", name, layout.shape, "cpu" if backend == "numpy" else "cuda")
-        runner = select(info, backend).plan_dequantize(layout, config, codes, name)
+        runner = select_for(codes, backend).plan_dequantize(layout, config, codes, name)
         if len(_dequantizers) >= MAX_PLANS:  # as gpuquant.core.plan does with its plans
             _dequantizers.clear()
         _dequantizers[key] = runner
-    if backend == "numpy":
-        y = runner(codes, scale, zero_point)
-        return y if out is None else copy_into((out,), (y,))[0]
-    return runner(codes, scale, zero_point, out)
+    return runner(codes, scale, zero_point, out)  # the runner checks out's shape, dtype, device
 
 
-def _register_kernels(backend: str, device: str) -> None:
-    def minmax(x, bits, symmetric, granularity, axis, group_size, high_first, ignore):
-        cfg = config_of(bits, symmetric, granularity, axis, group_size, high_first, ignore)
-        return _calibrated(backend, x, cfg)
+# ---------------------------------------------------------------- operators
+# Each is declared once from its typed signature (torch.library.custom_op infers the schema);
+# device_types registers the body as the kernel of the CPU (the NumPy reference) and of CUDA
+# (the Triton launch plans); register_fake gives shapes and dtypes without running anything.
+def _op(name: str, mutates: tuple[str, ...] = ()):
+    return torch.library.custom_op(f"gpuquant::{name}", mutates_args=mutates, device_types=DEVICES)
 
-    def minmax_out(x, bits, symmetric, granularity, axis, group_size, high_first, ignore,
-                   codes, scale, zero_point):
-        cfg = config_of(bits, symmetric, granularity, axis, group_size, high_first, ignore)
-        _calibrated(backend, x, cfg, (codes, scale, zero_point))
 
-    def token(x, bits, symmetric, high_first, ignore):
-        return _calibrated(backend, x, _token_config(bits, symmetric, high_first, ignore))
+@_op("quantize_minmax")
+def quantize_minmax(x: Tensor, bits: int, symmetric: bool, granularity: int, axis: int,
+                    group_size: int, high_first: bool, ignore_nonfinite: bool) -> Outputs:
+    """Min/max calibration + quantize, every granularity: (codes, scale, zero_point)."""
+    return _calibrated(x, config_of(bits, symmetric, granularity, axis, group_size, high_first,
+                                    ignore_nonfinite))
 
-    def token_out(x, bits, symmetric, high_first, ignore, codes, scale, zero_point):
-        _calibrated(backend, x, _token_config(bits, symmetric, high_first, ignore),
-                    (codes, scale, zero_point))
 
-    def given(x, scale, zero_point, *cfg):
-        return _given(backend, x, scale, zero_point, config_of(*cfg))
+@_op("quantize_minmax_out", OUTS)
+def quantize_minmax_out(x: Tensor, bits: int, symmetric: bool, granularity: int, axis: int,
+                        group_size: int, high_first: bool, ignore_nonfinite: bool, codes: Tensor,
+                        scale: Tensor, zero_point: Tensor) -> None:
+    """quantize_minmax into the caller's buffers."""
+    _calibrated(x, config_of(bits, symmetric, granularity, axis, group_size, high_first,
+                             ignore_nonfinite), (codes, scale, zero_point))
 
-    def given_out(x, scale, zero_point, *cfg_codes):
-        _given(backend, x, scale, zero_point, config_of(*cfg_codes[:-1]), cfg_codes[-1])
 
-    def dequantize(codes, scale, zero_point, shape, dtype, *cfg):
-        return _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg))
+@_op("quantize_per_token")
+def quantize_per_token(x: Tensor, bits: int, symmetric: bool, high_first: bool,
+                       ignore_nonfinite: bool) -> Outputs:
+    """Min/max calibration + quantize per row (dynamic per-token activations)."""
+    return _calibrated(x, _token_config(bits, symmetric, high_first, ignore_nonfinite))
 
-    def dequantize_out(codes, scale, zero_point, shape, dtype, *cfg_out):
-        _dequantize(backend, codes, scale, zero_point, shape, dtype, config_of(*cfg_out[:-1]),
-                    cfg_out[-1])  # the runner checks out's shape, dtype and device
 
-    kernels = {"quantize_minmax": minmax, "quantize_minmax_out": minmax_out,
-               "quantize_per_token": token, "quantize_per_token_out": token_out,
-               "quantize_given": given, "quantize_given_out": given_out,
-               "dequantize": dequantize, "dequantize_out": dequantize_out}
-    for name, kernel in kernels.items():
-        torch.library.register_kernel(f"gpuquant::{name}", device, kernel)
+@_op("quantize_per_token_out", OUTS)
+def quantize_per_token_out(x: Tensor, bits: int, symmetric: bool, high_first: bool,
+                           ignore_nonfinite: bool, codes: Tensor, scale: Tensor,
+                           zero_point: Tensor) -> None:
+    """quantize_per_token into the caller's buffers."""
+    _calibrated(x, _token_config(bits, symmetric, high_first, ignore_nonfinite),
+                (codes, scale, zero_point))
+
+
+@_op("quantize_given")
+def quantize_given(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool,
+                   granularity: int, axis: int, group_size: int, high_first: bool) -> Tensor:
+    """Codes of x with a given float32 scale and int32 zero point."""
+    return _given(x, scale, zero_point,
+                  config_of(bits, symmetric, granularity, axis, group_size, high_first))
+
+
+@_op("quantize_given_out", ("codes",))
+def quantize_given_out(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool,
+                       granularity: int, axis: int, group_size: int, high_first: bool,
+                       codes: Tensor) -> None:
+    """quantize_given into the caller's codes buffer."""
+    _given(x, scale, zero_point, config_of(bits, symmetric, granularity, axis, group_size,
+                                           high_first), codes)
+
+
+@_op("dequantize")
+def dequantize_op(codes: Tensor, scale: Tensor, zero_point: Tensor, shape: list[int],
+                  dtype: torch.dtype, bits: int, symmetric: bool, granularity: int, axis: int,
+                  group_size: int, high_first: bool) -> Tensor:
+    """Codes -> floats of ``dtype``, shaped ``shape``."""
+    return _dequantize(codes, scale, zero_point, shape, dtype,
+                       config_of(bits, symmetric, granularity, axis, group_size, high_first))
+
+
+@_op("dequantize_out", ("out",))
+def dequantize_out(codes: Tensor, scale: Tensor, zero_point: Tensor, shape: list[int],
+                   dtype: torch.dtype, bits: int, symmetric: bool, granularity: int, axis: int,
+                   group_size: int, high_first: bool, out: Tensor) -> None:
+    """dequantize into the caller's buffer."""
+    _dequantize(codes, scale, zero_point, shape, dtype,
+                config_of(bits, symmetric, granularity, axis, group_size, high_first), out)
 
 
 # --------------------------------------------------------------------- fakes
@@ -190,40 +214,35 @@ def _fake_outputs(x, config: QuantConfig):
             x.new_empty(layout.unit_shape, dtype=torch.int32))
 
 
-def _register_fakes() -> None:
-    def minmax(x, *cfg):
-        return _fake_outputs(x, config_of(*cfg))
-
-    def token(x, *cfg):
-        return _fake_outputs(x, _token_config(*cfg))
-
-    def given(x, scale, zero_point, *cfg):
-        config = config_of(*cfg)
-        _check_qparams(_layout(x, config), scale, zero_point)
-        return _fake_outputs(x, config)[0]
-
-    def dequantize(codes, scale, zero_point, shape, dtype, *cfg):
-        _check_qparams(Layout.of(shape, config_of(*cfg)), scale, zero_point)
-        return codes.new_empty(shape, dtype=dtype)
-
-    def mutates(*args):
-        return None
-
-    fakes = {"quantize_minmax": minmax, "quantize_per_token": token, "quantize_given": given,
-             "dequantize": dequantize}
-    for name in SCHEMAS:
-        torch.library.register_fake(f"gpuquant::{name}", fakes.get(name, mutates))
+@quantize_minmax.register_fake
+def _(x, *cfg):
+    return _fake_outputs(x, config_of(*cfg))
 
 
-def _register() -> None:
-    for name, schema in SCHEMAS.items():
-        torch.library.define(f"gpuquant::{name}", schema)
-    _register_kernels("numpy", "cpu")
-    _register_kernels("triton", "cuda")
-    _register_fakes()
+@quantize_per_token.register_fake
+def _(x, *cfg):
+    return _fake_outputs(x, _token_config(*cfg))
 
 
-_register()
+@quantize_given.register_fake
+def _(x, scale, zero_point, *cfg):
+    config = config_of(*cfg)
+    _check_qparams(_layout(x, config), scale, zero_point)
+    return _fake_outputs(x, config)[0]
+
+
+@dequantize_op.register_fake
+def _(codes, scale, zero_point, shape, dtype, *cfg):
+    _check_qparams(Layout.of(shape, config_of(*cfg)), scale, zero_point)
+    return codes.new_empty(shape, dtype=dtype)
+
+
+def _writes_its_buffers(*args) -> None:
+    """The fake of an ``_out`` operator: it returns nothing."""
+
+
+for _mutating in (quantize_minmax_out, quantize_per_token_out, quantize_given_out, dequantize_out):
+    _mutating.register_fake(_writes_its_buffers)
 
 
 # ----------------------------------------------- the public API, when traced

@@ -7,7 +7,7 @@ from gguf_cases import edge_blocks
 import gpuquant as gq
 from gpuquant.checkpoint.files import write_safetensors
 from gpuquant.cli import main
-from gpuquant.export.ggml_blocks import quantize_blocks
+from gpuquant.core.ggml_blocks import quantize_blocks
 
 gguf = pytest.importorskip("gguf")
 QTYPES = {"q8_0": gguf.GGMLQuantizationType.Q8_0, "q4_0": gguf.GGMLQuantizationType.Q4_0}

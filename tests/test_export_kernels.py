@@ -7,9 +7,9 @@ from conftest import CUDA, INTERPRET
 from gguf_cases import edge_blocks
 
 import gpuquant as gq
+from gpuquant.core.ggml_blocks import quantize_blocks
+from gpuquant.core.pack_quantized import pack32
 from gpuquant.export.ctensors import PackOptions, pack_weight
-from gpuquant.export.ggml_blocks import quantize_blocks
-from gpuquant.export.pack32 import pack32
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("triton")
@@ -99,14 +99,28 @@ def test_export_kernels_compile_for_sm90():
                                       "q4_0_kernel"}
 
 
+def triton_for_tensors(module, monkeypatch) -> list:
+    """Make ``module``'s select_for give the Triton backend for torch tensors (the interpreter
+    runs them on the CPU, where select would pick NumPy); returns the names it gave."""
+    from gpuquant.backends import _make
+
+    used = []
+
+    def select_for(a, backend=None):
+        used.append("triton" if isinstance(a, torch.Tensor) else "numpy")
+        return _make(used[-1])
+
+    monkeypatch.setattr(module, "select_for", select_for)
+    return used
+
+
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
 def test_device_path_of_pack_weight(rng, monkeypatch):
     """pack_weight on "GPU" arrays (torch CPU tensors under the interpreter) gives the
     arrays of its NumPy path."""
     from gpuquant.export import ctensors
 
-    monkeypatch.setattr(ctensors, "array_device",
-                        lambda a: "cuda:0" if isinstance(a, torch.Tensor) else "cpu")
+    used = triton_for_tensors(ctensors, monkeypatch)
     w = (rng.standard_normal((40, 64)) * 3).astype(np.float32)
     for options in (PackOptions(scheme="int4", group_size=32, symmetric=False),
                     PackOptions(scheme="int8", granularity="channel")):
@@ -115,6 +129,7 @@ def test_device_path_of_pack_weight(rng, monkeypatch):
         assert set(got) == set(want)
         for key in want:
             assert np.array_equal(got[key], want[key]), key
+    assert used == ["triton", "numpy"] * 2
 
 
 @pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")
@@ -127,6 +142,23 @@ def test_device_path_of_gguf_export(rng, tmp_path, monkeypatch):
     src = str(tmp_path / "m.safetensors")
     write_safetensors(src, [("a", "F32", w), ("b", "F32", w[:, :7].copy())])
     monkeypatch.setattr(gguf_file, "converter_for", lambda choice: None if choice == "cpu" else dev)
+    used = triton_for_tensors(gguf_file, monkeypatch)
     gq.export.gguf(src, str(tmp_path / "gpu.gguf"), "q4_0", device="cuda")
+    assert used == ["triton"]  # "b" (7 columns) is kept unquantized
     gq.export.gguf(src, str(tmp_path / "cpu.gguf"), "q4_0", device="cpu")
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # 1 / 0 of unused lanes
+@pytest.mark.parametrize("scheme", ["q8_0", "q4_0"])
+def test_backends_give_the_same_gguf_blocks_from_bfloat16_bits(rng, scheme):
+    """Backend.quantize_gguf with bf16_bits: the NumPy backend widens the bits a piece at a
+    time, the Triton backend reads them as bfloat16; both give gguf_blocks' bytes."""
+    from gpuquant.backends import _make
+
+    values = (rng.standard_normal((6, 64)) * 3).astype(np.float32)
+    bits = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy()
+    want = quantize_blocks(bits, scheme, bf16_bits=True)
+    assert np.array_equal(_make("numpy").quantize_gguf(bits, scheme, bf16_bits=True), want)
+    got = _make("triton").quantize_gguf(dev(bits), scheme, bf16_bits=True)
+    assert np.array_equal(host(got), want)

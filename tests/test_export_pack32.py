@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import gpuquant as gq
-from gpuquant.export.pack32 import pack32, unpack32, words_from_codes_bytes
+from gpuquant.core.pack_quantized import pack32, unpack32, words_from_codes_bytes
 
 torch = pytest.importorskip("torch")
 helpers = pytest.importorskip("compressed_tensors.compressors.pack_quantized.helpers")

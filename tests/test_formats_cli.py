@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from gpuquant.checkpoint.files import write_safetensors
 
 import gpuquant as gq
+from gpuquant.checkpoint.files import write_safetensors
 from gpuquant.cli import main
 from gpuquant.formats import quantize_float
 

@@ -205,3 +205,12 @@ def test_no_two_modules_of_a_folder_have_near_synonym_names():
 
 def test_the_synonym_check_catches_the_old_names():
     assert _stem("arrays") == _stem("array_ops") and _stem("shards") == _stem("sharded")
+
+
+def test_callers_reach_a_backend_only_through_the_protocol():
+    """Above the backends, only gpuquant.backends (select, the protocols) and its array adapters
+    are imported: export, the plan and the API never name a backend's own modules."""
+    reaching = [f"{m} imports {t}" for m, targets in GRAPH.items() for t in targets
+                if t.startswith(("gpuquant.backends.numpy", "gpuquant.backends.triton"))
+                and not m.startswith("gpuquant.backends")]
+    assert not reaching, "\n".join(reaching)

@@ -21,38 +21,45 @@ import os
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-from ..core.frameworks import TensorInfo
+from ..core.frameworks import TensorInfo, array_device, dtype_name, framework_of
 from ..errors import BackendUnavailableError
 
-__all__ = ["select", "available", "BACKENDS", "Backend", "ArrayOps"]
+__all__ = ["select", "select_for", "BACKENDS", "Backend", "ArrayOps", "triton_floats"]
 
 Array = Any  # an array of the backend's framework (NumPy, torch or CuPy)
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """A backend: launch plans for the hot path, primitives for the calibrations.
+    """A backend: what gpuquant.core.plan, the calibrations and export call, and nothing else.
 
     ``layout`` arguments are gpuquant.core.layout.Layout, ``config`` QuantConfig;
-    ``x2`` is the (rows, cols) view of the input; per-unit arrays are shaped
-    ``layout.unit_shape``. Runners are built once per input class and called
-    for every input of that class.
+    ``x2`` is the (rows, cols) view of the input as ``native`` gives it; per-unit
+    arrays are shaped ``layout.unit_shape``.
+
+    The runners' contract, the same on every backend (no caller asks which backend
+    it has): a runner is built once per input class and called for every input of
+    that class; it takes the caller's arrays (NumPy, torch or CuPy, as the plan
+    was built for), returns arrays of that framework and device, and with ``out=``
+    checks the caller's buffers (shape, dtype, framework: InvalidShapeError /
+    InvalidDtypeError naming ``out``), writes the results into them and returns them.
     """
 
     name: str
 
     def native(self, x: Array, info: TensorInfo) -> Array:
-        """The caller's array as this backend computes on it (no copy where possible)."""
+        """The caller's array as the primitives below compute on it (no copy where possible)."""
 
-    def wrap(self, arr: Array, info: TensorInfo, dtype: str | None = None) -> Array:
-        """A result back in the caller's framework (``dtype``: the output dtype to give)."""
+    def wrap(self, arr: Array, info: TensorInfo) -> Array:
+        """A primitive's result (qparams, say) back in the caller's framework."""
 
     def plan_quantize(self, layout, config, x: Array) -> Callable[..., tuple[Array, Array, Array]]:
         """Runner ``(x, out=None) -> (codes, scale, zero_point)``: min/max ranges, qparams,
-        codes (int4 packed), written into ``out`` when given."""
+        codes (int4 packed); ``out`` is the (codes, scale, zero_point) buffers."""
 
     def plan_quantize_given(self, layout, config, x: Array) -> Callable[..., Array]:
-        """Runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams."""
+        """Runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams (float32
+        scale, int32 zero point, of x's framework); ``out`` is the codes buffer."""
 
     def plan_dequantize(self, layout, config, data: Array, out_dtype: str) -> Callable[..., Array]:
         """Runner ``(codes, scale, zero_point, out=None) -> y`` in ``out_dtype``."""
@@ -65,13 +72,6 @@ class Backend(Protocol):
     def qparams(self, lo: Array, hi: Array, config) -> tuple[Array, Array]:
         """(scale float32, zero point int32) of per-unit ranges: gpuquant.core.qparams' formula."""
 
-    def quantize(self, x2: Array, layout, config, scale: Array, zero_point: Array) -> Array:
-        """Codes of the 2-D view (int4 packed along rows) for per-unit qparams."""
-
-    def dequantize(self, data2: Array, layout, config, scale: Array, zero_point: Array,
-                   out_dtype: str = "float32") -> Array:
-        """float32(q - zero_point) * scale of the 2-D codes, rounded to ``out_dtype``."""
-
     def percentile(self, x2: Array, layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False) -> tuple[Array, Array]:
         """Exact (lower, upper) percentiles per unit, float32 (the contract's interpolation)."""
@@ -82,6 +82,15 @@ class Backend(Protocol):
 
     def mse_errors(self, x2: Array, layout, lo: Array, hi: Array, factors, config) -> Array:
         """float64 (units, candidates) squared errors of the ranges (lo, hi) * factor."""
+
+    def quantize_pack32(self, x2: Array, scale: Array, zero_point: Array, config) -> Array:
+        """int32 words (compressed-tensors "pack-quantized", gpuquant.core.pack_quantized) of a
+        2-D weight quantized with given per-unit float32 scales and int32 zero points (NumPy,
+        or on x2's device) under ``config`` (int4/int8, groups or channels on axis 0)."""
+
+    def quantize_gguf(self, x: Array, scheme: str, bf16_bits: bool = False) -> Array:
+        """GGUF "q8_0" / "q4_0" blocks (uint8, gpuquant.core.ggml_blocks) of x, whose last
+        dimension is a multiple of 32; ``bf16_bits``: x holds bfloat16 bit patterns."""
 
 
 @runtime_checkable
@@ -164,12 +173,15 @@ def select(info: TensorInfo, backend: str | None = None):
     return _make(name)
 
 
-def available() -> list[str]:
-    """Backends that can run on this machine now."""
-    names = ["numpy"]
-    try:
-        _make("triton")
-        names.append("triton")
-    except BackendUnavailableError:
-        pass
-    return names
+def select_for(x, backend: str | None = None):
+    """The backend that serves array ``x`` where it lives (``select`` of its framework and device)."""
+    shape = tuple(int(s) for s in x.shape)
+    return select(TensorInfo(framework_of(x), dtype_name(x), shape, array_device(x)), backend)
+
+
+def triton_floats():
+    """The Triton runners of the float formats (``quantize_float``, ``dequantize_float``);
+    ImportError where Triton or torch is missing."""
+    from .triton import floats
+
+    return floats

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from ..core.frameworks import framework_of
+
 __all__ = ["ops_for", "TorchOps", "CupyOps", "NumpyOps"]
 
 _NO_GUARD = contextlib.nullcontext()
@@ -356,9 +358,9 @@ _adapters: dict[str, Any] = {}
 
 def ops_for(x: Any):
     """The adapter of an array's framework (one instance each)."""
-    module = type(x).__module__.split(".")[0]
-    ops = _adapters.get(module)
+    framework = framework_of(x)
+    ops = _adapters.get(framework)
     if ops is None:
-        ops = {"cupy": CupyOps, "torch": TorchOps}.get(module, NumpyOps)()
-        _adapters[module] = ops
+        ops = {"cupy": CupyOps, "torch": TorchOps}.get(framework, NumpyOps)()
+        _adapters[framework] = ops
     return ops

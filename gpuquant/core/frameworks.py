@@ -34,6 +34,8 @@ class TensorInfo:
 
 
 def framework_of(x: Any) -> str:
+    """"torch", "cupy" or "numpy" (anything else is read as NumPy), from the type's module:
+    the one place gpuquant tells frameworks apart without importing them."""
     module = type(x).__module__.split(".")[0]
     if module == "torch":
         return "torch"

@@ -35,6 +35,7 @@ import numpy as np
 
 from ..errors import NonFiniteError
 from .blocks import run_blocks
+from .frameworks import framework_of
 
 __all__ = ["entry", "compiling", "raise_ready", "wait_all", "board_for", "new_slot",
            "nonfinite_message", "nonfinite_error", "raise_counts"]
@@ -84,7 +85,7 @@ class Board:
 
 def board_for(x) -> Board:
     """The board of the framework of array ``x`` (created at the first GPU call)."""
-    framework = type(x).__module__.split(".")[0]
+    framework = framework_of(x)
     board = _by_framework.get(framework)
     if board is None:
         with _lock:

@@ -24,9 +24,10 @@ import numpy as np
 from ..backends import select
 from ..calibration.dispatch import calibration_range
 from ..config import QuantConfig
-from ..errors import InvalidDtypeError, InvalidShapeError, QuantizationError
-from .frameworks import TensorInfo, prepare
+from ..errors import InvalidShapeError, QuantizationError
+from .frameworks import TensorInfo, framework_of, prepare
 from .layout import Layout
+from .out_buffers import copy_into
 from .qparams import QParams, check_user_qparams
 
 __all__ = ["plan_for", "QuantizePlan", "clear", "DEFAULT_CONFIG"]
@@ -66,8 +67,7 @@ def plan_for(x, config: QuantConfig | None, backend: str | None) -> tuple[Quanti
     keyf = _KEYS.get(type(x))
     if keyf is None:
         x = prepare(x)[0]  # lists and scalars -> NumPy; validates the input
-        framework = type(x).__module__.split(".")[0]
-        keyf = _KEYS.setdefault(type(x), _KEY_OF_FRAMEWORK.get(framework, _numpy_key))
+        keyf = _KEYS.setdefault(type(x), _KEY_OF_FRAMEWORK.get(framework_of(x), _numpy_key))
     key = (type(x), keyf(x), config, backend)
     try:
         return _plans[key], x
@@ -97,20 +97,17 @@ class QuantizePlan:
         self._dequantizers: dict = {}
         self._given = None
         _warn_if_larger(self.layout, config, info)
-        native = self.be.native(x, info)
         if config.calibration == "minmax":
-            self.calibrated = self.be.plan_quantize(self.layout, config, native)
+            self.calibrated = self.be.plan_quantize(self.layout, config, x)
         else:
             self.calibrated = self._calibrate_then_quantize
-        if self.be.name == "numpy":  # NumPy inputs become NumPy on the way in and out
-            self.calibrated = _NumpyEnds(self, self.calibrated)
 
     def _calibrate_then_quantize(self, x, out=None):
         layout, config, be = self.layout, self.config, self.be
-        lo, hi = calibration_range(be, x.reshape(layout.rows, layout.cols), layout, config,
-                                   defer=True)
-        scale, zero_point = be.qparams(lo, hi, config)
-        scale, zero_point = scale.reshape(layout.unit_shape), zero_point.reshape(layout.unit_shape)
+        lo, hi = calibration_range(be, be.native(x, self.info).reshape(layout.rows, layout.cols),
+                                   layout, config, defer=True)
+        scale, zero_point = (be.wrap(a.reshape(layout.unit_shape), self.stored)
+                             for a in be.qparams(lo, hi, config))
         if out is None:
             return self.given_codes(x, scale, zero_point), scale, zero_point
         if not isinstance(out, (tuple, list)) or len(out) != 3:
@@ -126,15 +123,7 @@ class QuantizePlan:
     def given(self, x, qparams: Any, out=None):
         """(codes, scale, zero point) with the caller's qparams (validated here)."""
         scale, zero_point = user_qparams(qparams, self, x)
-        x = self.be.native(x, self.info)
-        numpy = self.be.name == "numpy"
-        # qparams are read as what they are, never as x's dtype (bfloat16 x: float32 scales)
-        codes = self.given_codes(x, self.be.native(scale, self.stored),
-                                 self.be.native(zero_point, self.stored), None if numpy else out)
-        codes = self.be.wrap(codes, self.stored)
-        if numpy and out is not None:
-            codes = copy_into((out,), (codes,))[0]
-        return codes, scale, zero_point
+        return self.given_codes(x, scale, zero_point, out), scale, zero_point
 
     def dequantizer(self, out_dtype: str, data):
         """The runner writing ``out_dtype`` from this plan's codes (cached per dtype)."""
@@ -159,41 +148,6 @@ def _warn_if_larger(layout: Layout, config: QuantConfig, info: TensorInfo) -> No
                       f"{config.describe()} stores {stored} bytes, more than its {original}: "
                       "use a coarser granularity, or keep it unquantized", UserWarning,
                       stacklevel=4)
-
-
-class _NumpyEnds:
-    """The NumPy backend's runners see NumPy arrays; the caller gets its own framework."""
-
-    def __init__(self, plan: QuantizePlan, runner):
-        self.plan, self.runner = plan, runner
-
-    def __call__(self, x, out=None):
-        plan = self.plan
-        codes, scale, zero_point = self.runner(plan.be.native(x, plan.info))
-        results = (plan.be.wrap(codes, plan.stored), plan.be.wrap(scale, plan.stored),
-                   plan.be.wrap(zero_point, plan.stored))
-        return results if out is None else copy_into(out, results)
-
-
-def copy_into(out, results):
-    """Copy CPU results into the caller's ``out=`` buffers after checking them."""
-    if not isinstance(out, (tuple, list)) or len(out) != len(results):
-        raise InvalidShapeError(f"out= takes {len(results)} buffer(s)")
-    for index, (buf, value) in enumerate(zip(out, results)):
-        name = f"out[{index}]" if len(results) > 1 else "out"
-        if tuple(buf.shape) != tuple(value.shape):
-            raise InvalidShapeError(f"{name} has shape {tuple(buf.shape)}; this call writes "
-                                    f"{tuple(value.shape)}")
-        if str(buf.dtype) != str(value.dtype):
-            raise InvalidDtypeError(f"{name} has dtype {buf.dtype}; this call writes {value.dtype}")
-        if type(buf) is not type(value):
-            raise InvalidDtypeError(f"{name} is a {type(buf).__name__}; this call writes a "
-                                    f"{type(value).__name__}")
-        if hasattr(buf, "copy_"):
-            buf.copy_(value)
-        else:
-            buf[...] = value  # NumPy or CuPy
-    return tuple(out)
 
 
 def user_qparams(qparams: Any, plan: QuantizePlan, x) -> tuple[Any, Any]:

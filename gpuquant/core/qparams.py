@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidCalibrationError, InvalidDtypeError
+from .frameworks import framework_of
 
 __all__ = ["QParams", "compute_qparams", "check_user_qparams", "asymmetric_scale", "FLOAT32_TINY"]
 
@@ -46,11 +47,12 @@ class QParams:
 
 def _host_array(a: Any) -> np.ndarray:
     """A NumPy view of CPU arrays (torch CPU tensors included); GPU arrays raise."""
-    if type(a).__module__.split(".")[0] == "torch":
+    framework = framework_of(a)
+    if framework == "torch":
         if a.device.type != "cpu":
             raise TypeError("on a device")
         return a.detach().float().numpy() if a.is_floating_point() else a.detach().numpy()
-    if type(a).__module__.split(".")[0] == "cupy":
+    if framework == "cupy":
         raise TypeError("on a device")
     return np.asarray(a)
 

@@ -1,7 +1,7 @@
 """One Linear weight in compressed-tensors' "pack-quantized" format, and the config that says so.
 
 For a Linear module ``P`` (weight ``[out, in]``) the checkpoint holds
-``P.weight_packed`` (int32, see pack32.py), ``P.weight_scale`` (``[out, in / G]``
+``P.weight_packed`` (int32, see gpuquant/core/pack_quantized.py), ``P.weight_scale`` (``[out, in / G]``
 for groups of G, ``[out, 1]`` per channel), ``P.weight_shape`` (int64
 ``[out, in]``) and, asymmetric only, ``P.weight_zero_point`` (int32, packed
 along dim 0). The loader dequantizes ``(q - zp) * scale`` in the scale's
@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import select_for
 from ..calibration.calibrate import calibrate
 from ..config import QuantConfig
-from ..core.frameworks import array_device, bf16_bits_to_f32, f32_to_bf16_bits, host_copy
+from ..core.frameworks import bf16_bits_to_f32, f32_to_bf16_bits, host_copy
+from ..core.pack_quantized import pack32
 from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
 from ..quantize import quantize
-from .pack32 import pack32, words_from_codes_bytes
 
 __all__ = ["PackOptions", "quantization_config", "quantize_weight", "pack_weight",
            "SCALE_DTYPES"]
@@ -140,21 +141,12 @@ def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = 
 
 def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> dict[str, Any]:
     """{suffix: NumPy array} of one Linear weight: weight_packed, weight_scale, weight_shape
-    and (asymmetric) weight_zero_point. GPU arrays quantize and pack in one kernel."""
+    and (asymmetric) weight_zero_point. The backend of ``w`` quantizes and packs it (on a GPU,
+    one kernel)."""
     options.check_shape(name, tuple(w.shape))
     rows, cols = (int(s) for s in w.shape)
-    if array_device(w) != "cpu":
-        from ..backends.triton.export import quantize_pack32
-
-        stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
-        group = options.group_size if options.granularity == "group" else cols
-        words = host_copy(quantize_pack32(w, values, zp, options.bits, options.symmetric,
-                                             group))
-    else:
-        qt, stored = quantize_weight(w, options, scale_dtype, name)
-        zp = host_copy(qt.zero_point)
-        words = words_from_codes_bytes(host_copy(qt.data), options.bits, options.symmetric,
-                                       cols)
+    stored, values, zp = _rounded_qparams(w, options, scale_dtype, name)
+    words = host_copy(select_for(w).quantize_pack32(w, values, zp, options.quant_config()))
     out = {"weight_packed": words, "weight_scale": stored.reshape(rows, -1),
            "weight_shape": np.array([rows, cols], np.int64)}
     if not options.symmetric:

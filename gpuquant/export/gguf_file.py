@@ -20,15 +20,18 @@ from typing import Any
 
 import numpy as np
 
+from ..backends import select, select_for
 from ..checkpoint.files import SafetensorsFile
 from ..checkpoint.index import open_checkpoint
 from ..checkpoint.output import staged_file
 from ..core.devices import converter_for
-from ..core.frameworks import as_float, host_copy
+from ..core.frameworks import TensorInfo, as_float, host_copy
+from ..core.ggml_blocks import BLOCK, block_bytes
 from ..errors import BackendUnavailableError, QuantizationError
-from .ggml_blocks import BLOCK, block_bytes, quantize_blocks
 
 __all__ = ["gguf", "import_gguf", "ARCH"]
+
+_HOST = TensorInfo("numpy", "float32", (), "cpu")  # what selects the NumPy backend
 
 ARCH = "gpuquant"
 _KEEP = {"F16": np.float16, "F32": np.float32, "F64": np.float32, "BF16": np.float32,
@@ -64,17 +67,15 @@ def _plan(f: SafetensorsFile, scheme: str, include: list[str], exclude: list[str
 
 
 def _quantizer(device: str):
-    """(raw NumPy tensor, scheme, bf16 bits?) -> block bytes (NumPy uint8), CPU or GPU."""
-    if device == "cpu":
-        return quantize_blocks
-    to_device = converter_for(device)
+    """(raw NumPy tensor, scheme, bf16 bits?) -> block bytes (NumPy uint8), through the backend
+    of the CPU or of the GPU."""
+    to_device = None if device == "cpu" else converter_for(device)
     if to_device is None:
-        return quantize_blocks
-    from ..backends.triton.export import quantize_gguf
+        return select(_HOST).quantize_gguf  # bfloat16 bits are widened a piece at a time
 
     def on_device(raw: np.ndarray, scheme: str, bf16_bits: bool) -> np.ndarray:
-        x = as_float(raw, "BF16" if bf16_bits else "F32")
-        return host_copy(quantize_gguf(to_device(np.ascontiguousarray(x)), scheme))
+        x = to_device(np.ascontiguousarray(as_float(raw, "BF16" if bf16_bits else "F32")))
+        return host_copy(select_for(x).quantize_gguf(x, scheme))
 
     return on_device
 

@@ -24,9 +24,9 @@ from ..checkpoint.job import Team, write_on_ranks
 from ..checkpoint.output import INDEX_NAME, check_output
 from ..core.devices import converter_for
 from ..core.frameworks import as_float
+from ..core.pack_quantized import packed_width
 from ..errors import FormatError, QuantizationError
 from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
-from .pack32 import packed_width
 from .targets import select_weights
 
 __all__ = ["compressed_tensors", "export_folder", "prepare_export"]

@@ -17,9 +17,9 @@ import numpy as np
 from ..checkpoint.files import SafetensorsFile
 from ..checkpoint.index import open_checkpoint
 from ..core.frameworks import as_float
+from ..core.pack_quantized import unpack32
 from ..errors import QuantizationError
 from ..metrics import error_sums
-from .pack32 import unpack32
 
 __all__ = ["inspect_export", "format_report", "dequantize_packed"]
 

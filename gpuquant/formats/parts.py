@@ -95,7 +95,9 @@ def _backend_name(info: TensorInfo, backend: str | None) -> str:
 
 def _triton_float():
     try:
-        from ..backends.triton import floats as triton_float
+        from ..backends import triton_floats
+
+        triton_float = triton_floats()
     except ImportError as exc:
         raise BackendUnavailableError(
             "the float formats' Triton kernels (gpuquant.backends.triton.floats) cannot be "

@@ -1,6 +1,6 @@
 """GGUF Q8_0 and Q4_0 blocks: 32 values -> a float16 scale and 32 int8 codes or 16 nibble bytes.
 
-The formulas of gpuquant/export/ggml_blocks.py (gguf-py's, one float32
+The formulas of gpuquant/core/ggml_blocks.py (gguf-py's, one float32
 rounding a step): divisions with ``div_rn``, launched with
 ``enable_fp_fusion=False`` so that Q4_0's ``x * id + 8.5`` stays two
 roundings. Each program also counts, into ``flags[2 * pid]``, the

@@ -19,9 +19,10 @@ import numpy as np
 
 from ...config import QuantConfig
 from ...core.blocks import run_blocks
-from ...core.frameworks import TensorInfo, from_numpy, to_numpy
+from ...core.frameworks import TensorInfo, from_numpy, prepare, to_numpy
 from ...core.layout import Layout
 from ...core.nonfinite import nonfinite_error
+from ...core.out_buffers import copy_into
 from ...core.packing import pack_rows, unpack_rows
 from ...core.qparams import compute_qparams
 from ...kernels.modes import COL, GROUP, ROW, SCALAR
@@ -118,9 +119,9 @@ class NumpyBackend:
         """The caller's CPU array as NumPy (zero-copy where DLPack allows)."""
         return to_numpy(x, info)
 
-    def wrap(self, arr: np.ndarray, info: TensorInfo, dtype: str | None = None):
+    def wrap(self, arr: np.ndarray, info: TensorInfo):
         """A NumPy result in the caller's framework."""
-        return from_numpy(arr, info, dtype)
+        return from_numpy(arr, info)
 
     # -- calibration ---------------------------------------------------------
     def minmax(self, x2: np.ndarray, layout: Layout, ignore_nonfinite: bool = False,
@@ -269,35 +270,50 @@ class NumpyBackend:
             run_blocks(one, layout.rows, layout.cols, _align(layout))
         return out
 
-    # -- launch plans (gpuquant.core.plan caches them and handles out=; here they bind arguments) --
+    # -- export (gpuquant.export) ----------------------------------------------
+    def quantize_pack32(self, x2, scale, zero_point, config: QuantConfig):
+        """compressed-tensors pack-quantized int32 words of a 2-D weight with given qparams."""
+        from .export import quantize_pack32
+
+        return quantize_pack32(self, x2, scale, zero_point, config)
+
+    def quantize_gguf(self, x, scheme: str, bf16_bits: bool = False):
+        """GGUF Q8_0 / Q4_0 blocks (uint8) of x, whose last dimension is a multiple of 32."""
+        from .export import quantize_gguf
+
+        return quantize_gguf(x, scheme, bf16_bits)
+
+    # -- launch plans (gpuquant.core.plan caches them; the runners' contract is the Backend's) --
     def plan_quantize(self, layout: Layout, config: QuantConfig, x):
         """A runner ``(x, out=None) -> (codes, scale, zero_point)`` with min/max ranges."""
+        info, stored = _infos(x, layout, config)
 
         def run(x, out=None):
-            x2 = x.reshape(layout.rows, layout.cols)
+            x2 = to_numpy(x, info).reshape(layout.rows, layout.cols)
             lo, hi = self.minmax(x2, layout, config.ignore_nonfinite)
             scale, zero_point = self.qparams(lo, hi, config)
             scale, zero_point = scale.reshape(layout.unit_shape), zero_point.reshape(layout.unit_shape)
             codes = self._quantize(x2, layout, config, scale, zero_point,
                                    nan_possible=config.ignore_nonfinite)
-            return codes.reshape(layout.packed_shape(config.bits)), scale, zero_point
+            return _deliver((codes.reshape(layout.packed_shape(config.bits)), scale, zero_point),
+                            stored, out)
 
         return run
 
     def plan_quantize_given(self, layout: Layout, config: QuantConfig, x):
         """A runner ``(x, scale, zero_point, out=None) -> codes`` with known qparams."""
+        info, stored = _infos(x, layout, config)
 
         def run(x, scale, zero_point, out=None):
-            codes = self.quantize(x.reshape(layout.rows, layout.cols), layout, config, scale,
-                                  zero_point)
-            return codes.reshape(layout.packed_shape(config.bits))
+            codes = self.quantize(to_numpy(x, info).reshape(layout.rows, layout.cols), layout,
+                                  config, _host(scale), _host(zero_point))
+            codes = codes.reshape(layout.packed_shape(config.bits))
+            return _deliver((codes,), stored, None if out is None else (out,))[0]
 
         return run
 
     def plan_dequantize(self, layout: Layout, config: QuantConfig, data, out_dtype: str):
         """A runner ``(codes, scale, zero_point, out=None) -> y`` for arrays on the CPU."""
-        from ...core.frameworks import prepare
-
         info = prepare(data, "data", require_float=False)[1]
         compute = "float32" if out_dtype == "bfloat16" else out_dtype  # NumPy has no bfloat16
 
@@ -306,7 +322,25 @@ class NumpyBackend:
                       for a, name in ((data, "data"), (scale, "scale"), (zero_point, "zero_point"))]
             y = self.dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
                                 native[2], compute)
-            return from_numpy(y.reshape(layout.shape), info, out_dtype)
+            y = from_numpy(y.reshape(layout.shape), info, out_dtype)
+            return y if out is None else copy_into((out,), (y,))[0]
 
         return run
 
+
+def _infos(x, layout: Layout, config: QuantConfig) -> tuple[TensorInfo, TensorInfo]:
+    """(the input's TensorInfo, that of the codes and qparams the runners give back)."""
+    info = prepare(x)[1]
+    return info, TensorInfo(info.framework, config.storage_dtype,
+                            layout.packed_shape(config.bits), info.device)
+
+
+def _host(a) -> np.ndarray:
+    """qparams as NumPy, read as what they are (never as x's dtype: bfloat16 x, float32 scales)."""
+    return a if isinstance(a, np.ndarray) else to_numpy(*prepare(a, "qparams", require_float=False))
+
+
+def _deliver(results, stored: TensorInfo, out):
+    """NumPy results in the caller's framework, or copied into its ``out`` buffers."""
+    results = tuple(from_numpy(a, stored) for a in results)
+    return results if out is None else copy_into(out, results)

@@ -25,7 +25,7 @@ try:
 
     from gpuquant.kernels import quantize as _q
 
-    from . import calibration, runners
+    from . import calibration, export, runners
     from .launch import launch
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise BackendUnavailableError(
@@ -45,7 +45,7 @@ class TritonBackend:
     def native(self, x, info: TensorInfo):
         return x
 
-    def wrap(self, arr, info: TensorInfo, dtype: str | None = None):
+    def wrap(self, arr, info: TensorInfo):
         return arr
 
     # -- launch plans --------------------------------------------------------
@@ -109,20 +109,6 @@ class TritonBackend:
                    SYMMETRIC=config.symmetric, BLOCK_P=2, BLOCK_N=block_n)
         return scale, zero_point, inv
 
-    def quantize(self, x2, layout: Layout, config: QuantConfig, scale, zero_point):
-        """Codes (int4 packed) of the 2-D view for given per-unit qparams."""
-        ops = ops_for(x2)
-        runner = runners.GivenQuantize(layout, config, x2)
-        return runner(x2, ops.astype(scale, "float32"), ops.astype(zero_point, "int32")).reshape(
-            layout.rows, -1)
-
-    def dequantize(self, data2, layout: Layout, config: QuantConfig, scale, zero_point,
-                   out_dtype: str = "float32"):
-        ops = ops_for(data2)
-        runner = runners.Dequantize(layout, config, data2, out_dtype)
-        y = runner(data2, ops.astype(scale, "float32"), ops.astype(zero_point, "int32"))
-        return y.reshape(layout.rows, layout.cols)
-
     def percentile(self, x2, layout: Layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False):
         ops = ops_for(x2)
@@ -139,3 +125,16 @@ class TritonBackend:
         ops = ops_for(x2)
         return calibration.mse_errors(self, ops, ops.as_2d(x2, layout.rows, layout.cols),
                                       layout, lo, hi, factors, config)
+
+    # -- export (gpuquant.export) ----------------------------------------------
+    def quantize_pack32(self, x2, scale, zero_point, config: QuantConfig):
+        """compressed-tensors pack-quantized int32 words of a 2-D weight, in one kernel."""
+        group = config.group_size if config.granularity.value == "group" else int(x2.shape[1])
+        return export.quantize_pack32(x2, scale, zero_point, config.bits, config.symmetric, group)
+
+    def quantize_gguf(self, x, scheme: str, bf16_bits: bool = False):
+        """GGUF Q8_0 / Q4_0 blocks (uint8) of x; ``bf16_bits``: x holds bfloat16 bit patterns
+        (a torch int16/uint16 tensor, read as bfloat16 by the kernel)."""
+        if bf16_bits:
+            x = ops_for(x).view_as(x, "bfloat16")
+        return export.quantize_gguf(x, scheme)

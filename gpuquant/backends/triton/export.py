@@ -1,4 +1,4 @@
-"""Launchers of the export kernels (kernels/pack32.py, kernels/gguf.py).
+"""Launchers of the export kernels (kernels/pack_quantized.py, kernels/gguf.py).
 
 Inputs are torch CUDA tensors or CuPy arrays (torch CPU tensors under
 TRITON_INTERPRET=1, which is how CI checks them bit for bit against the
@@ -17,7 +17,7 @@ try:
     import triton
 
     from gpuquant.kernels import gguf as _gguf
-    from gpuquant.kernels import pack32 as _pack32
+    from gpuquant.kernels import pack_quantized as _pack32
 except ImportError as exc:  # pragma: no cover - depends on the machine
     raise BackendUnavailableError(
         f"the export kernels need Triton (>= 3.6): pip install 'gpuquant[gpu]' ({exc})"
@@ -36,7 +36,7 @@ def _words(n: int, bits: int) -> int:
 
 def pack32(stored, bits: int, dim: int = 1):
     """int32 words of unsigned codes (rows, cols) packed along ``dim``: the layout of
-    gpuquant.export.pack32.pack32, on the device."""
+    gpuquant.core.pack_quantized.pack32, on the device."""
     if bits not in (4, 8) or dim not in (0, 1) or len(stored.shape) != 2:
         raise InvalidShapeError(f"pack32 takes 2-D codes, bits 4 or 8 and dim 0 or 1; got shape "
                                 f"{tuple(stored.shape)}, bits={bits}, dim={dim}")

@@ -22,9 +22,9 @@ import threading
 
 import numpy as np
 
-from ..core.blocks import run_blocks
-from ..core.frameworks import bf16_bits_to_f32
 from ..errors import InvalidShapeError, NonFiniteError
+from .blocks import run_blocks
+from .frameworks import bf16_bits_to_f32
 
 __all__ = ["BLOCK", "SCHEMES", "quantize_blocks", "block_bytes"]
 

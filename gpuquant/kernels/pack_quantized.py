@@ -2,7 +2,7 @@
 
 A word holds PER = 32 / BITS unsigned codes, the first in the least
 significant bits, consecutive along the packed axis; a short last word is
-padded with zero bits (gpuquant/export/pack32.py is the NumPy reference).
+padded with zero bits (gpuquant/core/pack_quantized.py is the NumPy reference).
 """
 
 import triton
