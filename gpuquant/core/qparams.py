@@ -49,7 +49,8 @@ def _host_array(a: Any) -> np.ndarray:
     if type(a).__module__.split(".")[0] == "torch":
         if a.device.type != "cpu":
             raise TypeError("on a device")
-        return a.detach().float().numpy() if a.is_floating_point() else a.detach().numpy()
+        a = a.detach().resolve_neg()
+        return a.float().numpy() if a.is_floating_point() else a.numpy()
     if type(a).__module__.split(".")[0] == "cupy":
         raise TypeError("on a device")
     return np.asarray(a)
