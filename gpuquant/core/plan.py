@@ -25,7 +25,7 @@ from ..backends import select
 from ..calibration.dispatch import calibration_range
 from ..config import QuantConfig
 from ..errors import InvalidDtypeError, InvalidShapeError, QuantizationError
-from .frameworks import TensorInfo, prepare
+from .frameworks import TensorInfo, check_writable, host_copy, prepare
 from .layout import Layout
 from .qparams import QParams, check_user_qparams
 
@@ -38,7 +38,7 @@ _lock = threading.Lock()
 
 
 def _torch_key(x):
-    return x.shape, x.stride(), x.dtype, x.device
+    return x.shape, x.stride(), x.dtype, x.device, x.layout
 
 
 def _numpy_key(x):
@@ -181,6 +181,7 @@ def copy_into(out, results):
         raise InvalidShapeError(f"out= takes {len(results)} buffer(s)")
     for index, (buf, value) in enumerate(zip(out, results)):
         name = f"out[{index}]" if len(results) > 1 else "out"
+        check_writable(buf, name)
         if tuple(buf.shape) != tuple(value.shape):
             raise InvalidShapeError(f"{name} has shape {tuple(buf.shape)}; this call writes "
                                     f"{tuple(value.shape)}")
@@ -224,7 +225,7 @@ def user_qparams(qparams: Any, plan: QuantizePlan, x) -> tuple[Any, Any]:
     from ..backends.array_ops import ops_for
 
     ops = ops_for(x)
-    host = [None if v.on_gpu else np.asarray(a.cpu() if v.framework == "torch" else a)
+    host = [None if v.on_gpu else host_copy(a)
             for a, v in ((scale, sinfo), (zero_point, zinfo))]
     if host[0] is not None or host[1] is not None:  # values on the host are checked here
         checked = check_user_qparams(
