@@ -246,14 +246,19 @@ class NumpyBackend:
 
     # -- dequantize ----------------------------------------------------------
     def dequantize(self, data2: np.ndarray, layout: Layout, config: QuantConfig, scale,
-                   zero_point, out_dtype: str = "float32", saturate: str | None = None) -> np.ndarray:
-        """float(q - zp) * scale for the 2-D view, clamped to the finite range of ``saturate``
-        (default ``out_dtype``; "bfloat16" for float32 values rounded to it later) and
-        rounded to ``out_dtype``."""
+                   zero_point, out_dtype: str = "float32") -> np.ndarray:
+        """float(q - zp) * scale for the 2-D view, clamped to ``out_dtype``'s finite range
+        and rounded to it."""
+        return self._dequantize(data2, layout, config, scale, zero_point, out_dtype, out_dtype)
+
+    def _dequantize(self, data2, layout: Layout, config: QuantConfig, scale, zero_point,
+                    out_dtype: str, saturate: str) -> np.ndarray:
+        """:meth:`dequantize` clamped to the finite range of ``saturate`` ("bfloat16" for
+        float32 values rounded to bfloat16 afterwards)."""
         sc = _Params(layout, np.asarray(scale, F32))
         zp = _Params(layout, np.asarray(zero_point).astype(F32))
         use_zp = not config.symmetric or bool(np.any(zero_point))
-        limit = FINITE_MAX[saturate or out_dtype]
+        limit = FINITE_MAX[saturate]
         with np.errstate(over="ignore"):  # |y| <= peak per unit: clip only where it can pass
             peak = np.maximum(abs(config.qmin - zp.values), abs(config.qmax - zp.values)) * sc.values
         clip = bool(np.any(peak > limit))
@@ -316,8 +321,8 @@ class NumpyBackend:
         def run(data, scale, zero_point, out=None):
             native = [to_numpy(*prepare(a, name, require_float=False))
                       for a, name in ((data, "data"), (scale, "scale"), (zero_point, "zero_point"))]
-            y = self.dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
-                                native[2], compute, out_dtype)
+            y = self._dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
+                                 native[2], compute, out_dtype)
             return from_numpy(y.reshape(layout.shape), info, out_dtype)
 
         return run
