@@ -42,7 +42,7 @@ TENSORS_KEY = "gpuquant.tensors"
 SUFFIXES = (".qdata", ".scale", ".zero_point")
 
 
-def to_host(a: Any) -> tuple[str, np.ndarray]:
+def to_host(a: Any, name: str = "a tensor to save") -> tuple[str, np.ndarray]:
     """(safetensors dtype tag, NumPy array) of any array; bfloat16 as raw bits."""
     framework = framework_of(a)
     if framework == "torch":
@@ -51,13 +51,13 @@ def to_host(a: Any) -> tuple[str, np.ndarray]:
         if a.device.type == "meta":
             raise BackendUnavailableError("a torch tensor on the meta device holds no values to "
                                           "save")
-        a = a.detach().cpu()
+        a = a.detach().cpu().resolve_neg()  # NumPy cannot read the negative bit
         if a.dtype == torch.bfloat16:
             return BF16, a.view(torch.int16).numpy().view(np.uint16)
         a = a.numpy()
     elif framework == "cupy":
         a = a.get()
-    a = as_ndarray(a, "a tensor to save")
+    a = as_ndarray(a, name)
     return tag_of(a.dtype), a
 
 
@@ -103,7 +103,7 @@ def save(path: str | os.PathLike, tensors: Mapping[str, Any],
             entries += quantized_entries(name, value)
             described[name] = quantized_metadata(value)
         else:
-            entries.append((name, *to_host(value)))
+            entries.append((name, *to_host(value, f"tensors[{name!r}]")))
     counts = Counter(e[0] for e in entries)
     clash = sorted(n for n, c in counts.items() if c > 1)
     if clash:
@@ -269,9 +269,12 @@ def load(path: str | os.PathLike, framework: str = "numpy", device: Any = None) 
 
 def _path(path: Any) -> str:
     try:
-        return os.fspath(path)
+        text = os.fspath(path)
     except TypeError:
-        raise QuantizationError(f"path={path!r} must be a str or os.PathLike") from None
+        text = None
+    if not isinstance(text, str):  # bytes paths too: the messages and joins need str
+        raise QuantizationError(f"path={path!r} must be a str or an os.PathLike of str")
+    return text
 
 
 def _check_device(device: Any) -> None:

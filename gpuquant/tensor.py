@@ -150,7 +150,9 @@ class QuantizedTensor:
     # ----------------------------------------------------------- conversion
     @entry
     def dequantize(self, dtype: str | None = None, backend: str | None = None, out: Any = None):
-        """float(q - zero_point) * scale, in the original framework and device.
+        """float(q - zero_point) * scale, in the original framework and device, saturated to
+        the output dtype's finite range (finite inputs never dequantize to inf). An empty
+        tensor (gq.quantize refuses them, but a file may hold one) gives an empty array.
 
         ``dtype`` defaults to the original dtype; "float16", "bfloat16" (torch
         only), "float32" and "float64" are accepted. A NumPy QuantizedTensor
@@ -169,6 +171,8 @@ class QuantizedTensor:
             from .torch_ops import dequantize as traced
 
             return traced(self, dtype, backend, out)
+        if self.numel == 0:  # a loaded empty tensor: nothing to compute
+            return self._dequantize_empty(dtype, backend, out)
         plan = self._plan
         if plan is None or backend not in (None, plan.be.name):
             return self._dequantize_slow(dtype, backend, out)
@@ -184,6 +188,22 @@ class QuantizedTensor:
         out_dtype = output_dtype(dtype, self.dtype, self.framework)
         runner = be.plan_dequantize(self.layout, self.config, self.data, out_dtype)
         return runner(self.data, self.scale, self.zero_point, out)
+
+    def _dequantize_empty(self, dtype, backend, out):
+        """The empty array of the original shape (gq.quantize refuses empty tensors, but a
+        file may hold one): in the output dtype, framework and device, or ``out``."""
+        from .backends import BACKENDS
+        from .backends.array_ops import ops_for
+        from .core.plan import copy_into
+
+        if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+            raise BackendUnavailableError(f"backend={backend!r} is unknown; accepted: "
+                                          f"{', '.join(BACKENDS)} or None")
+        name = output_dtype(dtype, self.dtype, self.framework)
+        if name == "bfloat16" and self.framework == "numpy":
+            name = "float32"  # NumPy has no bfloat16 (see dequantize)
+        y = ops_for(self.data).empty(self.shape, name, self.data)
+        return y if out is None else copy_into((out,), (y,))[0]
 
     def check_finite(self) -> None:
         """Wait for the NaN/Inf checks of GPU quantize calls still in flight; raise
@@ -219,7 +239,7 @@ class QuantizedTensor:
 
 # ------------------------------------------------------------- validation
 def _as_array(a: Any, name: str) -> Any:
-    if framework_of(a) == "numpy" and not isinstance(a, np.ndarray):
+    if framework_of(a) == "numpy" and type(a) is not np.ndarray:
         return as_ndarray(a, name)
     return a
 
@@ -276,7 +296,7 @@ def check_parts(data, scale, zero_point, shape, dtype, config, info):
 
 
 def _host(a: Any) -> np.ndarray:
-    return a.detach().numpy() if framework_of(a) == "torch" else np.asarray(a)
+    return a.detach().resolve_neg().numpy() if framework_of(a) == "torch" else np.asarray(a)
 
 
 def _check_values(scale: np.ndarray, zero_point: np.ndarray, config: QuantConfig) -> None:

@@ -130,3 +130,85 @@ def test_write_is_atomic(tmp_path, tensors, monkeypatch):
 def test_name_collisions(tmp_path, tensors):
     with pytest.raises(gq.QuantizationError, match="collide"):
         gq.save(tmp_path / "x.safetensors", {"a": tensors["layer.weight"], "a.scale": np.ones(2)})
+
+
+# ------------------------------------------------------- second hardening pass (issue 19)
+def test_a_torch_tensor_with_the_negative_bit_saves_its_values(tmp_path):
+    torch = pytest.importorskip("torch")
+    neg = torch.complex(torch.zeros(4), torch.arange(1.0, 5.0)).conj().imag
+    assert neg.is_neg()
+    qt = gq.quantize(neg, backend="numpy")
+    gq.save(tmp_path / "n.safetensors", {"raw": neg, "q": qt, "bf": neg.to(torch.bfloat16)})
+    back = gq.load(tmp_path / "n.safetensors")
+    assert np.array_equal(back["raw"], -np.arange(1.0, 5.0, dtype=np.float32))
+    assert np.array_equal(back["bf"], -np.arange(1.0, 5.0, dtype=np.float32))
+    assert np.array_equal(back["q"].dequantize(), qt.dequantize().numpy())
+
+
+@pytest.mark.parametrize("path", [b"w.safetensors", 5, None])
+def test_paths_that_are_not_str_are_refused(tmp_path, path):
+    with pytest.raises(gq.QuantizationError, match="path=.* must be a str or an os.PathLike"):
+        gq.save(path, {"a": np.ones(2, np.float32)})
+    with pytest.raises(gq.QuantizationError, match="path=.* must be a str"):
+        gq.load(path)
+
+
+def test_a_tensor_named_like_the_metadata_is_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    with pytest.raises(gq.FormatError, match="'__metadata__' is reserved"):
+        gq.save(path, {"w": np.ones(3, np.float32), "__metadata__": np.ones(3, np.float32)})
+    assert list(tmp_path.iterdir()) == []
+    # a quantized tensor of that name is stored as __metadata__.qdata, ...: no clash
+    gq.save(path, {"__metadata__": gq.quantize(np.ones(4, np.float32))})
+    assert set(gq.load(path)) == {"__metadata__"}
+
+
+@pytest.mark.parametrize("duplicate", ["__metadata__", "plain", "dtype"])
+def test_duplicate_json_keys_in_a_header_are_refused(tmp_path, duplicate):
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = tmp_path / "d.safetensors"
+    qt = gq.quantize(np.arange(8, dtype=np.float32))
+    gq.save(path, {"q": qt, "plain": np.ones(2, np.float32)})
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = raw[8:8 + n].decode().rstrip()
+    if duplicate == "__metadata__":  # a second, empty metadata hides gpuquant's
+        header = header[:-1] + ',"__metadata__":{}}'
+    elif duplicate == "plain":
+        entry = json.loads(header)["plain"]
+        header = header[:-1] + f',"plain":{json.dumps(entry)}}}'
+    else:
+        header = header.replace('"dtype":"F32"', '"dtype":"F32","dtype":"F32"', 1)
+    blob = header.encode()
+    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
+    with pytest.raises(gq.FormatError, match=f"duplicate key '{duplicate}'"):
+        gq.load(path)
+    if duplicate == "__metadata__":  # the safetensors package refuses this one too
+        with pytest.raises(SafetensorError):
+            load_file(str(path))
+
+
+@pytest.mark.parametrize("framework", ["numpy", "torch"])
+@pytest.mark.parametrize("config", [gq.QuantConfig(), gq.QuantConfig.int8_per_channel(axis=0),
+                                    gq.QuantConfig.int4_per_group(2, symmetric=False)])
+def test_an_empty_quantized_tensor_loads_and_dequantizes_to_an_empty_array(tmp_path, framework,
+                                                                           config):
+    from gpuquant.core.layout import Layout
+
+    if framework == "torch":
+        pytest.importorskip("torch")
+    layout = Layout.of((0, 6), config)
+    qt = gq.QuantizedTensor(np.zeros(layout.packed_shape(config.bits), config.storage_dtype),
+                            np.ones(layout.unit_shape, np.float32),
+                            np.zeros(layout.unit_shape, np.int32), (0, 6), "float16", config)
+    gq.save(tmp_path / "e.safetensors", {"e": qt})
+    back = gq.load(tmp_path / "e.safetensors", framework=framework)["e"]
+    for dtype, want in ((None, "float16"), ("float32", "float32")):
+        y = back.dequantize(dtype=dtype)
+        assert tuple(y.shape) == (0, 6) and str(y.dtype).replace("torch.", "") == want
+    out = back.dequantize(out=back.dequantize())
+    assert tuple(out.shape) == (0, 6)
+    with pytest.raises(gq.EmptyTensorError):  # the contract: quantize refuses empty tensors
+        gq.quantize(np.zeros((0, 6), np.float16), config)

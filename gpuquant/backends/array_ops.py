@@ -91,7 +91,7 @@ class TorchOps:
     def to_host(self, a) -> np.ndarray:
         """One copy to the host (pinned and then one wait for device arrays)."""
         if a.device.type != "cuda":
-            return a.detach().numpy()
+            return a.detach().resolve_neg().numpy()
         host = self.torch.empty(a.shape, dtype=a.dtype, pin_memory=True)
         host.copy_(a)
         return host.numpy()

@@ -8,6 +8,7 @@ every rank and reduce the states.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,9 @@ from ..errors import (
     QuantizationError,
     UnsupportedSchemeError,
 )
+from .averages import mean_of_sums, weighted_sums
 from .dispatch import calibration_range
-from .histograms import DEFAULT_BINS, HistogramState
+from .histograms import DEFAULT_BINS, HistogramState, check_calibrator_state, check_momentum
 
 __all__ = ["calibrate", "Calibrator"]
 
@@ -79,15 +81,17 @@ class Calibrator:
     def __init__(self, config: QuantConfig | None = None, momentum: float | None = None,
                  backend: str | None = None, bins: int = DEFAULT_BINS):
         self.config = QuantConfig() if config is None else config
+        if not isinstance(self.config, QuantConfig):
+            raise QuantizationError(f"config must be a gq.QuantConfig, got "
+                                    f"{type(self.config).__name__}")
+        self.momentum = check_momentum(momentum)
         if self.config.is_float:
             from ..formats.parts import static_fp8_qparams
 
             static_fp8_qparams(np.zeros(0), np.zeros(0), self.config)  # FP8 scales only
-        if momentum is not None and not (0.0 < float(momentum) <= 1.0):
-            raise InvalidCalibrationError(f"momentum={momentum!r} must lie in (0, 1] or be None")
         if momentum is not None and self.config.calibration != "minmax":
             raise InvalidCalibrationError("momentum applies to calibration='minmax' only")
-        self.momentum = None if momentum is None else float(momentum)
+        self._lock = threading.RLock()  # update, merge and state calls from several threads
         self.backend = backend
         self.batches = 0
         self._lo: np.ndarray | None = None
@@ -96,11 +100,22 @@ class Calibrator:
         self._unit_shape: tuple[int, ...] | None = None
         self._hist = None if self.config.calibration == "minmax" else HistogramState(bins)
 
+    def __getstate__(self) -> dict[str, Any]:  # copy and pickle without the lock
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.RLock())
+
     @entry
     def update(self, batch: Any) -> Calibrator:
         """Fold one batch into the running state. Returns self. NaN/Inf raise here, as do
-        those an earlier GPU quantize found."""
+        those an earlier GPU quantize found. Safe to call from several threads (one batch
+        at a time is folded in; the result equals a sequential run)."""
         x, info = prepare(batch, "batch")
+        with self._lock:
+            return self._update(x, info)
+
+    def _update(self, x: Any, info: Any) -> Calibrator:
         layout = Layout.of(info.shape, self.config)
         be = select(info, self.backend)
         if self._backend_name not in (None, be.name):
@@ -142,6 +157,10 @@ class Calibrator:
 
     def range(self) -> tuple[np.ndarray, np.ndarray]:
         """The float32 (lo, hi) per unit by the config's method, as NumPy arrays."""
+        with self._lock:
+            return self._range()
+
+    def _range(self) -> tuple[np.ndarray, np.ndarray]:
         if self.batches == 0:
             raise CalibrationRequiredError(
                 "Calibrator.qparams() was called before any update(batch); feed it data first"
@@ -167,6 +186,10 @@ class Calibrator:
     def state_dict(self) -> dict[str, Any]:
         """A dict of plain Python values (and NumPy arrays for histograms);
         :meth:`load_state_dict` restores it."""
+        with self._lock:
+            return self._state_dict()
+
+    def _state_dict(self) -> dict[str, Any]:
         lo, hi = (None, None) if self._lo is None else (self._lo.tolist(), self._hi.tolist())
         return {"config": self.config.to_dict(), "momentum": self.momentum,
                 "batches": self.batches, "backend": self._backend_name,
@@ -175,49 +198,64 @@ class Calibrator:
                 "histogram": None if self._hist is None else self._hist.state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> Calibrator:
-        try:
-            config = QuantConfig.from_dict(state["config"])
-            self.config, self.momentum = config, state["momentum"]
-            self.batches, self._backend_name = int(state["batches"]), state["backend"]
-            shape = state["unit_shape"]
-            lo, hi, hist = state["lo"], state["hi"], state["histogram"]
-        except (KeyError, TypeError) as exc:
-            raise QuantizationError(f"not a Calibrator state: missing or bad {exc}") from None
-        self._unit_shape = None if shape is None else tuple(shape)
-        self._lo = None if lo is None else np.asarray(lo, np.float32)
-        self._hi = None if hi is None else np.asarray(hi, np.float32)
-        self._hist = None if hist is None else HistogramState.from_state(hist)
+        """Restore a :meth:`state_dict`, checked first (InvalidCalibrationError, or the
+        config's own error, naming the bad field; nothing changes then)."""
+        return self._load_checked(check_calibrator_state(state))
+
+    def _load_checked(self, state: dict[str, Any]) -> Calibrator:
+        shape, lo, hi, hist = state["unit_shape"], state["lo"], state["hi"], state["histogram"]
+        with self._lock:
+            self.config, self.momentum = QuantConfig.from_dict(state["config"]), state["momentum"]
+            self.batches, self._backend_name = state["batches"], state["backend"]
+            self._unit_shape = None if shape is None else tuple(shape)
+            minmax = hist is None
+            self._lo = np.asarray(lo, np.float32) if minmax and lo is not None else None
+            self._hi = np.asarray(hi, np.float32) if minmax and hi is not None else None
+            self._hist = None if minmax else HistogramState.from_state(hist)
         return self
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any]) -> Calibrator:
-        return cls(QuantConfig.from_dict(state["config"])).load_state_dict(state)
+        """A new Calibrator holding a checked :meth:`state_dict`."""
+        state = check_calibrator_state(state)
+        return cls(QuantConfig.from_dict(state["config"]))._load_checked(state)
 
     def merge(self, other: Calibrator) -> Calibrator:
-        """Fold another calibrator's state into this one. Returns self."""
-        if other.config != self.config:
+        """Fold another calibrator's state into this one. Returns self. Moving averages
+        combine by gpuquant.calibration.averages, the rule ``all_reduce`` uses."""
+        if not isinstance(other, Calibrator):
+            raise QuantizationError(f"Calibrator.merge takes a gq.Calibrator, got "
+                                    f"{type(other).__name__}")
+        if other.config != self.config or other.momentum != self.momentum:
             raise QuantizationError(
-                f"cannot merge calibrators of different configs: {self.config} and {other.config}"
-            )
-        if other.batches == 0:
-            return self
-        if self._unit_shape is not None and other._unit_shape != self._unit_shape:
-            raise InvalidShapeError(
-                f"cannot merge qparams of shape {other._unit_shape} into {self._unit_shape}"
-            )
-        if self.batches == 0:
-            self._backend_name, self._unit_shape = other._backend_name, other._unit_shape
-        if self._hist is not None:
-            self._hist.merge(other._hist)
-            self.batches += other.batches
-        elif self._lo is None or self.momentum is None:
-            self._fold(other._lo, other._hi, other.batches)
-        else:
-            w = np.float32(other.batches / (self.batches + other.batches))
-            self._lo = (self._lo + w * (other._lo - self._lo)).astype(np.float32)
-            self._hi = (self._hi + w * (other._hi - self._hi)).astype(np.float32)
-            self.batches += other.batches
+                f"cannot merge calibrators of different configs or momentum: {self.config} "
+                f"(momentum={self.momentum}) and {other.config} (momentum={other.momentum})")
+        with self._lock:
+            self._merge(other.state_dict())
         return self
+
+    def _merge(self, other: dict[str, Any]) -> None:
+        if other["batches"] == 0:
+            return
+        shape = tuple(other["unit_shape"])
+        if self._unit_shape is not None and shape != self._unit_shape:
+            raise InvalidShapeError(
+                f"cannot merge qparams of shape {shape} into {self._unit_shape}")
+        lo, hi = (None, None) if other["lo"] is None else (
+            np.asarray(other["lo"], np.float32), np.asarray(other["hi"], np.float32))
+        if self.batches == 0:
+            self._backend_name, self._unit_shape = other["backend"], shape
+        if self._hist is not None:
+            self._hist.merge(HistogramState.from_state(other["histogram"]))
+            self.batches += other["batches"]
+        elif self._lo is None or self.momentum is None:
+            self._fold(lo, hi, other["batches"])
+        else:
+            units = self._lo.size
+            sums = weighted_sums(self._lo, self._hi, self.batches, units) + \
+                weighted_sums(lo, hi, other["batches"], units)
+            new_lo, new_hi, self.batches = mean_of_sums(sums)
+            self._lo, self._hi = new_lo.reshape(self._lo.shape), new_hi.reshape(self._hi.shape)
 
     def __repr__(self) -> str:
         return f"Calibrator({self.config!r}, momentum={self.momentum}, batches={self.batches})"

@@ -15,7 +15,8 @@ batches. It reduces what :meth:`Calibrator.merge` combines, N ranks at once:
 4. a moving average (``momentum``) has no batch order across ranks: the result
    is the batch-weighted mean of the ranks' averages,
    ``lo = sum(n_r * lo_r) / sum(n_r)`` in float64, rounded once to float32
-   (the weighting ``merge`` uses for two states).
+   (gpuquant.calibration.averages: the one rule ``merge`` uses too, so two states give
+   the same bits merged or all-reduced).
 
 Ranks that saw no batch contribute nothing. Unlike ``all_gather_object`` nothing
 is pickled. The reduced arrays live on the CPU for gloo and MPI, and on the
@@ -34,6 +35,7 @@ import numpy as np
 
 from ..backends import BACKENDS
 from ..errors import BackendUnavailableError, InvalidShapeError, QuantizationError
+from .averages import mean_of_sums, weighted_sums
 from .histograms import HistogramState
 
 __all__ = ["all_reduce_calibrator"]
@@ -169,17 +171,10 @@ def _reduce_minmax(reduce: _Collective, state: dict[str, Any], shape: tuple[int,
 
 def _reduce_moving_average(reduce: _Collective, state: dict[str, Any],
                            shape: tuple[int, ...]) -> dict:
-    """The batch-weighted mean of the ranks' moving averages, one float32 rounding."""
-    units, n = math.prod(shape), state["batches"]
-    sums = np.zeros(2 * units + 1, np.float64)
-    if n > 0:
-        sums[:units] = np.asarray(state["lo"], np.float64).reshape(-1) * n
-        sums[units:-1] = np.asarray(state["hi"], np.float64).reshape(-1) * n
-        sums[-1] = n
-    sums = reduce(sums, "SUM")
-    total = sums[-1]
-    lo, hi = (sums[:units] / total).astype(np.float32), (sums[units:-1] / total).astype(np.float32)
-    return {"batches": int(total), "lo": lo.reshape(shape).tolist(), "hi": hi.reshape(shape).tolist()}
+    """The batch-weighted mean of the ranks' moving averages (gpuquant.calibration.averages)."""
+    sums = weighted_sums(state["lo"], state["hi"], state["batches"], math.prod(shape))
+    lo, hi, total = mean_of_sums(reduce(sums, "SUM"))
+    return {"batches": total, "lo": lo.reshape(shape).tolist(), "hi": hi.reshape(shape).tolist()}
 
 
 def _reduce_histograms(reduce: _Collective, state: dict[str, Any], shape: tuple[int, ...]) -> dict:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backends import BACKENDS
 from ..backends.array_ops import NumpyOps
 from ..config import MSE, Entropy, Percentile, QuantConfig
 from ..core.qparams import compute_qparams
@@ -291,18 +292,22 @@ def check_calibrator_state(state) -> dict:
     calibration is min/max (or none where it is not), tampered histograms.
     """
     keys = {"config", "momentum", "batches", "backend", "unit_shape", "lo", "hi", "histogram"}
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise InvalidCalibrationError(f"not a Calibrator state: a dict with {sorted(keys)}")
+    if not isinstance(state, dict):
+        raise InvalidCalibrationError(f"not a Calibrator state: a dict with {sorted(keys)}, got "
+                                      f"{type(state).__name__}")
+    if not keys <= set(state):
+        raise InvalidCalibrationError(f"not a Calibrator state: missing {sorted(keys - set(state))}")
     config = QuantConfig.from_dict(state["config"])
     momentum = check_momentum(state["momentum"])
     if momentum is not None and config.calibration != "minmax":
         raise InvalidCalibrationError("Calibrator state: momentum applies to minmax only")
     batches, backend, shape = state["batches"], state["backend"], state["unit_shape"]
-    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+    if isinstance(batches, bool) or not isinstance(batches, (int, np.integer)) or batches < 0:
         raise InvalidCalibrationError(f"Calibrator state: batches={batches!r} must be an "
                                       "integer >= 0")
-    if backend not in (None, "numpy", "triton"):
-        raise InvalidCalibrationError(f"Calibrator state: backend={backend!r} is unknown")
+    if backend is not None and (not isinstance(backend, str) or backend not in BACKENDS):
+        raise InvalidCalibrationError(f"Calibrator state: backend={backend!r} is unknown; "
+                                      f"accepted: None, {', '.join(map(repr, BACKENDS))}")
     if shape is not None and (not isinstance(shape, (list, tuple)) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise InvalidCalibrationError(f"Calibrator state: unit_shape={shape!r} must be a list "
@@ -311,7 +316,7 @@ def check_calibrator_state(state) -> dict:
         raise InvalidCalibrationError("Calibrator state: unit_shape is set exactly when "
                                       "batches > 0")
     units = None if shape is None else int(np.prod(shape, dtype=np.int64))
-    out = dict(state, config=config.to_dict(), momentum=momentum,
+    out = dict(state, config=config.to_dict(), momentum=momentum, batches=int(batches),
                unit_shape=None if shape is None else list(shape))
     if config.calibration == "minmax":
         if state["histogram"] is not None:
@@ -323,6 +328,7 @@ def check_calibrator_state(state) -> dict:
             hist.counts is not None and hist.counts.shape[0] != units):
         raise InvalidCalibrationError("Calibrator state: histogram units do not match "
                                       f"unit_shape={shape!r}")
+    out["lo"] = out["hi"] = None  # the histogram holds the range
     return out
 
 

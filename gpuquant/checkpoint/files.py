@@ -64,6 +64,16 @@ def _refuse_constant(text: str):
     raise ValueError(f"{text} is not JSON")
 
 
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all distinct (the safetensors package refuses repeats)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        repeated = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"duplicate key {repeated[:80]!r}")
+    return obj
+
+
 def _check_text(text: str, what: str, fail) -> None:
     """Names and metadata must be valid UTF-8 (no lone surrogates) without control characters."""
     try:
@@ -137,7 +147,7 @@ class SafetensorsFile:
             raise self._too_many(entries)
         try:
             header = json.loads(raw.decode("utf-8"), parse_int=_parse_int,
-                                parse_constant=_refuse_constant)
+                                parse_constant=_refuse_constant, object_pairs_hook=_unique_keys)
         except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as exc:
             problem = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
             raise self._fail(f"not a safetensors file: header is not valid JSON "
@@ -278,6 +288,8 @@ def _header_blob(path: str, entries, metadata) -> bytes:
             _check_text(text, "__metadata__ key or value", fail)
     for name, _, _ in entries:
         _check_text(name, "tensor name", fail)
+        if name == "__metadata__":
+            raise fail("tensor name '__metadata__' is reserved for the header's metadata")
     offset = 0
     for name, tag, shape in entries:
         nbytes = math.prod(shape) * DTYPES[tag].itemsize

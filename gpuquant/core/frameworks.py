@@ -7,11 +7,12 @@ type's module, so ``import gpuquant`` works with only NumPy installed.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, EmptyTensorError, InvalidDtypeError
+from ..errors import BackendUnavailableError, EmptyTensorError, InvalidDtypeError, QuantizationError
 
 __all__ = ["TensorInfo", "prepare", "framework_of", "to_numpy", "from_numpy", "as_ndarray",
            "FLOAT_DTYPES", "bf16_bits_to_f32", "f32_to_bf16_bits"]
@@ -64,8 +65,11 @@ def _device(x: Any, framework: str) -> str:
 def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, TensorInfo]:
     """Validate an input tensor and describe it. Lists and scalars go through ``np.asarray``."""
     framework = framework_of(x)
-    if framework == "numpy" and not isinstance(x, np.ndarray):
+    if framework == "numpy" and type(x) is not np.ndarray:
         x = as_ndarray(x, name)
+    elif framework == "torch" and str(x.layout) != "torch.strided":
+        raise InvalidDtypeError(f"{name} is a torch tensor of layout {x.layout}; accepted: dense "
+                                f"(strided) tensors: pass {name}.to_dense()")
     dtype = dtype_name(x)
     if require_float and dtype not in FLOAT_DTYPES:
         raise InvalidDtypeError(
@@ -85,12 +89,42 @@ def prepare(x: Any, name: str = "x", require_float: bool = True) -> tuple[Any, T
 
 def as_ndarray(x: Any, name: str) -> np.ndarray:
     """``np.asarray(x)``, with InvalidDtypeError naming ``name`` where NumPy cannot make an
-    array of it (ragged lists, a meta-device tensor, ...)."""
+    array of it (ragged lists, a meta-device tensor, ...), and for a masked array, whose
+    mask NumPy would drop."""
+    refuse_masked(x, name)
     try:
         return np.asarray(x)
     except (TypeError, ValueError, RuntimeError, NotImplementedError) as exc:
         raise InvalidDtypeError(f"{name} cannot be read as an array: "
                                 f"{str(exc).splitlines()[0][:150]}") from None
+
+
+def refuse_masked(x: Any, name: str) -> None:
+    """InvalidDtypeError for a masked NumPy array: gpuquant would read its masked values."""
+    ma = sys.modules.get("numpy.ma")  # without numpy.ma imported there are no masked arrays
+    if ma is not None and isinstance(x, ma.MaskedArray):
+        raise InvalidDtypeError(f"{name} is a masked NumPy array; gpuquant does not honour "
+                                f"masks: pass {name}.filled(value) or {name}.compressed()")
+
+
+def check_writable(buf: Any, name: str) -> None:
+    """A QuantizationError unless gpuquant can write into the ``out=`` buffer ``buf``:
+    an array (not a list), writable, outside autograd and holding memory (not meta)."""
+    if not hasattr(buf, "shape") or not hasattr(buf, "dtype"):
+        raise InvalidDtypeError(f"{name} must be an array of the result's framework, got "
+                                f"{type(buf).__name__}")
+    framework = framework_of(buf)
+    if framework == "numpy":
+        refuse_masked(buf, name)
+        if not getattr(getattr(buf, "flags", None), "writeable", False):
+            raise QuantizationError(f"{name} is read-only; pass a writable array")
+    elif framework == "torch":
+        if buf.device.type == "meta":
+            raise BackendUnavailableError(f"{name} is on the meta device, which holds no "
+                                          "values; pass a buffer on the input's device")
+        if buf.requires_grad:
+            raise QuantizationError(f"{name} requires grad; gpuquant writes outside autograd: "
+                                    f"pass a buffer with requires_grad=False")
 
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
@@ -116,7 +150,7 @@ def to_numpy(x: Any, info: TensorInfo) -> np.ndarray:
             f"the NumPy backend cannot read a {info.framework} array on {info.device}; "
             "gpuquant never moves data between devices: use backend='triton' or copy it to the CPU"
         )
-    x = x.detach()  # a tensor that requires grad is read as it is
+    x = x.detach().resolve_neg()  # read as it is: requires grad, or the negative bit set
     if info.dtype == "bfloat16":
         import torch
 
@@ -152,7 +186,7 @@ def host_copy(a: Any) -> np.ndarray:
     if framework == "cupy":
         return a.get()
     if framework == "torch":
-        return a.detach().cpu().numpy()
+        return a.detach().cpu().resolve_neg().numpy()
     return np.asarray(a)
 
 

@@ -53,6 +53,8 @@ class Layout:
             return cls(shape, ROW, rows, cols, shape[:-1])
         if gran is Granularity.GROUP:
             size = int(config.group_size)
+            if isinstance(cols, int):  # a group longer than the row is the row (2^62 too)
+                size = min(size, max(cols, 1))
             groups = -(-cols // size)
             return cls(shape, GROUP, rows, cols, (*shape[:-1], groups), group_size=size)
         if ndim == 0:

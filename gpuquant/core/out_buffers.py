@@ -8,6 +8,7 @@ the buffers directly, after the same kind of check).
 from __future__ import annotations
 
 from ..errors import InvalidDtypeError, InvalidShapeError
+from .frameworks import check_writable
 
 __all__ = ["copy_into"]
 
@@ -18,6 +19,7 @@ def copy_into(out, results):
         raise InvalidShapeError(f"out= takes {len(results)} buffer(s)")
     for index, (buf, value) in enumerate(zip(out, results)):
         name = f"out[{index}]" if len(results) > 1 else "out"
+        check_writable(buf, name)
         if tuple(buf.shape) != tuple(value.shape):
             raise InvalidShapeError(f"{name} has shape {tuple(buf.shape)}; this call writes "
                                     f"{tuple(value.shape)}")

@@ -25,7 +25,7 @@ from ..backends import select
 from ..calibration.dispatch import calibration_range
 from ..config import QuantConfig
 from ..errors import InvalidShapeError, QuantizationError
-from .frameworks import TensorInfo, framework_of, prepare
+from .frameworks import TensorInfo, framework_of, host_copy, prepare
 from .layout import Layout
 from .out_buffers import copy_into
 from .qparams import QParams, check_user_qparams
@@ -39,7 +39,7 @@ _lock = threading.Lock()
 
 
 def _torch_key(x):
-    return x.shape, x.stride(), x.dtype, x.device
+    return x.shape, x.stride(), x.dtype, x.device, x.layout
 
 
 def _numpy_key(x):
@@ -178,7 +178,7 @@ def user_qparams(qparams: Any, plan: QuantizePlan, x) -> tuple[Any, Any]:
     from ..backends.array_ops import ops_for
 
     ops = ops_for(x)
-    host = [None if v.on_gpu else np.asarray(a.cpu() if v.framework == "torch" else a)
+    host = [None if v.on_gpu else host_copy(a)
             for a, v in ((scale, sinfo), (zero_point, zinfo))]
     if host[0] is not None or host[1] is not None:  # values on the host are checked here
         checked = check_user_qparams(

@@ -51,7 +51,8 @@ def _host_array(a: Any) -> np.ndarray:
     if framework == "torch":
         if a.device.type != "cpu":
             raise TypeError("on a device")
-        return a.detach().float().numpy() if a.is_floating_point() else a.detach().numpy()
+        a = a.detach().resolve_neg()
+        return a.float().numpy() if a.is_floating_point() else a.numpy()
     if framework == "cupy":
         raise TypeError("on a device")
     return np.asarray(a)

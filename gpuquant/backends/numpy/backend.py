@@ -10,7 +10,8 @@ calls dominate once the data are in cache.
 
 Arithmetic (docs/ARCHITECTURE.md, the numerical contract): q = clamp(rint(x * inv_scale) + zp, qmin,
 qmax) with inv_scale = 1 / scale, each step one float32 rounding; NaN maps
-to the zero point. Dequantize: float32(q - zp) * scale.
+to the zero point. Dequantize: float32(q - zp) * scale, saturated to the output
+dtype's finite range (FINITE_MAX), so finite inputs dequantize to finite values.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from ...kernels.modes import COL, GROUP, ROW, SCALAR
 __all__ = ["NumpyBackend"]
 
 F32 = np.float32
+# the largest finite value of each output dtype, as float32 (float64 outputs are float32 values)
+FINITE_MAX = {"float16": F32(65504.0), "bfloat16": np.uint32(0x7F7F0000).view(F32),
+              "float32": np.finfo(F32).max, "float64": np.finfo(F32).max}
 
 
 # ------------------------------------------------------------------ helpers
@@ -244,10 +248,21 @@ class NumpyBackend:
     # -- dequantize ----------------------------------------------------------
     def dequantize(self, data2: np.ndarray, layout: Layout, config: QuantConfig, scale,
                    zero_point, out_dtype: str = "float32") -> np.ndarray:
-        """float(q - zp) * scale for the 2-D view, rounded to ``out_dtype``."""
+        """float(q - zp) * scale for the 2-D view, clamped to ``out_dtype``'s finite range
+        and rounded to it."""
+        return self._dequantize(data2, layout, config, scale, zero_point, out_dtype, out_dtype)
+
+    def _dequantize(self, data2, layout: Layout, config: QuantConfig, scale, zero_point,
+                    out_dtype: str, saturate: str) -> np.ndarray:
+        """:meth:`dequantize` clamped to the finite range of ``saturate`` ("bfloat16" for
+        float32 values rounded to bfloat16 afterwards)."""
         sc = _Params(layout, np.asarray(scale, F32))
         zp = _Params(layout, np.asarray(zero_point).astype(F32))
         use_zp = not config.symmetric or bool(np.any(zero_point))
+        limit = FINITE_MAX[saturate]
+        with np.errstate(over="ignore"):  # |y| <= peak per unit: clip only where it can pass
+            peak = np.maximum(abs(config.qmin - zp.values), abs(config.qmax - zp.values)) * sc.values
+        clip = bool(np.any(peak > limit))
         out = np.empty((layout.rows, layout.cols), dtype=out_dtype)
         signed = config.symmetric
 
@@ -263,6 +278,8 @@ class NumpyBackend:
             if use_zp:  # q - zp is exact in float32: |q - zp| < 2^17
                 codes = zp.apply(np.subtract, codes, span, out=buf, dtype=F32)
             sc.apply(np.multiply, codes, span, out=buf, dtype=F32)
+            if clip:
+                np.clip(buf, -limit, limit, out=buf)
             if buf is not dst:
                 np.copyto(dst, buf, casting="unsafe")
 
@@ -320,8 +337,8 @@ class NumpyBackend:
         def run(data, scale, zero_point, out=None):
             native = [to_numpy(*prepare(a, name, require_float=False))
                       for a, name in ((data, "data"), (scale, "scale"), (zero_point, "zero_point"))]
-            y = self.dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
-                                native[2], compute)
+            y = self._dequantize(native[0].reshape(layout.rows, -1), layout, config, native[1],
+                                 native[2], compute, out_dtype)
             y = from_numpy(y.reshape(layout.shape), info, out_dtype)
             return y if out is None else copy_into((out,), (y,))[0]
 

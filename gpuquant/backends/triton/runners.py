@@ -26,6 +26,7 @@ from gpuquant.kernels import quantize as _q
 from gpuquant.kernels.modes import COL, GROUP, SCALAR
 
 from ...config import QuantConfig
+from ...core.frameworks import check_writable
 from ...core.layout import Layout
 from ...core.nonfinite import board_for, new_slot, raise_ready
 from ...errors import InvalidDtypeError, InvalidShapeError
@@ -102,6 +103,7 @@ class _Runner:
 
 def check_out(ops, name: str, buf, shape, dtype: str, like) -> None:
     """An ``out=`` buffer must have the output's shape, dtype and device, and be contiguous."""
+    check_writable(buf, name)
     if tuple(buf.shape) != tuple(shape) or not ops.is_contiguous(buf):
         raise InvalidShapeError(f"{name} has shape {tuple(buf.shape)}"
                                 f"{'' if ops.is_contiguous(buf) else ' (not contiguous)'}; "
