@@ -206,9 +206,11 @@ def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> Mi
         cfg = tuning.config_for("column_minmax_kernel", rows * cols)
         block_c = pow2(cols, 128)
         block_r = max(1, min(64, cfg["TILE"] // block_c))
+        per_split = triton.cdiv(rows, splits)
+        even = per_split * splits == rows and per_split % block_r == 0 and cols % block_c == 0
         return MinMaxLaunch(_mm.column_minmax_kernel, (triton.cdiv(cols, block_c), splits),
-                            (rows, cols, row_stride, triton.cdiv(rows, splits), slot),
-                            dict(CHECK=check, BLOCK_R=block_r, BLOCK_C=block_c),
+                            (rows, cols, row_stride, per_split, slot),
+                            dict(CHECK=check, EVEN=even, BLOCK_R=block_r, BLOCK_C=block_c),
                             warps(block_r * block_c, cfg["EPT"]), (splits, cols), splits, 1)
     unit_div, unit_mod = layout.row_unit()
     if layout.mode == SCALAR:  # chunks of every row, all of one unit
@@ -227,7 +229,10 @@ def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> Mi
     block_u = max(1, min(64, cfg["TILE"] // block_l))
     return MinMaxLaunch(_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),),
                         (segments, per_row, seg, cols, row_stride, unit_div, unit_mod, slot),
-                        dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l),
+                        dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l,
+                             EVEN=segments % block_u == 0 and seg % block_l == 0 and cols % seg == 0,
+                             FLAT=row_stride == cols and cols % seg == 0,
+                             SEG_UNITS=unit_div == 1 and unit_mod == segments),
                         warps(block_u * block_l, cfg["EPT"]), (segments,),
                         segments // (1 if layout.mode == SCALAR else n_units), inner)
 
