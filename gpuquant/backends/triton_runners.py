@@ -202,7 +202,8 @@ class MinMaxLaunch:
 def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> MinMaxLaunch:
     rows, cols, n_units = layout.rows, layout.cols, layout.num_units
     if layout.mode == COL:
-        splits = max(1, min(256, rows // 64))  # grid axis 1: at most 65535
+        splits = max(1, min(256, rows // 512))  # grid axis 1: at most 65535; 512 rows: the
+        # final exchange between warps amortised over 16 row tiles
         cfg = tuning.config_for("column_minmax_kernel", rows * cols)
         block_c = pow2(cols, 128)
         block_r = max(1, min(64, cfg["TILE"] // block_c))

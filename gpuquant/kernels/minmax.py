@@ -16,7 +16,7 @@ counts the non-finite ones.
 import triton
 import triton.language as tl
 
-from .common import is_finite, max_nan, min_nan, raw_range, report_nonfinite
+from .common import any_nonfinite, is_finite, max_nan, min_nan, raw_range, report_nonfinite
 
 
 @triton.jit
@@ -25,12 +25,6 @@ def _tile_update(lo, hi, x, mask, EVEN: tl.constexpr):
     if EVEN:
         return min_nan(lo, x), max_nan(hi, x)
     return min_nan(lo, tl.where(mask, x, float("inf"))), max_nan(hi, tl.where(mask, x, float("-inf")))
-
-
-@triton.jit
-def _any_nonfinite(lo, hi):
-    """True when a slot's range is not finite (NaN, Inf, or nothing under the mask)."""
-    return tl.max((~(is_finite(lo) & is_finite(hi))).to(tl.int32), axis=0) > 0
 
 
 @triton.jit
@@ -66,7 +60,7 @@ def segment_minmax_kernel(
         x = tl.load(x_ptr + base[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
         clo, chi = raw_range(x, mask, EVEN, 1)
         lo, hi = min_nan(lo, clo), max_nan(hi, chi)
-    if _any_nonfinite(lo, hi):  # the cold pass: finite values only, and the report
+    if any_nonfinite(lo, hi):  # the cold pass: finite values only, and the report
         lo = tl.full((BLOCK_U,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_U,), float("-inf"), tl.float32)
         bad = tl.zeros((BLOCK_U,), tl.int32)
@@ -111,12 +105,13 @@ def column_minmax_kernel(
         tlo, thi = _tile_update(tlo, thi, x, mask, EVEN)
     lo = tl.reduce(tlo, 0, min_nan)
     hi = tl.reduce(thi, 0, max_nan)
-    if _any_nonfinite(lo, hi):  # the cold pass: finite values only, and the report
+    COLD_R: tl.constexpr = max(1, BLOCK_R // 4)
+    if any_nonfinite(lo, hi):  # the cold pass: finite values only, and the report
         lo = tl.full((BLOCK_C,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_C,), float("-inf"), tl.float32)
         bad = tl.zeros((BLOCK_C,), tl.int32)
-        for r0 in range(r_begin, r_end, BLOCK_R):
-            row = r0 + tl.arange(0, BLOCK_R)
+        for r0 in range(r_begin, r_end, COLD_R):  # (a smaller tile: fewer registers)
+            row = r0 + tl.arange(0, COLD_R)
             mask = (row < r_end)[:, None] & col_ok[None, :]
             x = tl.load(x_ptr + row[:, None] * stride_row + col[None, :], mask=mask,
                         other=0.0).to(tl.float32)
