@@ -135,13 +135,14 @@ def main() -> None:
     ap.add_argument("--repo", default=".", help="the gpuquant checkout (default: .)")
     ap.add_argument("--out", default=None, help="output folder (default: a new temporary one)")
     ap.add_argument("--calls", default=None, help="comma-separated subset of the calls")
+    ap.add_argument("--side", type=int, default=SIDE, help=f"x is side x side (default {SIDE})")
     a = ap.parse_args()
     repo = Path(a.repo).resolve()
     out = Path(a.out or tempfile.mkdtemp(prefix="gpuquant-sass-"))
     out.mkdir(parents=True, exist_ok=True)
     os.environ["TRITON_INTERPRET"] = "1"
     sys.path.insert(0, str(repo))
-    result = record(a.calls.split(",") if a.calls else None)
+    result = record(a.calls.split(",") if a.calls else None, a.side)
     result["gpuquant"] = str(Path(result["gpuquant"]).relative_to(repo))
     for call in result["calls"]:
         for d in call["launches"]:

@@ -16,7 +16,8 @@ USES = {
     "fused_units_kernel": ["quant-int4-g128-asym", "quant-int4-g128-sym", "quant-int8-channel",
                            "dynamic-per-token"],
     "quantize_tile_kernel": ["quant-int4-g128-given"],
-    "dequantize_tile_kernel": ["dequant-int4-g128", "dequant-int8-channel"],
+    "dequantize_units_kernel": ["dequant-int4-g128", "dequant-int8-channel"],
+    "dequantize_tile_kernel": [],  # the other layouts (per column, per tensor): no workload yet
     "segment_minmax_kernel": ["minmax-group", "minmax-channel"],
     "column_minmax_kernel": ["minmax-channel-last"],
 }

@@ -60,12 +60,13 @@ def segment_minmax_kernel(
         x = tl.load(x_ptr + base[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
         clo, chi = raw_range(x, mask, EVEN, 1)
         lo, hi = min_nan(lo, clo), max_nan(hi, chi)
+    COLD_L: tl.constexpr = max(1, BLOCK_L // 4)
     if any_nonfinite(lo, hi):  # the cold pass: finite values only, and the report
         lo = tl.full((BLOCK_U,), float("inf"), tl.float32)
         hi = tl.full((BLOCK_U,), float("-inf"), tl.float32)
         bad = tl.zeros((BLOCK_U,), tl.int32)
-        for l0 in range(0, seg_len, BLOCK_L):
-            col = l0 + tl.arange(0, BLOCK_L)
+        for l0 in range(0, seg_len, COLD_L):  # (a smaller tile: fewer registers)
+            col = l0 + tl.arange(0, COLD_L)
             mask = unit_ok[:, None] & (col[None, :] < length[:, None])
             x = tl.load(x_ptr + base[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
             fin = mask & is_finite(x)
