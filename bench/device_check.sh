@@ -5,8 +5,9 @@
 #   bash bench/device_check.sh OUTDIR            on the GPU machine
 #   bash bench/device_check.sh --dry-run OUTDIR  the same steps on the CPU (Triton interpreter,
 #                                                tiny sizes), in about 2 minutes: proves the script
-# Writes 8 files into OUTDIR (no subfolders): device_check.log, pytest.log, tuning.json (the
+# Writes 9 files into OUTDIR (no subfolders): device_check.log, pytest.log, tuning.json (the
 # swept table: copy it over gpuquant/backends/tuning.json to adopt it), bench.csv,
+# sass_rows.json (static SASS figures next to the times: docs/KERNELS.md),
 # host_overhead.json, bandwidth.png, error_vs_bits.png, summary.txt. Needs no network: the
 # machine's own torch, triton and cupy are used; the project installs with --no-deps.
 # Every step runs under its own `timeout`, and no step starts past the budget, so one hang
@@ -22,7 +23,7 @@ exec > >(tee "$out/device_check.log") 2>&1
 export PYTHONUNBUFFERED=1
 BUDGET=${DEVICE_CHECK_BUDGET_S:-460}  # seconds for all steps; the summary comes after
 # each step's own limit (seconds); no step runs past the budget whatever its limit
-CAP_TESTS=150 CAP_TUNE=110 TUNE_BUDGET=90 CAP_BENCH=120 CAP_HOST=40 CAP_CAL=60
+CAP_TESTS=150 CAP_TUNE=110 TUNE_BUDGET=90 CAP_BENCH=120 CAP_SASS=90 CAP_HOST=40 CAP_CAL=60
 start=$(date +%s)
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -106,6 +107,12 @@ ops=$ops,percentile-channel,mse-channel
 step "benchmark (float16 $big; percentile-channel and mse-channel too)" "$CAP_BENCH" \
   python3 -m bench "${dev[@]}" "${tuning[@]}" --ops "$ops" --sizes "$big" --dtypes float16 \
   --out "$out" --repeats 5
+
+# the static SASS figures of the standard calls (x 8192x8192 float16) next to the benchmark's
+# times: rows for ../shared/sass/measurements.json, to recalibrate the model (docs/KERNELS.md)
+step "static SASS figures next to the measured times" "$CAP_SASS" \
+  python3 -m bench.sass_rows --out "$out/sass_rows.json" --bench-csv "$out/bench.csv" \
+  --gpu "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
 
 step "host time of a repeated call" "$CAP_HOST" \
   bash -c "python3 -m bench --host-overhead ${host[*]} > '$out/host_overhead.json'"

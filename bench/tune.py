@@ -48,8 +48,9 @@ TILES = (256, 512, 1024, 2048, 4096, 8192)
 EPTS = (8, 16, 32, 64)
 GPU_SHAPES = {"small": (32, 4096), "medium": (2048, 4096), "large": (8192, 8192)}
 DRY_SHAPES = {"small": (4, 256), "medium": (8, 256), "large": (16, 256)}
-PRIORITY = ["fused_units_kernel", "dequantize_tile_kernel", "segment_minmax_kernel",
-            "column_minmax_kernel", "quantize_tile_kernel"]  # issue 9's order of importance
+PRIORITY = ["fused_units_kernel", "dequantize_units_kernel", "segment_minmax_kernel",
+            "column_minmax_kernel", "quantize_tile_kernel",
+            "dequantize_tile_kernel"]  # issue 9's order of importance
 KEEP_MARGIN = 0.98  # a candidate must beat the current configuration by 2 % to replace it
 
 

@@ -16,7 +16,8 @@ USES = {
     "fused_units_kernel": ["quant-int4-g128-asym", "quant-int4-g128-sym", "quant-int8-channel",
                            "dynamic-per-token"],
     "quantize_tile_kernel": ["quant-int4-g128-given"],
-    "dequantize_tile_kernel": ["dequant-int4-g128", "dequant-int8-channel"],
+    "dequantize_units_kernel": ["dequant-int4-g128", "dequant-int8-channel"],
+    "dequantize_tile_kernel": ["dequant-int8-channel-last"],  # the other layouts (per column)
     "segment_minmax_kernel": ["minmax-group", "minmax-channel"],
     "column_minmax_kernel": ["minmax-channel-last"],
 }
@@ -53,6 +54,9 @@ def make_workload(op: str, x, backend: str) -> Workload:
         cfg = gq.QuantConfig.int8_per_channel(axis=1)
         return Workload(op, lambda: gq.calibrate(x, cfg, backend=backend),
                         _read_bytes(x) + _params_bytes(cols))
+    if op == "dequant-int8-channel-last":  # channels along the last axis: the tile kernel
+        qt = gq.quantize(x, gq.QuantConfig.int8_per_channel(axis=1), backend=backend)
+        return Workload(op, qt.dequantize, rows * cols + _read_bytes(x) + _params_bytes(cols))
     case = build(op, x, "torch", backend=backend, peers=False)
     return Workload(op, case.ours, case.bytes_moved)
 

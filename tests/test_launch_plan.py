@@ -21,15 +21,16 @@ if not INTERPRET or CUDA:
                 allow_module_level=True)
 
 G128 = gq.QuantConfig(scheme="int4", granularity="group", group_size=128, symmetric=False)
-CASES = [  # (shape, config, launches of a min/max quantize)
-    ((64, 256), G128, 1),
-    ((64, 256), G128.replace(symmetric=True), 1),
-    ((64, 256), gq.QuantConfig.int8_per_channel(), 1),
-    ((16, 4096), gq.QuantConfig(granularity="token"), 1),
-    ((64, 250), gq.QuantConfig(scheme="int4", granularity="group", group_size=32), 1),  # ragged
-    ((64, 256), gq.QuantConfig.int8_symmetric(), 3),  # per tensor: partials, qparams, codes
-    ((64, 256), gq.QuantConfig.int8_per_channel(axis=-1), 3),
-    ((4, 6, 8), gq.QuantConfig.int8_per_channel(axis=1), 3),  # rows share channels
+UNITS, TILE = "dequantize_units_kernel", "dequantize_tile_kernel"
+CASES = [  # (shape, config, launches of a min/max quantize, the dequantize kernel)
+    ((64, 256), G128, 1, UNITS),  # units that are runs of the flat tensor: groups, rows
+    ((64, 256), G128.replace(symmetric=True), 1, UNITS),
+    ((64, 256), gq.QuantConfig.int8_per_channel(), 1, UNITS),
+    ((16, 4096), gq.QuantConfig(granularity="token"), 1, UNITS),
+    ((64, 250), gq.QuantConfig(scheme="int4", granularity="group", group_size=32), 1, TILE),  # ragged
+    ((64, 256), gq.QuantConfig.int8_symmetric(), 3, TILE),  # per tensor: partials, qparams, codes
+    ((64, 256), gq.QuantConfig.int8_per_channel(axis=-1), 3, TILE),
+    ((4, 6, 8), gq.QuantConfig.int8_per_channel(axis=1), 3, TILE),  # rows share channels
 ]
 
 
@@ -39,16 +40,16 @@ def launches_of(fn):
     return [launch.name for launch in launches]
 
 
-@pytest.mark.parametrize("shape,cfg,count", CASES,
-                         ids=[f"{c.describe()}-{s}" for s, c, _ in CASES])
-def test_launches_per_call(shape, cfg, count):
+@pytest.mark.parametrize("shape,cfg,count,dequantize", CASES,
+                         ids=[f"{c.describe()}-{s}" for s, c, _, _ in CASES])
+def test_launches_per_call(shape, cfg, count, dequantize):
     x = torch.randn(shape, dtype=torch.float16)
     quantize = launches_of(lambda: gq.quantize(x, cfg, backend="triton"))
     assert len(quantize) == count, quantize
     if count == 1:
         assert quantize == ["fused_units_kernel"]
     qt = gq.quantize(x, cfg, backend="triton")
-    assert launches_of(qt.dequantize) == ["dequantize_tile_kernel"]
+    assert launches_of(qt.dequantize) == [dequantize]
     given = launches_of(lambda: gq.quantize(x, cfg, qparams=(qt.scale, qt.zero_point),
                                             backend="triton"))
     assert given == ["quantize_tile_kernel"]

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("triton")
 pytest.importorskip("torch")
 
-KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "finalize_qparams_kernel",
+KERNELS = {"column_minmax_kernel", "dequantize_tile_kernel", "dequantize_units_kernel",
+           "finalize_qparams_kernel",
            "fused_units_kernel", "mse_sweep_kernel", "quantize_tile_kernel",
            "segment_minmax_kernel", "key_histogram_kernel", "tensor_select_kernel",
            "unit_sort_select_kernel", "unit_radix_select_kernel", "unit_histogram_kernel"}

@@ -134,7 +134,8 @@ class FusedQuantize(_Runner):
         self.word = _PAIR_WORD.get(dtype)
         cfg = tuning.config_for("fused_units_kernel", layout.rows * layout.cols)
         block_l = pow2(seg, FUSED_MAX_SEGMENT)
-        block_u = pow2(units, max(1, cfg["TILE"] // block_l)) if units > 1 else 1
+        # a unit of TILE or more is a program of its own (fewer values a thread, fewer registers)
+        block_u = pow2(units, cfg["TILE"] // block_l) if units > 1 and block_l < cfg["TILE"] else 1
         self.grid = (triton.cdiv(units, block_u),)
         self.slot = new_slot(layout.shape, layout.num_units)
         q_stride = (layout.cols + 1) // 2 if config.bits == 4 else layout.cols
@@ -203,13 +204,16 @@ class MinMaxLaunch:
 def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> MinMaxLaunch:
     rows, cols, n_units = layout.rows, layout.cols, layout.num_units
     if layout.mode == COL:
-        splits = max(1, min(256, rows // 64))  # grid axis 1: at most 65535
+        splits = max(1, min(256, rows // 512))  # grid axis 1: at most 65535; 512 rows: the
+        # final exchange between warps amortised over 16 row tiles
         cfg = tuning.config_for("column_minmax_kernel", rows * cols)
         block_c = pow2(cols, 128)
         block_r = max(1, min(64, cfg["TILE"] // block_c))
+        per_split = triton.cdiv(rows, splits)
+        even = per_split * splits == rows and per_split % block_r == 0 and cols % block_c == 0
         return MinMaxLaunch(_mm.column_minmax_kernel, (triton.cdiv(cols, block_c), splits),
-                            (rows, cols, row_stride, triton.cdiv(rows, splits), slot),
-                            dict(CHECK=check, BLOCK_R=block_r, BLOCK_C=block_c),
+                            (rows, cols, row_stride, per_split, slot),
+                            dict(CHECK=check, EVEN=even, BLOCK_R=block_r, BLOCK_C=block_c),
                             warps(block_r * block_c, cfg["EPT"]), (splits, cols), splits, 1)
     unit_div, unit_mod = layout.row_unit()
     if layout.mode == SCALAR:  # chunks of every row, all of one unit
@@ -228,7 +232,10 @@ def minmax_launch(layout: Layout, row_stride: int, check: bool, slot: int) -> Mi
     block_u = max(1, min(64, cfg["TILE"] // block_l))
     return MinMaxLaunch(_mm.segment_minmax_kernel, (triton.cdiv(segments, block_u),),
                         (segments, per_row, seg, cols, row_stride, unit_div, unit_mod, slot),
-                        dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l),
+                        dict(CHECK=check, BLOCK_U=block_u, BLOCK_L=block_l,
+                             EVEN=segments % block_u == 0 and seg % block_l == 0 and cols % seg == 0,
+                             FLAT=row_stride == cols and cols % seg == 0,
+                             SEG_UNITS=unit_div == 1 and unit_mod == segments),
                         warps(block_u * block_l, cfg["EPT"]), (segments,),
                         segments // (1 if layout.mode == SCALAR else n_units), inner)
 
@@ -299,24 +306,40 @@ class GivenQuantize(_Runner):
 
 
 class Dequantize:
-    """One launch of dequantize_tile_kernel."""
+    """One launch of dequantize_units_kernel (units that are runs of the flat tensor: groups
+    of whole rows, rows) or dequantize_tile_kernel (every other layout)."""
 
     def __init__(self, layout: Layout, config: QuantConfig, data, out_dtype: str):
         self.ops, self.layout, self.out_dtype = ops_for(data), layout, out_dtype
         rows, cols = layout.rows, layout.cols
-        block_r, block_c, self.num_warps = tile("dequantize_tile_kernel", rows, cols)
-        col_tiles = triton.cdiv(cols, block_c)
-        self.grid = (triton.cdiv(rows, block_r) * col_tiles,)
-        q_cols = (cols + 1) // 2 if config.bits == 4 else cols
+        packed = config.bits == 4
+        q_cols = (cols + 1) // 2 if packed else cols
         self.code_shape = (rows, q_cols)
-        self.ints = (rows, cols, q_cols, cols, max(1, layout.num_groups),
-                     max(1, layout.group_size), col_tiles, *layout.row_unit())
-        self.constexprs = dict(MODE=layout.mode.code, PACKED=config.bits == 4,
-                               SIGNED=config.symmetric,
-                               HIGH_FIRST=config.nibble_order == "high_first",
-                               BF16=out_dtype == "bfloat16",
-                               EVEN=rows % block_r == 0 and cols % block_c == 0,
-                               BLOCK_R=block_r, BLOCK_C=block_c)
+        common = dict(PACKED=packed, SIGNED=config.symmetric,
+                      HIGH_FIRST=config.nibble_order == "high_first", BF16=out_dtype == "bfloat16")
+        seg = _run_length(layout)
+        if seg and not (packed and seg % 2):
+            self.kernel = _dq.dequantize_units_kernel
+            units = layout.rows * cols // seg
+            cfg = tuning.config_for("dequantize_units_kernel", rows * cols)
+            block_l = pow2(seg, cfg["TILE"])
+            block_u = pow2(units, cfg["TILE"] // block_l) if units > 1 and block_l < cfg["TILE"] else 1
+            chunks = triton.cdiv(seg, block_l)
+            self.grid = (triton.cdiv(units, block_u) * chunks,)
+            self.ints = (units, seg, chunks)
+            self.num_warps = warps(block_u * block_l, cfg["EPT"])
+            self.constexprs = dict(common, EVEN=units % block_u == 0 and seg % block_l == 0,
+                                   BLOCK_U=block_u, BLOCK_L=block_l)
+        else:
+            self.kernel = _dq.dequantize_tile_kernel
+            block_r, block_c, self.num_warps = tile("dequantize_tile_kernel", rows, cols)
+            col_tiles = triton.cdiv(cols, block_c)
+            self.grid = (triton.cdiv(rows, block_r) * col_tiles,)
+            self.ints = (rows, cols, q_cols, cols, max(1, layout.num_groups),
+                         max(1, layout.group_size), col_tiles, *layout.row_unit())
+            self.constexprs = dict(common, MODE=layout.mode.code,
+                                   EVEN=rows % block_r == 0 and cols % block_c == 0,
+                                   BLOCK_R=block_r, BLOCK_C=block_c)
         self.numel = math.prod(layout.shape)
 
     def __call__(self, data, scale, zero_point, out=None):
@@ -327,8 +350,17 @@ class Dequantize:
             check_out(ops, "out", out, self.layout.shape, self.out_dtype, data)
         y = ops.view_as(out, "int16") if self.out_dtype == "bfloat16" else out
         with ops.launching(data):
-            launch(_dq.dequantize_tile_kernel, self.grid,
+            launch(self.kernel, self.grid,
                    ops.contiguous(data).reshape(self.code_shape), y, ops.contiguous(scale),
                    ops.contiguous(zero_point), *self.ints, num_warps=self.num_warps,
                    **self.constexprs)
         return out
+
+
+def _run_length(layout: Layout) -> int:
+    """The length of each unit when units are consecutive runs of the flat tensor, else 0."""
+    if layout.mode == GROUP and layout.cols % layout.group_size == 0:
+        return layout.group_size
+    if layout.rows_are_units:
+        return layout.cols
+    return 0
