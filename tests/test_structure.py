@@ -21,9 +21,9 @@ LAYERS = [
     ("plan", ["gpuquant.plan", "gpuquant.ranges", "gpuquant.torch_ops"]),
     ("api", ["gpuquant.quantize", "gpuquant.calibrate", "gpuquant.dynamic", "gpuquant.tensor",
              "gpuquant.streaming", "gpuquant.io", "gpuquant.distributed", "gpuquant.shards",
-             "gpuquant.export", "gpuquant.nn"]),
+             "gpuquant.export", "gpuquant.nn", "gpuquant.model"]),
     ("application", ["gpuquant.checkpoint", "gpuquant.cli", "gpuquant.demo",
-                     "gpuquant.__main__", "gpuquant.sharded", "gpuquant.model", "gpuquant"]),
+                     "gpuquant.__main__", "gpuquant.sharded", "gpuquant"]),
 ]
 
 

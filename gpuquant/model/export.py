@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import time
 
 import numpy as np
 
@@ -25,6 +27,7 @@ from ..packing import pack_int4, unpack_int4
 __all__ = ["export_model", "pack_options_of"]
 
 _SUFFIXES = ("qdata", "scale", "zero_point", "_extra_state")
+_WEIGHT_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
 
 
 def pack_options_of(config, ignore) -> PackOptions:
@@ -82,15 +85,31 @@ def _state_dict(model, quantized: dict) -> dict:
     return state
 
 
-def export_model(model, out_dir: str, *, force: bool = False) -> dict:
+def _copy_side_files(source: str, stage: str) -> None:
+    """Files of the source folder that save_pretrained does not write (tokenizer, ...)."""
+    written = set(os.listdir(stage))
+    for name in sorted(os.listdir(source)):
+        src = os.path.join(source, name)
+        if name.startswith(".") or name in written or name.endswith(_WEIGHT_FILES):
+            continue
+        if os.path.isdir(src):
+            shutil.copytree(src, os.path.join(stage, name), symlinks=True)
+        else:
+            shutil.copy2(src, os.path.join(stage, name))
+
+
+def export_model(model, out_dir: str, *, force: bool = False, copy_from: str | None = None) -> dict:
     """Write ``model`` (a transformers model whose Linear layers gq.quantize_model replaced)
     as a compressed-tensors pack-quantized folder, loadable by transformers and vLLM.
 
     Every QuantizedLinear must share one config (int4/int8, per group or per output
-    channel). Returns {"quantized": n, "config": QuantConfig}.
+    channel). ``copy_from``: the model's source folder, whose other files (tokenizer,
+    generation config, ...) are copied as ``gpuquant export`` does. ``force`` replaces
+    an existing output. Returns {"quantized": n, "config": QuantConfig, "seconds": s}.
     """
     from ..nn import QuantizedLinear
 
+    start = time.perf_counter()
     if not hasattr(model, "save_pretrained") or not hasattr(model, "config"):
         raise QuantizationError(f"model must be a transformers PreTrainedModel, got "
                                 f"{type(model).__name__}")
@@ -116,4 +135,6 @@ def export_model(model, out_dir: str, *, force: bool = False) -> dict:
         written["quantization_config"] = qc
         with open(path, "w") as f:
             json.dump(written, f, indent=2)
-    return {"quantized": len(quantized), "config": config}
+        if copy_from is not None:
+            _copy_side_files(copy_from, stage)
+    return {"quantized": len(quantized), "config": config, "seconds": time.perf_counter() - start}

@@ -12,14 +12,18 @@ keeps the step whose weight error (sum of squares under the contract's
 quantize/dequantize) is least, starting from the config's own calibration, so
 HQQ is never worse than round-to-nearest of the same config in weight MSE.
 
-The same code runs on NumPy (the CPU) and on torch tensors (any device), in
-float32; sums of the two may differ in the last bits (different order).
+The same code runs on NumPy (the CPU, torch CPU tensors included) and on torch
+tensors on a GPU, in float32; sums of the two may differ in the last bits
+(different order).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
+from ..arrays import framework_of
 from ..calibrate import calibrate
 from ..config import QuantConfig
 from ..errors import UnsupportedSchemeError
@@ -79,8 +83,18 @@ def _refit(xp, q, target, zero, config: QuantConfig):
 
 
 def hqq_qparams(w, config: QuantConfig, params: HQQ | None = None) -> tuple[Any, Any]:
-    """(scale float32, zero_point int32) of the config's unit shape, in ``w``'s framework."""
+    """(scale float32, zero_point int32) of the config's unit shape, in ``w``'s framework.
+    A torch tensor on the CPU is solved in NumPy (faster there), on a GPU in torch."""
     params = params or HQQ()
+    if framework_of(w) == "torch" and w.device.type == "cpu":
+        import torch
+
+        s, z = _solve(w.detach().float().numpy(), config, params)
+        return torch.from_numpy(np.array(s, order="C")), torch.from_numpy(np.array(z, order="C"))
+    return _solve(w, config, params)
+
+
+def _solve(w, config: QuantConfig, params: HQQ):
     xp = namespace(w)
     units, unit_shape = units_of(xp.astype(w, "float32"), config)
     start = calibrate(w, config)
