@@ -108,3 +108,14 @@ def test_bad_arguments_raise_gq_errors():
         QuantizedLinear(gq.quantize(linear().weight.detach().numpy(), CONFIGS[0]))
     with pytest.raises(gq.InvalidShapeError, match="2-D"):
         QuantizedLinear(gq.quantize(torch.randn(4, 4, 32), CONFIGS[0]))
+
+
+def test_gradients_through_the_input_use_each_layer_own_weight():
+    """The shared workspace is not used when autograd keeps the weight for backward."""
+    cfg = CONFIGS[0]
+    a, b = (QuantizedLinear.from_linear(linear(seed=s, k=64, n=64), cfg) for s in (1, 2))
+    x = torch.randn(3, 64, requires_grad=True)
+    a(b(x)).sum().backward()
+    wa, wb = a.dequantized_weight(), b.dequantized_weight()
+    want = torch.ones(3, 64) @ wa @ wb
+    assert torch.allclose(x.grad, want, rtol=1e-5, atol=1e-6)

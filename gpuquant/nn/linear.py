@@ -7,13 +7,15 @@ dtype travel as the module's extra state. ``forward`` dequantizes through
 the ``gpuquant::dequantize`` operator (gpuquant.torch_ops): one code path for
 eager calls and ``torch.compile(fullgraph=True)``, no graph break. Eager
 calls write into a workspace shared by every QuantizedLinear of a device and
-dtype (reused, not one float weight per layer). With ``activations="int8"``
+dtype and thread (reused, not one float weight per layer; not when autograd records the
+input, which keeps the weight for the backward pass). With ``activations="int8"``
 and a symmetric int8 per-channel (axis 0) or per-tensor weight, the product
 is ``torch._int_mm`` of int8 per-token activations and int8 codes (W8A8).
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import torch
@@ -32,11 +34,11 @@ __all__ = ["QuantizedLinear", "ACTIVATIONS"]
 
 ACTIVATIONS = (None, "int8")
 _TOKEN_INT8 = QuantConfig(scheme="int8", granularity="token", symmetric=True)
-_workspaces: dict[tuple, torch.Tensor] = {}  # (device, dtype) -> flat buffer, grown on demand
+_workspaces: dict[tuple, torch.Tensor] = {}  # (device, dtype, thread) -> flat buffer, grown
 
 
 def _workspace(numel: int, shape: tuple[int, ...], device, dtype) -> torch.Tensor:
-    key = (str(device), dtype)
+    key = (str(device), dtype, threading.get_ident())
     buf = _workspaces.get(key)
     if buf is None or buf.numel() < numel:
         buf = torch.empty(numel, device=device, dtype=dtype)
@@ -124,7 +126,8 @@ class QuantizedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.activations == "int8":
             return self._forward_w8a8(x)
-        w = self._dequantize(x.dtype, reuse=True)
+        # autograd keeps the weight for the backward pass: then not the shared workspace
+        w = self._dequantize(x.dtype, reuse=not (x.requires_grad and torch.is_grad_enabled()))
         return F.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
 
     def _int_mm_applies(self, rows: int) -> bool:
