@@ -119,3 +119,12 @@ def test_quantize_model_gptq_beats_rtn_on_a_tiny_model():
         with torch.no_grad():
             errors[method] = float(((model(test) - ref(test)) ** 2).mean())
     assert errors["gptq"] < 0.8 * errors["rtn"], errors
+
+
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_a_hessian_that_is_not_positive_definite_raises_a_gq_error(precision):
+    h = -np.eye(K)  # no damping of 1% of a negative diagonal makes it positive
+    w = weight(7)
+    args = (w, h) if precision == "float64" else (torch.from_numpy(w), torch.from_numpy(h))
+    with pytest.raises(gq.InvalidCalibrationError, match="positive definite"):
+        gptq_quantize(*args, CONFIGS[0], GPTQ(precision=precision))

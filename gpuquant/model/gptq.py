@@ -30,7 +30,7 @@ import numpy as np
 from ..arrays import framework_of, host_copy
 from ..calibrate import calibrate
 from ..config import QuantConfig
-from ..errors import InvalidShapeError
+from ..errors import InvalidCalibrationError, InvalidShapeError
 from ..quantize import quantize
 from ..tensor import QuantizedTensor
 from .hqq import units_of
@@ -183,7 +183,15 @@ def gptq_quantize(w: Any, hessian: Any, config: QuantConfig,
     units_of(w, config)  # refuses partial groups and other axes
     precision = params.precision or ("float64" if _on_cpu(w) else "float32")
     xp, W, H = _working(w, hessian, precision)
-    solve = _Solve(xp, W, H, config, params)
+    try:
+        solve = _Solve(xp, W, H, config, params)
+    except (np.linalg.LinAlgError, RuntimeError) as exc:  # torch raises _LinAlgError(RuntimeError)
+        if "linalg" not in type(exc).__module__ + type(exc).__name__.lower() and \
+                "positive-definite" not in str(exc):
+            raise
+        raise InvalidCalibrationError(
+            f"the Hessian of a {rows}x{cols} weight is not positive definite after damping "
+            f"{params.damp}; give more calibration data or a larger GPTQ(damp=...)") from None
     Q = _run(solve)
     if solve.perm is not None:
         Q = Q[:, _inverse(xp, solve.perm)]
