@@ -128,3 +128,34 @@ def test_a_hessian_that_is_not_positive_definite_raises_a_gq_error(precision):
     args = (w, h) if precision == "float64" else (torch.from_numpy(w), torch.from_numpy(h))
     with pytest.raises(gq.InvalidCalibrationError, match="positive definite"):
         gptq_quantize(*args, CONFIGS[0], GPTQ(precision=precision))
+
+
+def test_layers_given_the_same_input_share_one_hessian_pass():
+    from transformers import BertConfig, BertModel
+
+    from gpuquant.model.api import select_linears
+    from gpuquant.model.hessians import call_groups
+
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(vocab_size=50, hidden_size=32, intermediate_size=64,
+                                num_hidden_layers=1, num_attention_heads=2)).eval()
+    groups = call_groups(bert, select_linears(bert, None, ()), [torch.tensor([[1, 2, 3]])])
+    names = [[n.split(".")[-1] if "attention.self" in n else n for n in g] for g, _ in groups]
+    assert names[0] == ["query", "key", "value"] and all(once for _, once in groups)
+    assert len(groups) == 5  # qkv, attention.output.dense, intermediate, output, pooler
+
+
+def test_a_layer_called_twice_sees_both_inputs():
+    from gpuquant.model.hessians import call_groups, layer_hessian
+
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(32, 32)
+    model = torch.nn.Sequential(shared, torch.nn.Tanh(), shared).eval()
+    x = torch.randn(10, 32)
+    groups = call_groups(model, {"0": shared}, [x])
+    assert groups == [(["0"], False)]
+    h = layer_hessian(model, shared, [x], torch.float64, torch.device("cpu"), stop=False)
+    with torch.no_grad():
+        mid = torch.tanh(shared(x)).double()
+    want = 2 * (x.double().T @ x.double() + mid.T @ mid)
+    assert torch.allclose(h, want, rtol=1e-12, atol=1e-9)

@@ -95,21 +95,23 @@ def _replace(model, name: str, linear, config, method, device, activations, hess
 def _gptq_layers(model, layers, config, method: GPTQ, calibration, device, activations):
     import torch
 
-    from .hessians import call_order, layer_hessian, reduce_hessian
+    from .hessians import call_groups, layer_hessian, reduce_hessian
 
     items = list(calibration)
-    order = call_order(model, layers, items)
     reports = []
-    for name in order:
-        linear = layers[name]
+    for names, once in call_groups(model, layers, items):
+        first = layers[names[0]]
         start = time.perf_counter()
-        solve_device = torch.device(device) if device is not None else linear.weight.device
+        solve_device = torch.device(device) if device is not None else first.weight.device
         precision = method.precision or ("float64" if solve_device.type == "cpu" else "float32")
         dtype = torch.float64 if precision == "float64" else torch.float32
-        hessian = reduce_hessian(layer_hessian(model, linear, items, dtype, solve_device),
+        hessian = reduce_hessian(layer_hessian(model, first, items, dtype, solve_device, once),
                                  method.group)
-        report = _replace(model, name, linear, config, method, device, activations, hessian)
-        reports.append(dataclasses.replace(report, seconds=time.perf_counter() - start))
+        for name in names:  # the same input: one Hessian
+            report = _replace(model, name, layers[name], config, method, device, activations,
+                              hessian)
+            reports.append(dataclasses.replace(report, seconds=time.perf_counter() - start))
+            start = time.perf_counter()
     return reports
 
 
