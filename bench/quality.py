@@ -52,7 +52,8 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n")[0])
     p.add_argument("model_dir")
     p.add_argument("--methods", nargs="+", default=["rtn", "mse", "hqq", "gptq"],
-                   choices=["rtn", "mse", "hqq", "gptq"])
+                   choices=["rtn", "mse", "hqq", "gptq", "gptq-mse"],
+                   help="gptq-mse: GPTQ setting each group's qparams by the MSE search")
     p.add_argument("--schemes", nargs="+", default=["int4", "int8"], choices=["int4", "int8"])
     p.add_argument("--group-size", type=int, default=128, help="int4 group size (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="unsigned codes and zero points")
@@ -97,8 +98,9 @@ def run_one(base, config, method: str, calibration) -> dict:
     import gpuquant as gq
 
     model = copy.deepcopy(base)
-    if method == "mse":
-        config, method = config.replace(calibration="mse"), "rtn"
+    if method in ("mse", "gptq-mse"):
+        config = config.replace(calibration="mse")
+        method = {"mse": "rtn", "gptq-mse": "gptq"}[method]
     start = time.perf_counter()
     report = gq.quantize_model(model, config, method=method,
                                calibration=calibration if method == "gptq" else None)

@@ -72,3 +72,14 @@ def test_options_and_refusals():
     assert gq.mse(w, one.dequantize()) <= gq.mse(w, gq.quantize(w, CONFIGS[0]).dequantize())
     with pytest.raises(gq.UnsupportedSchemeError, match="whole groups"):
         hqq_quantize(layer(0, cols=100), CONFIGS[0])
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=IDS[:2])
+def test_never_worse_than_the_mse_search_either(cfg):
+    for seed in range(3):
+        w = layer(seed)
+        mse = gq.quantize(w, cfg.replace(calibration="mse"))
+        got = hqq_quantize(w, cfg)
+        assert gq.mse(w, got.dequantize()) <= gq.mse(w, mse.dequantize())
+        alone = hqq_quantize(w, cfg, HQQ(mse_start=False))
+        assert gq.mse(w, got.dequantize()) <= gq.mse(w, alone.dequantize())

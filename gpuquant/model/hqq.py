@@ -9,8 +9,10 @@ point to W - W_e by least squares over the codes (slope and intercept; the zero
 point rounded to an integer in the code range, then the scale refit for it;
 symmetric configs refit the scale only). Each unit (group, channel, tensor)
 keeps the step whose weight error (sum of squares under the contract's
-quantize/dequantize) is least, starting from the config's own calibration, so
-HQQ is never worse than round-to-nearest of the same config in weight MSE.
+quantize/dequantize) is least. The steps start from the config's own calibration
+and (``HQQ(mse_start=True)``, the default) again from gpuquant's MSE search, so HQQ
+is never worse in weight MSE than round-to-nearest of the same config, nor than
+round-to-nearest with the MSE search.
 
 The same code runs on NumPy (the CPU, torch CPU tensors included) and on torch
 tensors on a GPU, in float32; sums of the two may differ in the last bits
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..arrays import framework_of
 from ..calibrate import calibrate
-from ..config import QuantConfig
+from ..config import MSE, QuantConfig
 from ..errors import UnsupportedSchemeError
 from ..qparams import FLOAT32_TINY
 from ..quantize import quantize
@@ -97,11 +99,31 @@ def hqq_qparams(w, config: QuantConfig, params: HQQ | None = None) -> tuple[Any,
 def _solve(w, config: QuantConfig, params: HQQ):
     xp = namespace(w)
     units, unit_shape = units_of(xp.astype(w, "float32"), config)
-    start = calibrate(w, config)
-    scale = xp.astype(start.scale, "float32").reshape(-1, 1)
-    zero = xp.astype(start.zero_point, "float32").reshape(-1, 1)
-    best_s, best_z = scale, zero
-    best = unit_error(xp, units, scale, zero, config)
+    starts = [config]
+    if params.mse_start and not isinstance(config.calibration, MSE):
+        starts.append(config.replace(calibration=MSE()))
+    best = None
+    for start in starts:
+        p = calibrate(w, start)
+        scale = xp.astype(p.scale, "float32").reshape(-1, 1)
+        zero = xp.astype(p.zero_point, "float32").reshape(-1, 1)
+        best = _descend(xp, units, scale, zero, config, params, best)
+    best_s, best_z = best[1], best[2]
+    return best_s.reshape(unit_shape), xp.astype(best_z, "int32").reshape(unit_shape)
+
+
+def _keep_better(xp, best, err, scale, zero):
+    """(error, scale, zero) per unit: the better of ``best`` and the new step."""
+    if best is None:
+        return err, scale, zero
+    better = err < best[0]
+    return (xp.where(better, err, best[0]), xp.where(better, scale, best[1]),
+            xp.where(better, zero, best[2]))
+
+
+def _descend(xp, units, scale, zero, config: QuantConfig, params: HQQ, best):
+    """HQQ's steps from (scale, zero); ``best`` updated with every step's qparams."""
+    best = _keep_better(xp, best, unit_error(xp, units, scale, zero, config), scale, zero)
     beta, last = params.beta, float("inf")
     for _ in range(params.iters):
         q = _codes(xp, units, scale, zero, config)
@@ -114,11 +136,8 @@ def _solve(w, config: QuantConfig, params: HQQ):
         new_s, new_z, ok = _refit(xp, q, target, zero, config)
         scale, zero = xp.where(ok, new_s, scale), xp.where(ok, new_z, zero)
         beta *= params.kappa
-        err = unit_error(xp, units, scale, zero, config)
-        better = err < best
-        best = xp.where(better, err, best)
-        best_s, best_z = xp.where(better, scale, best_s), xp.where(better, zero, best_z)
-    return best_s.reshape(unit_shape), xp.astype(best_z, "int32").reshape(unit_shape)
+        best = _keep_better(xp, best, unit_error(xp, units, scale, zero, config), scale, zero)
+    return best
 
 
 def hqq_quantize(w, config: QuantConfig, params: HQQ | None = None) -> QuantizedTensor:

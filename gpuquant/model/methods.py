@@ -25,12 +25,15 @@ class HQQ:
     sparse part (the shrinkage of an l_p norm, ``p``) and the rest, and scale and
     zero point are refit to the rest; ``beta`` grows by ``kappa`` each step, at most
     ``iters`` steps, stopping when the mean absolute error stops falling.
+    ``mse_start``: run the steps also from the MSE search's qparams (each unit keeps
+    its least weight error over both runs).
     """
 
     p: float = 0.7
     beta: float = 10.0
     kappa: float = 1.01
     iters: int = 20
+    mse_start: bool = True
     name = "hqq"
 
 
