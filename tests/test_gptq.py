@@ -159,3 +159,12 @@ def test_a_layer_called_twice_sees_both_inputs():
         mid = torch.tanh(shared(x)).double()
     want = 2 * (x.double().T @ x.double() + mid.T @ mid)
     assert torch.allclose(h, want, rtol=1e-12, atol=1e-9)
+
+
+def test_bfloat16_weights_keep_their_dtype():
+    w = torch.from_numpy(weight(8)).to(torch.bfloat16)
+    x = correlated_inputs(9)
+    got = gptq_quantize(w, torch.from_numpy(hessian(x)), CONFIGS[0])
+    assert got.dtype == "bfloat16" and got.dequantize().dtype == torch.bfloat16
+    ident = gptq_quantize(w, torch.eye(K, dtype=torch.float64), CONFIGS[0])
+    assert torch.equal(ident.data, gq.quantize(w, CONFIGS[0]).data)

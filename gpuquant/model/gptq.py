@@ -45,6 +45,8 @@ FLOAT_CODE_FRACTION = 0.02  # codes allowed to differ between the float32 and fl
 def _working(w, hessian, precision: str):
     """(xp, W, H) in the solve's framework and precision."""
     if precision == "float64":
+        if framework_of(w) == "torch":
+            w = w.detach().float()  # NumPy has no bfloat16
         return NumpyNS, host_copy(w).astype(np.float64), host_copy(hessian).astype(np.float64)
     import torch
 
