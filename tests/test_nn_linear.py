@@ -119,3 +119,14 @@ def test_gradients_through_the_input_use_each_layer_own_weight():
     wa, wb = a.dequantized_weight(), b.dequantized_weight()
     want = torch.ones(3, 64) @ wa @ wb
     assert torch.allclose(x.grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_model_half_keeps_float32_scales():
+    lin = linear()
+    q = QuantizedLinear.from_linear(lin, CONFIGS[1])
+    scale = q.scale.clone()
+    q = q.to(torch.bfloat16)
+    assert q.scale.dtype == torch.float32 and torch.equal(q.scale, scale)
+    x = torch.randn(2, 64).to(torch.bfloat16)
+    want = F.linear(x, q.qweight.dequantize(dtype="bfloat16"), q.bias)
+    assert q(x).dtype == torch.bfloat16 and torch.equal(q(x), want)

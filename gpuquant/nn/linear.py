@@ -154,6 +154,14 @@ class QuantizedLinear(nn.Module):
             y = y + self.bias.to(torch.float32)
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(torch.bfloat16) converts floating buffers: the scales stay float32
+        scale = self.scale
+        out = super()._apply(fn, recurse)
+        if self.scale.dtype != torch.float32:
+            self.scale = scale.to(self.scale.device)
+        return out
+
     # ---------------------------------------------------------- state dict
     def get_extra_state(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "dtype": self.weight_dtype,
