@@ -151,3 +151,23 @@ def test_lazy_exports_need_no_torch_at_import():
             "try:\n    gq.nn\nexcept gq.BackendUnavailableError as e:\n    print('ok', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.startswith("ok") and "pip install torch" in out.stdout
+
+
+def test_export_model_of_a_causal_lm_keeps_lm_head_float(tmp_path):
+    pytest.importorskip("compressed_tensors")
+    from transformers import AutoModelForCausalLM, CompressedTensorsConfig
+
+    model = tiny_llama()
+    gq.quantize_model(model, gq.QuantConfig.int4_per_group(32, symmetric=False), method="hqq")
+    gq.export_model(model, str(tmp_path / "out"))
+    transformers.logging.set_verbosity_error()
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "out"), quantization_config=CompressedTensorsConfig(dequantize=True))
+    got = dict(loaded.named_modules())
+    assert torch.equal(got["lm_head"].weight.data, model.lm_head.weight.data)
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedLinear):
+            assert torch.equal(got[name].weight.data, module.dequantized_weight()), name
+    ids = torch.tensor([[1, 5, 9, 42]])
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, model(ids).logits, atol=1e-4)
