@@ -147,18 +147,18 @@ def table(result: dict, per_layer: bool) -> str:
     lines = [f"model {result['model_dir']} on {result['device']}: embedding cosine against the "
              f"float model over {result['eval_sentences']} sentences; GPTQ on "
              f"{result['calibration_samples']} calibration samples",
-             f"{'scheme':<32} {'method':<6} {'cos min':>9} {'cos mean':>9} {'SQNR mean':>10} "
+             f"{'scheme':<32} {'method':<8} {'cos min':>9} {'cos mean':>9} {'SQNR mean':>10} "
              f"{'SQNR min':>9} {'seconds':>8}"]
     for r in result["rows"]:
-        lines.append(f"{r['scheme']:<32} {r['method']:<6} {r['cos_min']:9.6f} {r['cos_mean']:9.6f} "
+        lines.append(f"{r['scheme']:<32} {r['method']:<8} {r['cos_min']:9.6f} {r['cos_mean']:9.6f} "
                      f"{r['sqnr_mean']:10.2f} {r['sqnr_min']:9.2f} {r['seconds']:8.2f}")
     if per_layer:
         for scheme in dict.fromkeys(r["scheme"] for r in result["rows"]):
             rows = [r for r in result["rows"] if r["scheme"] == scheme]
             lines.append(f"\nSQNR dB per layer, {scheme}")
-            lines.append(f"{'layer':<48} " + " ".join(f"{r['method']:>7}" for r in rows))
+            lines.append(f"{'layer':<48} " + " ".join(f"{r['method']:>8}" for r in rows))
             for name in rows[0]["layers"]:
-                lines.append(f"{name:<48} " + " ".join(f"{r['layers'][name]:7.2f}" for r in rows))
+                lines.append(f"{name:<48} " + " ".join(f"{r['layers'][name]:8.2f}" for r in rows))
     return "\n".join(lines)
 
 
