@@ -97,6 +97,7 @@ def test_export_model_writes_what_gpuquant_export_writes(bert, tmp_path):
     (["--method", "gptq"], "--calibration-data"),
     (["--method", "hqq", "--calibration-data", "x.txt"], "is for --method gptq"),
     (["--method", "hqq", "--workers", "2"], "one process"),
+    (["--method", "gptq", "--calibration-data", "x.txt", "--samples", "0"], "positive"),
 ])
 def test_refusals(bert, tmp_path, capsys, argv, words):
     assert main(["export", bert, "-o", str(tmp_path / "out"), *argv]) == 2

@@ -30,6 +30,9 @@ def _check(args: argparse.Namespace, options) -> None:
         raise QuantizationError("--method gptq needs --calibration-data FILE (one sample a line)")
     if args.method != "gptq" and args.calibration_data:
         raise QuantizationError(f"--calibration-data is for --method gptq, not {args.method}")
+    if args.samples < 1 or args.seq_len < 1:
+        raise QuantizationError(f"--samples {args.samples} --seq-len {args.seq_len}: give "
+                                "positive numbers")
     if args.workers > 1:
         raise QuantizationError(f"--method {args.method} quantizes in one process; leave out "
                                 "--workers")
