@@ -47,11 +47,32 @@ def _version() -> str:
 
 __version__ = _version()
 
+_LAZY = {"nn": ("gpuquant.nn", None), "model": ("gpuquant.model", None),
+         "quantize_model": ("gpuquant.model", "quantize_model"),
+         "export_model": ("gpuquant.model", "export_model")}
+
+
+def __getattr__(name: str):
+    """gq.nn (needs torch), gq.model, gq.quantize_model and gq.export_model, on first use."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'gpuquant' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    try:
+        found = importlib.import_module(module)
+    except ImportError as exc:
+        if "torch" not in str(exc):
+            raise
+        raise BackendUnavailableError(f"gq.{name} needs PyTorch: pip install torch") from None
+    return found if attr is None else getattr(found, attr)
+
 __all__ = [
     "BackendUnavailableError", "CalibrationRequiredError", "Calibrator", "DynamicQuantizer",
     "EmptyTensorError", "Entropy", "FormatError", "MSE", "Granularity", "InvalidBitWidthError",
     "InvalidCalibrationError", "InvalidChannelCountError", "InvalidDtypeError",
     "InvalidShapeError", "NonFiniteError", "OutputPathError", "Percentile", "QParams", "QuantConfig",
     "QuantizationError", "QuantizedTensor", "Scheme", "UnsupportedSchemeError", "calibrate",
-    "export", "load", "mse", "pack_int4", "quantize", "save", "sqnr", "unpack_int4",
+    "export", "export_model", "load", "mse", "pack_int4", "quantize", "quantize_model", "save",
+    "sqnr", "unpack_int4",
 ]

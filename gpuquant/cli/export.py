@@ -55,6 +55,15 @@ def cmd_export(args: argparse.Namespace) -> int:
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
                           ignore_nonfinite=args.ignore_nonfinite)
+    if args.method != "rtn":  # HQQ / GPTQ: the model in memory (gpuquant/model/cli.py)
+        from ..model.cli import export_with_method
+
+        stats = export_with_method(args, options)
+        if not args.quiet:
+            print(f"{stats['report']}\nexported {stats['quantized']} Linear weight(s) "
+                  f"({args.method}) as compressed-tensors pack-quantized {args.scheme} in "
+                  f"{stats['seconds']:.2f} s -> {args.output}")
+        return 0
     stats = _export(args, options)
     if stats is not None and not args.quiet:
         print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
@@ -140,6 +149,14 @@ def _add_export(sub, formatter) -> None:
                    default="minmax", help="how each range is chosen")
     e.add_argument("--percentile", nargs=2, type=float, metavar=("LO", "HI"),
                    help="bounds of --calibration percentile (default 0.01 99.99)")
+    e.add_argument("--method", choices=("rtn", "hqq", "gptq"), default="rtn",
+                   help="rtn: round-to-nearest, streamed; hqq (no data) and gptq load the model")
+    e.add_argument("--calibration-data", metavar="FILE",
+                   help="--method gptq: text, one sample a line, read with the model's tokenizer")
+    e.add_argument("--samples", type=int, default=128, metavar="N",
+                   help="--method gptq: calibration lines used (default 128)")
+    e.add_argument("--seq-len", type=int, default=512, metavar="L",
+                   help="--method gptq: tokens per sample at most (default 512)")
     e.add_argument("--scale-dtype", choices=("model", "float16", "bfloat16", "float32"),
                    default="model", help="dtype of the stored scales; model: the model's, "
                                          "as compressed-tensors does")
