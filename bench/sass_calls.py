@@ -28,10 +28,10 @@ SIDE = 8192
 
 def calls(gq, torch, side: int = SIDE) -> dict:
     """name -> (description, role, function making the launches to record, input)."""
-    from gpuquant.backends.launch import recording
-    from gpuquant.layout import Layout
+    from gpuquant.backends.triton.launch import recording
+    from gpuquant.core.layout import Layout
 
-    from gpuquant.backends.triton import TritonBackend
+    from gpuquant.backends.triton.backend import TritonBackend
 
     x = torch.empty((side, side), dtype=torch.float16)
     shape = f"x {side}x{side} float16"
@@ -109,7 +109,7 @@ def describe(launch, options) -> dict:
 def record(names=None, side: int = SIDE) -> dict:
     """The launches of the calls ``names`` (default: all), as launches.json holds them."""
     import torch
-    from gpuquant.backends.launch import OPTIONS, recording
+    from gpuquant.backends.triton.launch import OPTIONS, recording
 
     import gpuquant as gq
 
