@@ -16,7 +16,7 @@ import numpy as np
 
 import gpuquant as gq
 
-from . import export_ops
+from . import export_ops, float_ops
 from . import peers as P
 
 GROUP = P.GROUP
@@ -209,6 +209,9 @@ def build(op: str, x, framework: str, backend: str | None = None, peers: bool = 
     """
     if op in GPU_PATH_CASES:
         return GPU_PATH_CASES[op](op, x, framework, backend, peers)
+    if op in float_ops.OPS:  # FP8, MXFP8/MXFP4, NVFP4, NF4 (bench/float_ops.py)
+        return float_ops.build(op, x, framework, Case, ITEMSIZE[str(x.dtype).replace("torch.", "")],
+                               backend, peers)
     if op in export_ops.OPS:  # GGUF blocks and pack-quantized (bench/export_ops.py)
         return export_ops.build(op, x, framework, Case, ITEMSIZE[str(x.dtype).replace("torch.", "")])
     rows, cols = x.shape
@@ -262,4 +265,4 @@ OPS = ["minmax-channel", "minmax-group", "quant-int8-channel", "quant-int4-g128-
        "quant-int4-g128-asym", "dequant-int8-channel", "dequant-int4-g128", "dynamic-per-token",
        "dynamic-per-token-small",
        "percentile-channel", "percentile-group", "percentile-tensor", "entropy-tensor",
-       "mse-channel", *export_ops.OPS]
+       "mse-channel", *export_ops.OPS, *float_ops.OPS]

@@ -172,3 +172,65 @@ def test_tuning_flag_makes_the_launchers_read_that_table(tmp_path, monkeypatch):
     monkeypatch.setattr(tuning, "_table", None)  # restored after the test
     use_tuning_table(str(path))
     assert tuning.config_for(kernel, 1 << 30) == {"TILE": 256, "EPT": 8}
+
+
+FLOAT_OPS = [f"{kind}-{fmt}" for kind in ("quant", "dequant")
+             for fmt in ("fp8-tensor", "fp8-channel", "fp8-block", "mxfp8", "mxfp4", "nvfp4", "nf4")]
+
+
+def test_float_ops_are_listed_and_count_what_they_store():
+    """Each float op runs on the CPU (NumPy reference); its byte count is the input plus the
+    QuantizedTensor's own size, scales included."""
+    import numpy as np
+
+    import gpuquant as gq
+    from bench.float_ops import _CONFIGS, stored_bytes
+    from bench.ops import OPS, build
+
+    assert [op for op in OPS if op in FLOAT_OPS] == FLOAT_OPS
+    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    for op in FLOAT_OPS:
+        fmt = op.split("-", 1)[1]
+        qt = gq.quantize(x, _CONFIGS[fmt]())
+        assert stored_bytes(fmt, 64, 256) == qt.size_bytes, op
+        case = build(op, x, "numpy")
+        assert case.op == op and case.bytes_moved == x.nbytes + qt.size_bytes
+        out = case.ours()
+        if op.startswith("quant-"):
+            assert np.array_equal(np.asarray(out.data), np.asarray(qt.data)), op
+        else:
+            assert np.array_equal(np.asarray(out), np.asarray(qt.dequantize())), op
+
+
+def test_float_ops_run_under_the_interpreter():
+    """The GPU path's call (backend="triton") on a torch CPU tensor under TRITON_INTERPRET=1."""
+    torch = pytest.importorskip("torch")
+    from bench.ops import build
+
+    x = torch.from_numpy(__import__("numpy").random.default_rng(1).standard_normal((8, 128))
+                         .astype("float32"))
+    for op in ("quant-nvfp4", "dequant-mxfp4", "dequant-nf4", "quant-fp8-block"):
+        out = build(op, x, "torch", backend="triton").ours()
+        assert tuple((out if op.startswith("dequant") else out.dequantize()).shape) == (8, 128), op
+
+
+def test_float_composites_do_the_same_work_as_gpuquant():
+    """The torch.compile peers' eager composites quantize to about gpuquant's SQNR (within
+    0.5 dB: a speed peer, not claimed bit-exact) and round-trip the input's shape."""
+    torch = pytest.importorskip("torch")
+    import numpy as np
+
+    import gpuquant as gq
+    from bench import float_peers as FP
+    from bench.float_ops import _CONFIGS
+
+    x = np.random.default_rng(2).standard_normal((128, 256)).astype(np.float32)
+    xt = torch.from_numpy(x)
+
+    def sqnr(restored):
+        return 10 * np.log10((x ** 2).sum() / ((x - restored) ** 2).sum())
+
+    for fmt, quant in FP.COMPOSITES.items():
+        theirs = FP.DEQUANT[fmt](*quant(xt), torch.float32).numpy()
+        ours = np.asarray(gq.quantize(x, _CONFIGS[fmt]()).dequantize())
+        assert theirs.shape == x.shape and abs(sqnr(theirs) - sqnr(ours)) < 0.5, fmt

@@ -20,7 +20,7 @@ from ..metrics import error_sums
 from ..quantize import quantize
 
 __all__ = ["synthetic_weights", "demo_configs", "run_demo", "format_table", "table_head",
-           "table_row", "NOTES"]
+           "table_row", "pick_line", "NOTES"]
 
 # Why two rows of the table look wrong, measured on these weights (seed 0): the outlier
 # channels are ~0.2 % of the values but ~2/3 of the signal energy, and SQNR weighs energy.
@@ -30,6 +30,8 @@ NOTES = (
     "activations.",
     "note: int4 per-channel percentile(0.1,99.9) clips the same outliers in every row; with only "
     "16 levels min/max still loses less energy, so percentile's SQNR is lower.",
+    "note: mxfp8/mxfp4 use the OCP FLOOR scale rule (the spec's), which saturates each block's "
+    "largest values (hence their max abs err); --scale-rule rceil or even gives a higher SQNR here.",
 )
 
 _SHAPES = {
@@ -72,7 +74,16 @@ def demo_configs() -> list[tuple[str, QuantConfig]]:
         ("int8_per_channel", QuantConfig.int8_per_channel().replace(calibration="mse")),
         ("int4_per_group", QuantConfig.int4_per_group().replace(calibration="mse")),
     ]
-    return presets + calibrated
+    floats = [
+        ("fp8_per_tensor", QuantConfig.fp8_per_tensor()),
+        ("fp8_per_channel", QuantConfig.fp8_per_channel()),
+        ("fp8_block", QuantConfig.fp8_block()),
+        ("mxfp8", QuantConfig.mxfp8()),
+        ("mxfp4", QuantConfig.mxfp4()),
+        ("nvfp4", QuantConfig.nvfp4()),
+        ("nf4", QuantConfig.nf4()),
+    ]
+    return presets + calibrated + floats
 
 
 def _measure(weights: dict[str, Any], cfg: QuantConfig, backend: str | None = None) -> dict:
@@ -109,17 +120,43 @@ def run_demo(backend: str | None = None, seed: int = 0, to_device: Any = None,
 
 
 def table_head() -> str:
-    head = f"{'preset':<18} {'config':<48} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>6} {'time ms':>8}"
+    head = (f"{'preset':<18} {'config':<48} {'SQNR dB':>8} {'max abs err':>12} {'ratio':>6} "
+            f"{'time ms':>8} {'bits/w':>6}")
     return head + "\n" + "-" * len(head)
 
 
 def table_row(r: dict) -> str:
     return (f"{r['preset']:<18} {r['config']:<48} {r['sqnr_db']:8.2f} "
-            f"{r['max_abs_err']:12.5f} {r['compression']:6.2f} {r['time_ms']:8.1f}")
+            f"{r['max_abs_err']:12.5f} {r['compression']:6.2f} {r['time_ms']:8.1f} "
+            f"{32 / r['compression']:6.2f}")
 
 
 def format_table(rows: list[dict]) -> str:
     return "\n".join([table_head()] + [table_row(r) for r in rows])
+
+
+def pick_line(rows: list[dict]) -> str:
+    """Which format to pick, from the measured rows: the best SQNR at about 4 and 8 bits a weight.
+
+    Rows are grouped by size (bits per weight incl. scales, from the float32 ratio); the
+    line names the best SQNR in each group, and the runner-up it beats.
+    """
+    def best(lo: float, hi: float) -> list[dict]:
+        group = [r for r in rows if lo <= 32 / r["compression"] < hi]
+        return sorted(group, key=lambda r: -r["sqnr_db"])
+
+    parts = []
+    for label, lo, hi in (("~4 bits/w", 4.0, 5.0), ("~8 bits/w", 8.0, 9.0)):
+        ranked = best(lo, hi)
+        if not ranked:
+            continue
+        top = ranked[0]
+        text = f"{label}: {top['preset']} {top['sqnr_db']:.1f} dB at {32 / top['compression']:.2f} bits/w"
+        if len(ranked) > 1:
+            text += f" (next {ranked[1]['preset']} {ranked[1]['sqnr_db']:.1f} dB)"
+        parts.append(text)
+    return ("pick (measured on these weights; measure yours first with `gpuquant quantize` then "
+            "`inspect --reference`): " + "; ".join(parts))
 
 
 def family(cfg: QuantConfig) -> str:
@@ -136,7 +173,7 @@ def error_against_bits(seed: int = 0) -> dict[str, list[tuple[int, float]]]:
     weights = synthetic_weights(seed)
     curves: dict[str, list[tuple[int, float]]] = {}
     for _, cfg in demo_configs():
-        if family(cfg) in curves:
+        if cfg.is_float or family(cfg) in curves:  # float formats have one width each
             continue
         points = []
         for scheme in ("int4", "int8", "int16"):

@@ -203,7 +203,7 @@ def format_inspect(report: dict) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..core.devices import converter_for
-    from .demo import NOTES, run_demo, table_head, table_row
+    from .demo import NOTES, pick_line, run_demo, table_head, table_row
 
     if not 0 <= args.seed < 2**64:
         raise QuantizationError(f"--seed {args.seed}: give an integer from 0 to 2**64 - 1")
@@ -212,9 +212,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"gpuquant demo: synthetic transformer weights with outlier channels, backend={backend}; "
           "one row per config as it is measured", flush=True)
     print(table_head(), flush=True)
-    run_demo(backend=backend, seed=args.seed, to_device=to_device,
-             on_row=lambda row: print(table_row(row), flush=True))
+    rows = run_demo(backend=backend, seed=args.seed, to_device=to_device,
+                    on_row=lambda row: print(table_row(row), flush=True))
     print("\n".join(NOTES))
+    print(pick_line(rows))
     if args.plot:
         from .demo import plot_error_vs_bits
 
