@@ -1,0 +1,72 @@
+"""FP8 float-quantized export: the bytes equal compressed-tensors' own FloatQuantizationCompressor
+on the same weights and scales, and its dequantization equals gpuquant's."""
+
+import numpy as np
+import pytest
+
+from gpuquant.errors import InvalidShapeError, UnsupportedSchemeError
+from gpuquant.export.ctensors_float import fp8_quantization_config, pack_fp8_weight
+
+torch = pytest.importorskip("torch")
+ct = pytest.importorskip("compressed_tensors")
+
+
+def _scheme(granularity):
+    from compressed_tensors.quantization import QuantizationScheme
+
+    group = fp8_quantization_config(granularity, [], ["Linear"])["config_groups"]["group_0"]
+    return QuantizationScheme(targets=group["targets"], weights=group["weights"],
+                              input_activations=group["input_activations"])
+
+
+def _weight(rows, cols, seed=0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((rows, cols)).astype(np.float32) * 0.05
+    w[0, :3] = [0.0, -1e-9, 3.0]  # a zero, a tiny value, an outlier
+    w[-1] = 0.0  # an all-zero row: scale float32 eps
+    return w
+
+
+@pytest.mark.parametrize("granularity,shape", [("tensor", (8, 40)), ("channel", (8, 40)),
+                                               ("block", (130, 256)), ("block", (64, 128))])
+def test_fp8_bytes_equal_compressed_tensors(granularity, shape):
+    from compressed_tensors.compressors.naive_quantized.base import FloatQuantizationCompressor
+
+    w = _weight(*shape)
+    ours = pack_fp8_weight(w, granularity)
+    state = {"weight": torch.from_numpy(w), "weight_scale": torch.from_numpy(ours["weight_scale"])}
+    theirs = FloatQuantizationCompressor.compress(state, _scheme(granularity))
+    assert theirs["weight"].dtype == torch.float8_e4m3fn
+    assert np.array_equal(theirs["weight"].view(torch.uint8).numpy(), ours["weight"])
+    assert np.array_equal(theirs["weight_scale"].numpy(), ours["weight_scale"])
+    back = FloatQuantizationCompressor.decompress(
+        {"weight": theirs["weight"], "weight_scale": theirs["weight_scale"]}, _scheme(granularity))
+    codes = torch.from_numpy(ours["weight"]).view(torch.float8_e4m3fn).float().numpy()
+    bn, bk = (128, 128) if granularity == "block" else (1, shape[1])
+    s = ours["weight_scale"].reshape(-1, ours["weight_scale"].shape[-1])
+    full = np.repeat(np.repeat(s, bn if granularity == "block" else shape[0] // s.shape[0], 0),
+                     bk if granularity != "tensor" else shape[1], 1)[: shape[0], : shape[1]]
+    assert np.array_equal(back["weight"].numpy(), (codes * full).astype(np.float32))
+
+
+def test_fp8_scale_shapes_and_config():
+    w = _weight(130, 256)
+    assert pack_fp8_weight(w, "tensor")["weight_scale"].shape == (1,)
+    assert pack_fp8_weight(w, "channel")["weight_scale"].shape == (130, 1)
+    assert pack_fp8_weight(w, "block")["weight_scale"].shape == (2, 2)
+    assert pack_fp8_weight(w, "channel")["weight_scale"][-1, 0] == np.finfo(np.float32).eps
+    qc = fp8_quantization_config("block", ["lm_head"], ["Linear"])
+    assert qc["format"] == "float-quantized"
+    assert qc["config_groups"]["group_0"]["weights"]["block_structure"] == [128, 128]
+    acts = fp8_quantization_config("channel", [], ["Linear"])["config_groups"]["group_0"]
+    assert acts["input_activations"] == {"num_bits": 8, "type": "float", "symmetric": True,
+                                         "strategy": "token", "dynamic": True}
+
+
+def test_fp8_bad_input_names_the_argument():
+    with pytest.raises(UnsupportedSchemeError, match="granularity='group'"):
+        pack_fp8_weight(_weight(4, 32), "group")
+    with pytest.raises(InvalidShapeError, match="block width 128"):
+        pack_fp8_weight(_weight(4, 96), "block")
+    with pytest.raises(InvalidShapeError, match="2-D"):
+        pack_fp8_weight(np.zeros(8, np.float32), "tensor")
