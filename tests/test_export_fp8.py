@@ -1,6 +1,9 @@
 """FP8 float-quantized export: the bytes equal compressed-tensors' own FloatQuantizationCompressor
 on the same weights and scales, and its dequantization equals gpuquant's."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from gpuquant.export.ctensors_float import fp8_quantization_config, pack_fp8_wei
 
 torch = pytest.importorskip("torch")
 ct = pytest.importorskip("compressed_tensors")
+pytestmark = pytest.mark.filterwarnings("ignore:You passed `quantization_config`:UserWarning")
 
 
 def _scheme(granularity):
@@ -70,3 +74,58 @@ def test_fp8_bad_input_names_the_argument():
         pack_fp8_weight(_weight(4, 96), "block")
     with pytest.raises(InvalidShapeError, match="2-D"):
         pack_fp8_weight(np.zeros(8, np.float32), "tensor")
+
+
+def _read_torch(folder):
+    """Every tensor of an export, as NumPy (FP8 as its uint8 bit patterns), read by safetensors."""
+    from safetensors.torch import load_file
+
+    raw = load_file(os.path.join(folder, "model.safetensors"))
+    assert raw["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    return {k: (v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v).numpy()
+            for k, v in raw.items()}
+
+
+def _dequantized(arrays, granularity, shape):
+    """code * scale in float32, the scale broadcast over its unit."""
+    codes = torch.from_numpy(arrays["weight"]).view(torch.float8_e4m3fn).float()
+    s = torch.from_numpy(arrays["weight_scale"].astype(np.float32))
+    if granularity == "block":
+        s = s.repeat_interleave(128, 0).repeat_interleave(128, 1)[: shape[0], : shape[1]]
+    return codes * s
+
+
+@pytest.mark.parametrize("granularity,targets", [("channel", None), ("tensor", None),
+                                                 ("block", r"model\.layers\.\d+\.mlp\.down_proj")])
+def test_llama_fp8_folder_loads_exact(tmp_path, granularity, targets):
+    from export_models import read_tensors, save_llama
+    from transformers import AutoModel, CompressedTensorsConfig
+
+    import gpuquant as gq
+    from gpuquant.export.ctensors_float import FloatOptions
+
+    src, out = save_llama(tmp_path / "llama"), str(tmp_path / "out")
+    stats = gq.export.compressed_tensors(src, out, FloatOptions(granularity=granularity,
+                                                                targets=targets), device="cpu")
+    assert stats["quantized"] == (2 if targets else 14)
+    tensors, original = _read_torch(out), read_tensors(src)
+    with open(os.path.join(out, "config.json")) as f:
+        qc = json.load(f)["quantization_config"]
+    assert qc["format"] == "float-quantized"
+    assert qc["config_groups"]["group_0"]["weights"]["strategy"] == granularity
+    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
+        dequantize=True)).eval()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    checked = 0
+    for key, w in original.items():
+        if key + "_scale" not in tensors:
+            continue
+        arrays = pack_fp8_weight(w, granularity, key)
+        assert np.array_equal(tensors[key], arrays["weight"])
+        assert np.array_equal(tensors[key + "_scale"], arrays["weight_scale"])
+        want = _dequantized(arrays, granularity, w.shape)
+        assert torch.equal(linears[key.removeprefix("model.").removesuffix(".weight")].weight.data,
+                           want), key
+        checked += 1
+    assert checked == stats["quantized"]
+    assert np.array_equal(tensors["lm_head.weight"], original["lm_head.weight"])
