@@ -129,3 +129,22 @@ def test_llama_fp8_folder_loads_exact(tmp_path, granularity, targets):
         checked += 1
     assert checked == stats["quantized"]
     assert np.array_equal(tensors["lm_head.weight"], original["lm_head.weight"])
+
+
+def test_cli_export_fp8_and_its_refusals(tmp_path, capsys):
+    from export_models import save_llama
+
+    from gpuquant.cli import main
+
+    src, out = save_llama(tmp_path / "llama", layers=1), tmp_path / "out"
+    assert main(["export", src, "-o", str(out), "--scheme", "fp8", "--quiet"]) == 0
+    with open(out / "config.json") as f:
+        group = json.load(f)["quantization_config"]["config_groups"]["group_0"]
+    assert group["weights"]["strategy"] == "channel"  # fp8's default granularity
+    assert group["input_activations"]["strategy"] == "token"
+    for argv, words in ((["--scheme", "fp8", "--group-size", "64"], "leave out --group-size"),
+                        (["--scheme", "fp8", "--granularity", "group"], "granularity='group'"),
+                        (["--scheme", "int4", "--granularity", "block"], "granularity='block'")):
+        assert main(["export", src, "-o", str(tmp_path / "bad"), *argv]) != 0
+        assert words in capsys.readouterr().err, argv
+        assert not (tmp_path / "bad").exists()
