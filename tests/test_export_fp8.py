@@ -76,12 +76,12 @@ def test_fp8_bad_input_names_the_argument():
         pack_fp8_weight(np.zeros(8, np.float32), "tensor")
 
 
-def _read_torch(folder):
+def _read_torch(folder, fp8="model.layers.0.mlp.down_proj.weight"):
     """Every tensor of an export, as NumPy (FP8 as its uint8 bit patterns), read by safetensors."""
     from safetensors.torch import load_file
 
     raw = load_file(os.path.join(folder, "model.safetensors"))
-    assert raw["model.layers.0.mlp.down_proj.weight"].dtype == torch.float8_e4m3fn
+    assert raw[fp8].dtype == torch.float8_e4m3fn
     return {k: (v.view(torch.uint8) if v.dtype == torch.float8_e4m3fn else v).numpy()
             for k, v in raw.items()}
 
@@ -148,3 +148,66 @@ def test_cli_export_fp8_and_its_refusals(tmp_path, capsys):
         assert main(["export", src, "-o", str(tmp_path / "bad"), *argv]) != 0
         assert words in capsys.readouterr().err, argv
         assert not (tmp_path / "bad").exists()
+
+
+def test_nvfp4_bytes_equal_compressed_tensors():
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    from gpuquant.export.ctensors_fp4 import nvfp4_quantization_config, pack_nvfp4_weight
+
+    w = _weight(8, 64)
+    ours = pack_nvfp4_weight(w)
+    group = nvfp4_quantization_config([], ["Linear"])["config_groups"]["group_0"]
+    scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
+    scale = torch.from_numpy(ours["weight_scale"]).view(torch.float8_e4m3fn).float()
+    state = {"weight": torch.from_numpy(w), "weight_scale": scale,
+             "weight_global_scale": torch.from_numpy(ours["weight_global_scale"])}
+    theirs = NVFP4PackedCompressor.compress(state, scheme)
+    assert np.array_equal(theirs["weight_packed"].numpy(), ours["weight_packed"])
+    assert theirs["weight_scale"].dtype == torch.float8_e4m3fn
+    assert np.array_equal(theirs["weight_scale"].view(torch.uint8).numpy(), ours["weight_scale"])
+    assert np.array_equal(theirs["weight_global_scale"].numpy(), ours["weight_global_scale"])
+
+
+def test_llama_nvfp4_folder_loads_exact(tmp_path):
+    from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from export_models import read_tensors, save_llama
+    from transformers import AutoModel, CompressedTensorsConfig
+
+    import gpuquant as gq
+    from gpuquant.config import QuantConfig
+    from gpuquant.export.ctensors_float import FloatOptions
+    from gpuquant.export.ctensors_fp4 import nvfp4_quantization_config, pack_nvfp4_weight
+    from gpuquant.formats.reference import dequantize_float
+
+    group = nvfp4_quantization_config([], ["Linear"])["config_groups"]["group_0"]
+    scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
+
+    src, out = save_llama(tmp_path / "llama", layers=1), str(tmp_path / "out")
+    stats = gq.export.compressed_tensors(src, out, FloatOptions(scheme="nvfp4"), device="cpu")
+    assert stats["quantized"] == 7
+    tensors, original = _read_torch(out, "model.layers.0.mlp.down_proj.weight_scale"), \
+        read_tensors(src)
+    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
+        dequantize=True)).eval()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for key, w in original.items():
+        if key + "_packed" not in tensors:
+            continue
+        a = pack_nvfp4_weight(w, key)
+        assert np.array_equal(tensors[key + "_packed"], a["weight_packed"])
+        assert np.array_equal(tensors[key + "_scale"], a["weight_scale"])
+        # compressed-tensors' loader dequantizes NVFP4 in bfloat16 (unpack_fp4_from_uint8's
+        # dtype), so the loaded weight is its decompression of these bytes, within bfloat16
+        # rounding of gpuquant's float32 dequantization
+        state = {k.removeprefix("weight"): torch.from_numpy(v) for k, v in a.items()}
+        state = {"weight" + k: v for k, v in state.items()}
+        state["weight_scale"] = state["weight_scale"].view(torch.float8_e4m3fn)
+        want = NVFP4PackedCompressor.decompress(state, scheme)["weight"].float().numpy()
+        got = linears[key.removeprefix("model.").removesuffix(".weight")].weight.data.numpy()
+        ours = dequantize_float(a["weight_packed"], a["weight_scale"], a["weight_global_scale"][0],
+                                QuantConfig.nvfp4(), w.shape)
+        assert np.allclose(got, ours, rtol=2 ** -7, atol=0), key  # bfloat16's 8-bit mantissa
+        assert np.array_equal(got, want), key

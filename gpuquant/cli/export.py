@@ -21,7 +21,7 @@ FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
 NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
             "percentile", "ignore_nonfinite")
 _UNSET = object()
-FLOAT_SCHEMES = ("fp8",)  # compressed-tensors float-quantized (export/ctensors_float.py)
+FLOAT_SCHEMES = ("fp8", "nvfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str], dests) -> list[str]:

@@ -20,6 +20,7 @@ import numpy as np
 from ..config import QuantConfig
 from ..errors import InvalidShapeError, UnsupportedSchemeError
 from ..formats.reference import fp8_codes, quantize_float
+from . import ctensors_fp4 as fp4
 
 __all__ = ["FP8_GRANULARITIES", "FloatOptions", "fp8_config", "fp8_quantization_config", "pack_fp8_weight"]
 
@@ -81,7 +82,7 @@ class FloatOptions:
     """What ``gpuquant export --scheme fp8`` does to each Linear weight (the fields the
     folder exporter reads are those of :class:`~gpuquant.export.ctensors.PackOptions`)."""
 
-    scheme: str = "fp8"
+    scheme: str = "fp8"  # or "nvfp4" (ctensors_fp4.py; granularity is then ignored)
     granularity: str = "channel"
     block_shape: tuple[int, int] = (128, 128)
     scale_dtype: str | None = None
@@ -91,18 +92,23 @@ class FloatOptions:
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if self.scheme != "fp8":
-            raise UnsupportedSchemeError(f"scheme={self.scheme!r}: float-quantized export "
-                                         "supports 'fp8'")
-        fp8_config(self.granularity, self.block_shape)
+        if self.scheme not in ("fp8", "nvfp4"):
+            raise UnsupportedSchemeError(f"scheme={self.scheme!r}: float export supports "
+                                         "'fp8' and 'nvfp4'")
+        if self.scheme == "fp8":
+            fp8_config(self.granularity, self.block_shape)
         object.__setattr__(self, "ignore", tuple(self.ignore))
         object.__setattr__(self, "block_shape", tuple(int(b) for b in self.block_shape))
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
+        if self.scheme == "nvfp4":
+            return fp4.check_nvfp4_shape(name, shape)
         _check_fp8_shape(name, shape, self.granularity, self.block_shape)
 
     def entries(self, key: str, shape: tuple[int, ...], scale_tag: str) -> list:
         """The safetensors entries (name, dtype tag, shape) that replace weight ``key``."""
+        if self.scheme == "nvfp4":
+            return fp4.nvfp4_entries(key, shape)
         return [(key, "F8_E4M3", tuple(shape)),
                 (key + "_scale", scale_tag, _scale_shape(shape, self.granularity,
                                                          self.block_shape))]
@@ -111,10 +117,14 @@ class FloatOptions:
         """The arrays of :meth:`entries`, in order (NumPy; a GPU array is copied to the host)."""
         from ..core.frameworks import host_copy
 
+        if self.scheme == "nvfp4":
+            return list(fp4.pack_nvfp4_weight(host_copy(w), key).values())
         out = pack_fp8_weight(host_copy(w), self.granularity, key, self.block_shape, scale_dtype)
         return [out["weight"], out["weight_scale"]]
 
     def quantization_config(self, ignore: list[str], targets: list[str]) -> dict:
+        if self.scheme == "nvfp4":
+            return fp4.nvfp4_quantization_config(ignore, targets)
         return fp8_quantization_config(self.granularity, ignore, targets, self.block_shape)
 
 
