@@ -170,6 +170,40 @@ def test_nvfp4_bytes_equal_compressed_tensors():
     assert np.array_equal(theirs["weight_global_scale"].numpy(), ours["weight_global_scale"])
 
 
+def test_llama_mxfp4_folder_loads(tmp_path):
+    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from export_models import read_tensors, save_llama
+    from transformers import AutoModel, CompressedTensorsConfig
+
+    from gpuquant.cli import main
+    from gpuquant.export.ctensors_fp4 import mxfp4_quantization_config, pack_mxfp4_weight
+
+    src, out = save_llama(tmp_path / "llama", layers=1), str(tmp_path / "out")
+    assert main(["export", src, "-o", out, "--scheme", "mxfp4", "--quiet"]) == 0
+    from safetensors.numpy import load_file
+
+    tensors, original = load_file(os.path.join(out, "model.safetensors")), read_tensors(src)
+    group = mxfp4_quantization_config([], ["Linear"])["config_groups"]["group_0"]
+    scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
+    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
+        dequantize=True)).eval()
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    checked = 0
+    for key, w in original.items():
+        if key + "_packed" not in tensors:
+            continue
+        a = pack_mxfp4_weight(w, key)
+        assert np.array_equal(tensors[key + "_packed"], a["weight_packed"])
+        assert np.array_equal(tensors[key + "_scale"], a["weight_scale"])
+        state = {"weight" + k.removeprefix("weight"): torch.from_numpy(v) for k, v in a.items()}
+        want = MXFP4PackedCompressor.decompress(state, scheme)["weight"].float()
+        got = linears[key.removeprefix("model.").removesuffix(".weight")].weight.data
+        assert torch.equal(got, want), key
+        checked += 1
+    assert checked == 7
+
+
 def test_llama_nvfp4_folder_loads_exact(tmp_path):
     from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
     from compressed_tensors.quantization import QuantizationScheme
@@ -211,3 +245,20 @@ def test_llama_nvfp4_folder_loads_exact(tmp_path):
                                 QuantConfig.nvfp4(), w.shape)
         assert np.allclose(got, ours, rtol=2 ** -7, atol=0), key  # bfloat16's 8-bit mantissa
         assert np.array_equal(got, want), key
+
+
+def test_mxfp4_bytes_equal_compressed_tensors():
+    from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+
+    from gpuquant.export.ctensors_fp4 import mxfp4_quantization_config, pack_mxfp4_weight
+
+    w = _weight(8, 64)
+    ours = pack_mxfp4_weight(w)
+    group = mxfp4_quantization_config([], ["Linear"])["config_groups"]["group_0"]
+    scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
+    scale = torch.exp2(torch.from_numpy(ours["weight_scale"].astype(np.float32)) - 127)
+    theirs = MXFP4PackedCompressor.compress({"weight": torch.from_numpy(w), "weight_scale": scale},
+                                            scheme)
+    assert np.array_equal(theirs["weight_packed"].numpy(), ours["weight_packed"])
+    assert np.array_equal(theirs["weight_scale"].numpy(), ours["weight_scale"])

@@ -21,7 +21,7 @@ FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
 NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
             "percentile", "ignore_nonfinite")
 _UNSET = object()
-FLOAT_SCHEMES = ("fp8", "nvfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
+FLOAT_SCHEMES = ("fp8", "nvfp4", "mxfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str], dests) -> list[str]:
@@ -72,6 +72,9 @@ def _float_options(args: argparse.Namespace):
     if used:
         raise QuantizationError(f"--scheme {args.scheme}: leave out {', '.join(used)} (FP8 is "
                                 "symmetric min/max; --granularity tensor|channel|block)")
+    if args.scheme != "fp8" and args.granularity is not None:
+        raise QuantizationError(f"--scheme {args.scheme}: leave out --granularity (its blocks "
+                                "fix it: NVFP4 16, MXFP4 32 values along a row)")
     return FloatOptions(scheme=args.scheme, granularity=args.granularity or "channel",
                         scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                         ignore=tuple(args.ignore), targets=args.targets)

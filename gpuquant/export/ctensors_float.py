@@ -82,7 +82,7 @@ class FloatOptions:
     """What ``gpuquant export --scheme fp8`` does to each Linear weight (the fields the
     folder exporter reads are those of :class:`~gpuquant.export.ctensors.PackOptions`)."""
 
-    scheme: str = "fp8"  # or "nvfp4" (ctensors_fp4.py; granularity is then ignored)
+    scheme: str = "fp8"  # or "nvfp4" / "mxfp4" (ctensors_fp4.py; granularity then ignored)
     granularity: str = "channel"
     block_shape: tuple[int, int] = (128, 128)
     scale_dtype: str | None = None
@@ -92,23 +92,24 @@ class FloatOptions:
     symmetric: bool = True
 
     def __post_init__(self) -> None:
-        if self.scheme not in ("fp8", "nvfp4"):
+        if self.scheme not in ("fp8", "nvfp4", "mxfp4"):
             raise UnsupportedSchemeError(f"scheme={self.scheme!r}: float export supports "
-                                         "'fp8' and 'nvfp4'")
+                                         "'fp8', 'nvfp4' and 'mxfp4'")
         if self.scheme == "fp8":
             fp8_config(self.granularity, self.block_shape)
         object.__setattr__(self, "ignore", tuple(self.ignore))
         object.__setattr__(self, "block_shape", tuple(int(b) for b in self.block_shape))
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
-        if self.scheme == "nvfp4":
-            return fp4.check_nvfp4_shape(name, shape)
+        if self.scheme != "fp8":
+            group = fp4.NVFP4_GROUP if self.scheme == "nvfp4" else fp4.MXFP4_GROUP
+            return fp4.check_nvfp4_shape(name, shape, group)
         _check_fp8_shape(name, shape, self.granularity, self.block_shape)
 
     def entries(self, key: str, shape: tuple[int, ...], scale_tag: str) -> list:
         """The safetensors entries (name, dtype tag, shape) that replace weight ``key``."""
-        if self.scheme == "nvfp4":
-            return fp4.nvfp4_entries(key, shape)
+        if self.scheme != "fp8":
+            return getattr(fp4, self.scheme + "_entries")(key, shape)
         return [(key, "F8_E4M3", tuple(shape)),
                 (key + "_scale", scale_tag, _scale_shape(shape, self.granularity,
                                                          self.block_shape))]
@@ -117,14 +118,14 @@ class FloatOptions:
         """The arrays of :meth:`entries`, in order (NumPy; a GPU array is copied to the host)."""
         from ..core.frameworks import host_copy
 
-        if self.scheme == "nvfp4":
-            return list(fp4.pack_nvfp4_weight(host_copy(w), key).values())
+        if self.scheme != "fp8":
+            return list(getattr(fp4, "pack_" + self.scheme + "_weight")(host_copy(w), key).values())
         out = pack_fp8_weight(host_copy(w), self.granularity, key, self.block_shape, scale_dtype)
         return [out["weight"], out["weight_scale"]]
 
     def quantization_config(self, ignore: list[str], targets: list[str]) -> dict:
-        if self.scheme == "nvfp4":
-            return fp4.nvfp4_quantization_config(ignore, targets)
+        if self.scheme != "fp8":
+            return getattr(fp4, self.scheme + "_quantization_config")(ignore, targets)
         return fp8_quantization_config(self.granularity, ignore, targets, self.block_shape)
 
 
