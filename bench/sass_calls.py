@@ -28,10 +28,9 @@ SIDE = 8192
 
 def calls(gq, torch, side: int = SIDE) -> dict:
     """name -> (description, role, function making the launches to record, input)."""
+    from gpuquant.backends.triton.backend import TritonBackend
     from gpuquant.backends.triton.launch import recording
     from gpuquant.core.layout import Layout
-
-    from gpuquant.backends.triton.backend import TritonBackend
 
     x = torch.empty((side, side), dtype=torch.float16)
     shape = f"x {side}x{side} float16"
@@ -109,9 +108,9 @@ def describe(launch, options) -> dict:
 def record(names=None, side: int = SIDE) -> dict:
     """The launches of the calls ``names`` (default: all), as launches.json holds them."""
     import torch
-    from gpuquant.backends.triton.launch import OPTIONS, recording
 
     import gpuquant as gq
+    from gpuquant.backends.triton.launch import OPTIONS, recording
 
     table = calls(gq, torch, side)
     names = list(table) if names is None else names

@@ -37,6 +37,8 @@ DTYPES = {
     "F64": np.dtype("<f8"),
 }
 _TAGS = {v.newbyteorder("<").str: k for k, v in DTYPES.items() if k != BF16}
+# tags gpuquant writes (as their bit patterns) but does not read: FP8 of the float exports
+_WRITTEN = {**DTYPES, "F8_E4M3": np.dtype(np.uint8)}
 MAX_HEADER_BYTES = 100 << 20  # the safetensors package refuses larger headers too
 MAX_TENSORS = 200_000  # entries per file; parsing costs ~1.4 kB each (a 1M-entry header ~1.4 GB)
 MAX_DIMS = 64  # NumPy's own limit on dimensions
@@ -292,7 +294,7 @@ def _header_blob(path: str, entries, metadata) -> bytes:
             raise fail("tensor name '__metadata__' is reserved for the header's metadata")
     offset = 0
     for name, tag, shape in entries:
-        nbytes = math.prod(shape) * DTYPES[tag].itemsize
+        nbytes = math.prod(shape) * _WRITTEN[tag].itemsize
         header[name] = {"dtype": tag, "shape": list(shape),
                         "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
@@ -324,7 +326,7 @@ def write_safetensors_stream(path: str | os.PathLike,
         f.write(blob)
         count = 0
         for (name, tag, shape), arr in zip(entries, arrays):
-            arr = np.asarray(arr, dtype=DTYPES[tag])
+            arr = np.asarray(arr, dtype=_WRITTEN[tag])
             arr = arr if arr.flags.c_contiguous else arr.copy()  # keeps 0-d arrays 0-d
             if tuple(arr.shape) != tuple(shape):
                 raise FormatError(f"{path}: tensor {name!r} has shape {arr.shape}, "

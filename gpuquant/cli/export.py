@@ -21,6 +21,7 @@ FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
 NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
             "percentile", "ignore_nonfinite")
 _UNSET = object()
+FLOAT_SCHEMES = ("fp8", "nvfp4", "mxfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
 
 
 def given_options(parser: argparse.ArgumentParser, argv: list[str], dests) -> list[str]:
@@ -44,18 +45,17 @@ def _calibration(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..export.ctensors import PackOptions
 
-    if args.group_size is not None and args.granularity != "group":
-        raise QuantizationError("--group-size needs --granularity group")
-    options = PackOptions(scheme=args.scheme, granularity=args.granularity,
-                          group_size=128 if args.group_size is None else args.group_size,
-                          symmetric=not args.asymmetric,
-                          calibration=_calibration(args),
-                          scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
-                          ignore=tuple(args.ignore), targets=args.targets,
-                          ignore_nonfinite=args.ignore_nonfinite)
+    if args.scheme in FLOAT_SCHEMES:
+        options = _float_options(args)
+    else:
+        granularity = args.granularity or "group"
+        if args.group_size is not None and granularity != "group":
+            raise QuantizationError("--group-size needs --granularity group")
+        options = _int_options(args, granularity)
     if args.method != "rtn":  # HQQ / GPTQ: the model in memory (gpuquant/model/cli.py)
+        if args.scheme in FLOAT_SCHEMES:
+            raise QuantizationError(f"--method {args.method} takes --scheme int4 or int8")
         from ..model.cli import export_with_method
 
         stats = export_with_method(args, options)
@@ -66,11 +66,41 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     stats = _export(args, options)
     if stats is not None and not args.quiet:
+        kind = "float-quantized" if args.scheme in FLOAT_SCHEMES else "pack-quantized"
         print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
-              f"pack-quantized {args.scheme} (scales {stats['scale_dtype']}), kept "
+              f"{kind} {args.scheme} (scales {stats['scale_dtype']}), kept "
               f"{stats['kept']} tensor(s); {stats['bytes_in'] / 1e9:.3f} GB -> "
               f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
     return 0
+
+
+def _float_options(args: argparse.Namespace):
+    from ..export.ctensors_float import FloatOptions
+
+    used = [o for o, v in (("--group-size", args.group_size), ("--asymmetric", args.asymmetric),
+                           ("--calibration", args.calibration != "minmax"),
+                           ("--ignore-nonfinite", args.ignore_nonfinite)) if v]
+    if used:
+        raise QuantizationError(f"--scheme {args.scheme}: leave out {', '.join(used)} (FP8 is "
+                                "symmetric min/max; --granularity tensor|channel|block)")
+    if args.scheme != "fp8" and args.granularity is not None:
+        raise QuantizationError(f"--scheme {args.scheme}: leave out --granularity (its blocks "
+                                "fix it: NVFP4 16, MXFP4 32 values along a row)")
+    return FloatOptions(scheme=args.scheme, granularity=args.granularity or "channel",
+                        scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
+                        ignore=tuple(args.ignore), targets=args.targets)
+
+
+def _int_options(args: argparse.Namespace, granularity: str):
+    from ..export.ctensors import PackOptions
+
+    return PackOptions(scheme=args.scheme, granularity=granularity,
+                          group_size=128 if args.group_size is None else args.group_size,
+                          symmetric=not args.asymmetric,
+                          calibration=_calibration(args),
+                          scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
+                          ignore=tuple(args.ignore), targets=args.targets,
+                          ignore_nonfinite=args.ignore_nonfinite)
 
 
 def _export(args: argparse.Namespace, options):
@@ -131,10 +161,11 @@ def _add_export(sub, formatter) -> None:
                        formatter_class=formatter)
     e.add_argument("model_dir", help="folder with config.json and safetensors (sharded or not)")
     e.add_argument("-o", "--output", required=True, help="the new model folder")
-    e.add_argument("--scheme", choices=("int4", "int8"), default="int4",
-                   help="integer width of the codes")
-    e.add_argument("--granularity", choices=("group", "channel"), default="group",
-                   help="one scale per group of values along a row, or per output channel")
+    e.add_argument("--scheme", choices=("int4", "int8", *FLOAT_SCHEMES), default="int4",
+                   help="int4/int8: pack-quantized; fp8: float-quantized E4M3 (FP8_DYNAMIC)")
+    e.add_argument("--granularity", choices=("group", "channel", "tensor", "block"),
+                   help="int4/int8: group or channel (default: group); fp8: channel (the "
+                        "default there), tensor, or block (128x128)")
     e.add_argument("--group-size", type=int,
                    help="values per group; only with --granularity group (default 128 there)")
     e.add_argument("--asymmetric", action="store_true",

@@ -74,12 +74,15 @@ def _refuse_quantized(model_dir: str, config: dict, headers: dict) -> None:
                                 "float model")
 
 
-def _entries(f: SafetensorsFile, selected: dict[str, str], bits: int, symmetric: bool,
+def _entries(f: SafetensorsFile, selected: dict[str, str], options, bits: int, symmetric: bool,
              groups: dict[str, int], scale_tag: str) -> list[tuple[str, str, tuple[int, ...]]]:
     entries = []
     for key in f.keys():
         if key not in selected:
             entries.append((key, f.dtype_tag(key), f.shape(key)))
+            continue
+        if hasattr(options, "entries"):  # the float formats (ctensors_float.py)
+            entries += options.entries(key, f.shape(key), scale_tag)
             continue
         rows, cols = f.shape(key)
         entries += [(key + "_packed", "I32", (rows, packed_width(cols, bits))),
@@ -123,7 +126,7 @@ def export_folder(model_dir: str, output: str, options: PackOptions, force: bool
     config, checkpoint, selected, groups, scale_dtype = prepared or team.together(
         prepare_export, model_dir, output, force, options)
     names = [os.path.basename(s) for s in checkpoint.shards]
-    entries = [_entries(f, selected, options.bits, options.symmetric, groups,
+    entries = [_entries(f, selected, options, options.bits, options.symmetric, groups,
                         SCALE_DTYPES[scale_dtype]) for _, f in checkpoint.files()]
     mine = assign_shards([os.path.getsize(s) for s in checkpoint.shards], team.world)[team.rank]
     stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
@@ -190,13 +193,14 @@ def _plan(model_dir: str, config: dict, checkpoint, options: PackOptions):
         except QuantizationError as exc:
             raise type(exc)(f"{model_dir}: {exc}") from None
     groups = {k: floats[k][1] // options.group_size if options.granularity == "group" else 1
-              for k in selected}
+              for k in selected}  # (pack-quantized only)
     model_dtype = config.get("dtype") or config.get("torch_dtype")
     scale_dtype = options.scale_dtype or (model_dtype if model_dtype in SCALE_DTYPES else
                                           _FLOAT_TAGS[headers[next(iter(selected))][1]])
     targets = ["Linear"] if options.targets is None else ["re:" + options.targets]
-    config["quantization_config"] = quantization_config(
-        options, list(options.ignore) + absent, targets)
+    config["quantization_config"] = options.quantization_config(
+        list(options.ignore) + absent, targets) if hasattr(options, "entries") \
+        else quantization_config(options, list(options.ignore) + absent, targets)
     return selected, groups, scale_dtype
 
 
@@ -210,6 +214,10 @@ def _produce(f: SafetensorsFile, selected, options: PackOptions, scale_dtype: st
             yield raw
             continue
         w = as_float(raw, f.dtype_tag(key))
+        if hasattr(options, "arrays"):  # the float formats: arrays in the order of entries
+            stats["quantized"] += 1
+            yield from options.arrays(w, scale_dtype, key)
+            continue
         arrays = pack_weight(to_device(w) if to_device else w, options, scale_dtype, key)
         stats["quantized"] += 1
         yield arrays["weight_packed"]
