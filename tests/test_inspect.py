@@ -8,7 +8,7 @@ import pytest
 
 from gpuquant.checkpoint.files import write_safetensors
 from gpuquant.cli import main
-from gpuquant.export.pack32 import pack32
+from gpuquant.core.pack_quantized import pack32
 
 ROWS, COLS, GROUP = 8, 64, 32
 
@@ -94,3 +94,22 @@ def test_dequantized_file_against_its_reference_has_sqnr(tmp_path, capsys):
     assert main(["inspect", str(d), "--reference", str(src)]) == 0
     table = capsys.readouterr().out
     assert "DIFFERENT" not in table and f"SQNR min {want['sqnr_db']:.2f} dB" in table
+
+
+def test_inspect_of_an_empty_quantized_tensor_says_nothing_untrue(tmp_path, capsys):
+    """A file holding an empty quantized tensor: no "infx" compression, null in the JSON."""
+    import gpuquant as gq
+    from gpuquant.core.layout import Layout
+
+    config = gq.QuantConfig.int4_per_group(group_size=2)
+    layout = Layout.of((0, 6), config)
+    qt = gq.QuantizedTensor(np.zeros(layout.packed_shape(config.bits), config.storage_dtype),
+                            np.ones(layout.unit_shape, np.float32),
+                            np.zeros(layout.unit_shape, np.int32), (0, 6), "float16", config)
+    path = tmp_path / "e.safetensors"
+    gq.save(path, {"e": qt})
+    assert main(["inspect", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "inf" not in text and "compression -" in text, text
+    assert main(["inspect", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["compression_ratio"] is None

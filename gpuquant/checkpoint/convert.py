@@ -357,7 +357,7 @@ def inspect_checkpoint(src: str, reference_path: str | None = None) -> dict:
     return {"tensors": rows, "quantized": sum(r["scheme"] != "-" for r in rows),
             "kept": sum(r["scheme"] == "-" for r in rows),
             "total_original_bytes": before, "total_bytes": after,
-            "compression_ratio": before / after if after else math.inf,
+            "compression_ratio": before / after if after else None,  # nothing stored
             "sqnr_min_db": min(sqnr) if sqnr else None,
             "sqnr_median_db": statistics.median(sqnr) if sqnr else None}
 

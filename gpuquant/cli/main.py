@@ -193,7 +193,9 @@ def format_inspect(report: dict) -> str:
     lines.append("-" * len(head))
     summary = (f"total: {len(rows)} tensor(s), {report['quantized']} quantized, "
                f"{report['kept']} kept; {report['total_original_bytes']} bytes -> "
-               f"{report['total_bytes']} bytes, compression {report['compression_ratio']:.2f}x")
+               f"{report['total_bytes']} bytes, compression "
+               + ("-" if report["compression_ratio"] is None
+                  else f"{report['compression_ratio']:.2f}x"))
     if report["sqnr_min_db"] is not None:
         summary += (f"; SQNR min {report['sqnr_min_db']:.2f} dB, "
                     f"median {report['sqnr_median_db']:.2f} dB")
