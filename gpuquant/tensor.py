@@ -13,7 +13,6 @@ from .core.frameworks import (
     TensorInfo,
     array_device,
     as_ndarray,
-    dtype_name,
     framework_of,
     output_dtype,
     prepare,
@@ -22,6 +21,7 @@ from .core.layout import Layout
 from .core.nonfinite import compiling, entry
 from .core.qparams import check_user_qparams
 from .errors import BackendUnavailableError, InvalidDtypeError, InvalidShapeError, QuantizationError
+from .formats.parts import check_part_arrays
 
 __all__ = ["QuantizedTensor"]
 
@@ -270,22 +270,7 @@ def check_parts(data, scale, zero_point, shape, dtype, config, info):
     wanted = {"data": (data, config.storage_dtype, layout.packed_shape(config.bits)),
               "scale": (scale, "float32", layout.unit_shape),
               "zero_point": (zero_point, "int32", layout.unit_shape)}
-    for name, (value, want_dtype, want_shape) in wanted.items():
-        if not hasattr(value, "dtype") or not hasattr(value, "shape"):
-            raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
-        if (framework_of(value), array_device(value)) != (framework, device):
-            raise QuantizationError(f"{name} is a {framework_of(value)} array on "
-                                    f"{array_device(value)} but data is a {framework} array "
-                                    f"on {device}; keep the parts together")
-        if dtype_name(value) != want_dtype:
-            raise InvalidDtypeError(f"{name} has dtype {dtype_name(value)}; {config.describe()} "
-                                    f"needs {want_dtype}")
-        if tuple(int(d) for d in value.shape) != tuple(want_shape):
-            raise InvalidShapeError(f"{name} has shape {tuple(value.shape)}; shape {shape} under "
-                                    f"{config.describe()} needs {tuple(want_shape)}")
-    if device == "meta":
-        raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
-                                      "holds no values")
+    check_part_arrays(wanted, framework, device, shape, config)
     if device == "cpu":
         _check_values(_host(scale), _host(zero_point), config)
     if info is not None and (info.framework, info.device) != (framework, device):

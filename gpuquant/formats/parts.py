@@ -34,7 +34,7 @@ from ..errors import (
 from . import codes_shape, dequantize_float, quantize_float, unit_shape
 from .reference import fp8_codes, fp8_scale
 
-__all__ = ["expected_parts", "check_float_parts", "quantize_parts", "dequantize_parts",
+__all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
            "float_suffixes", "static_fp8_qparams", "static_scales"]
 
 
@@ -54,20 +54,11 @@ def expected_parts(shape: tuple[int, ...], config) -> dict[str, tuple[str, tuple
     return parts
 
 
-def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
-    """(dtype, info) of valid float-format parts (``shape`` a checked tuple); QuantizationError
-    naming the part. Values are not checked: a non-finite input gives NaN/Inf scales."""
-    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
-        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
-                                + ", ".join(FLOAT_DTYPES))
-    framework, device = framework_of(data), array_device(data)
-    values = {"data": data, "scale": scale, "global_scale": global_scale}
-    wanted = expected_parts(shape, config)
-    if global_scale is not None and "global_scale" not in wanted:
-        raise QuantizationError(f"global_scale is given but {config.describe()} has none "
-                                "(only NVFP4, scale_format='e4m3', has one)")
-    for name, (want_dtype, want_shape) in wanted.items():
-        value = values[name]
+def check_part_arrays(wanted: dict, framework: str, device, shape, config) -> None:
+    """Every part of a QuantizedTensor, integer or float: ``wanted`` maps a part's name to
+    (array, dtype name, shape); they must be arrays of ``framework`` on ``device`` with that
+    dtype and shape, and not on the meta device. QuantizationError naming the part."""
+    for name, (value, want_dtype, want_shape) in wanted.items():
         if not hasattr(value, "dtype") or not hasattr(value, "shape"):
             raise InvalidDtypeError(f"{name} must be an array, got {type(value).__name__}")
         if (framework_of(value), array_device(value)) != (framework, device):
@@ -83,6 +74,22 @@ def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
     if device == "meta":
         raise BackendUnavailableError("QuantizedTensor parts are on the meta device, which "
                                       "holds no values")
+
+
+def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
+    """(dtype, info) of valid float-format parts (``shape`` a checked tuple); QuantizationError
+    naming the part. Values are not checked: a non-finite input gives NaN/Inf scales."""
+    if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
+        raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
+                                + ", ".join(FLOAT_DTYPES))
+    framework, device = framework_of(data), array_device(data)
+    values = {"data": data, "scale": scale, "global_scale": global_scale}
+    wanted = expected_parts(shape, config)
+    if global_scale is not None and "global_scale" not in wanted:
+        raise QuantizationError(f"global_scale is given but {config.describe()} has none "
+                                "(only NVFP4, scale_format='e4m3', has one)")
+    check_part_arrays({name: (values[name], *want) for name, want in wanted.items()}, framework,
+                      device, shape, config)
     return dtype, info or TensorInfo(framework, dtype, shape, device)
 
 
