@@ -185,9 +185,11 @@ def test_demo_plot_shows_the_table_configs_distinguishably(tmp_path, monkeypatch
 
     monkeypatch.setattr(demo, "_SHAPES", {"attn.q_proj": (48, 256), "mlp.down_proj": (256, 48)})
     curves = error_against_bits()
-    assert set(curves) == {family(cfg) for _, cfg in demo_configs()}
+    integer = [cfg for _, cfg in demo_configs() if not cfg.is_float]  # a float format has one width
+    assert set(curves) == {family(cfg) for cfg in integer}
     for row, (_, cfg) in zip(run_demo(backend="numpy"), demo_configs()):
-        assert (cfg.bits, row["sqnr_db"]) in curves[family(cfg)]  # the same numbers as the table
+        if not cfg.is_float:
+            assert (cfg.bits, row["sqnr_db"]) in curves[family(cfg)]  # the table's numbers
     figures = []
     monkeypatch.setattr(plt, "close", figures.append)
     plot_error_vs_bits(str(tmp_path / "p.png"), curves=curves)
