@@ -9,6 +9,8 @@ import pytest
 
 import gpuquant as gq
 from gpuquant.calibration import collective
+from gpuquant.calibration import histograms as streaming
+from gpuquant.calibration.histograms import HistogramState
 
 
 class _FakeRank:
@@ -152,3 +154,78 @@ def test_a_calibrator_copies_and_pickles():
         assert np.array_equal(other.qparams().scale, cal.qparams().scale)
         other.update(np.arange(3.0))  # with its own lock
         assert other.batches == 2 and cal.batches == 1
+
+
+def test_calibration_required():
+    with pytest.raises(gq.CalibrationRequiredError, match="update"):
+        gq.Calibrator(gq.QuantConfig()).qparams()
+
+
+# --------------------- tampered states (gpuquant.calibration.histograms.check_calibrator_state)
+def _calibrator_state(calibration="minmax", momentum=None):
+    cfg = gq.QuantConfig.int8_per_channel().replace(calibration=calibration)
+    cal = gq.Calibrator(cfg, momentum=momentum)
+    rng = np.random.default_rng(3)
+    for _ in range(2):
+        cal.update(rng.standard_normal((3, 16)).astype(np.float32))
+    return cal.state_dict()
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda s: s.update(momentum=1.5), "momentum"),
+    (lambda s: s.update(momentum=-0.1), "momentum"),
+    (lambda s: s.update(momentum="fast"), "momentum"),
+    (lambda s: s.update(batches=-1), "batches"),
+    (lambda s: s.update(batches=True), "batches"),
+    (lambda s: s.update(backend="tpu"), "backend"),
+    (lambda s: s.update(lo=[0.0, 1.0]), "lo and hi need 3"),
+    (lambda s: s.update(lo=[5.0, 5.0, 5.0]), "lo <= hi"),
+    (lambda s: s.update(hi=[float("nan")] * 3), "finite"),
+    (lambda s: s.update(unit_shape="3"), "unit_shape"),
+    (lambda s: s.update(histogram={"bins": 8}), "histogram"),
+    (lambda s: s.pop("lo"), "not a Calibrator state"),
+])
+def test_tampered_minmax_states(edit, match):
+    state = _calibrator_state()
+    streaming.check_calibrator_state(copy.deepcopy(state))
+    edit(state)
+    with pytest.raises(gq.InvalidCalibrationError, match=match):
+        streaming.check_calibrator_state(state)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda h: h.update(counts=-h["counts"]), "non-negative"),
+    (lambda h: h.update(counts=h["counts"][:, :-2]), "shape"),
+    (lambda h: h.update(counts=h["counts"].astype(np.float64) + 0.5), "dtype float64"),
+    (lambda h: h.update(counts=h["counts"][:2]), r"radius has shape \(3,\); expected \(2,\)"),
+    (lambda h: h.update({k: h[k][:2] for k in ("counts", "radius", "lo", "hi")}),
+     "histogram units do not match"),
+    (lambda h: h.update(radius=h["radius"] * 3), "powers of two"),
+    (lambda h: h.update(radius=h["radius"].astype(np.complex128)), "dtype complex128"),
+    (lambda h: h.update(lo=h["lo"][:1]), "shape"),
+    (lambda h: h.update(hi=h["hi"] * 1e6), "inside"),
+    (lambda h: h.update(bins=7), "bins=7"),
+    (lambda h: h.update(bins="4096"), "bins="),
+    (lambda h: h.update(radius=None), "all present"),
+    (lambda h: h.update(counts="many"), "dtype"),
+])
+def test_tampered_histogram_states(edit, match):
+    state = _calibrator_state("percentile")
+    streaming.check_calibrator_state(copy.deepcopy(state))
+    HistogramState.from_state(copy.deepcopy(state["histogram"]))
+    edit(state["histogram"])
+    with pytest.raises(gq.InvalidCalibrationError, match=match):
+        streaming.check_calibrator_state(state)
+
+
+def test_momentum_and_histogram_state_checks():
+    assert streaming.check_momentum(None) is None and streaming.check_momentum(np.float32(0.5)) == 0.5
+    for bad in (0, 2, float("nan"), True, "0.5", [0.5]):
+        with pytest.raises(gq.InvalidCalibrationError, match="momentum"):
+            streaming.check_momentum(bad)
+    state = _calibrator_state(momentum=0.5)
+    state["config"]["calibration"] = {"method": "percentile", "lower": 1.0, "upper": 99.0}
+    with pytest.raises(gq.InvalidCalibrationError, match="minmax only"):
+        streaming.check_calibrator_state(state)
+    with pytest.raises(gq.InvalidCalibrationError, match="bins"):
+        HistogramState("4096")

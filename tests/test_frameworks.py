@@ -84,3 +84,21 @@ def test_sparse_torch_input_is_refused_naming_the_argument():
     for call in (gq.quantize, gq.calibrate, gq.Calibrator().update):
         with pytest.raises(gq.InvalidDtypeError, match="layout torch.sparse_coo.*to_dense"):
             call(dense.to_sparse())
+
+
+def test_meta_tensors_are_refused():
+    torch = pytest.importorskip("torch")
+    x = torch.ones(4, 4, device="meta")
+    for call in (lambda: gq.quantize(x), lambda: gq.calibrate(x), lambda: gq.quantize(
+            x, backend="triton"), lambda: gq.DynamicQuantizer()(x)):
+        with pytest.raises(gq.BackendUnavailableError, match="meta device"):
+            call()
+
+
+def test_meta_tensors_cannot_be_saved_or_packed(tmp_path):
+    torch = pytest.importorskip("torch")
+    meta = torch.ones(3, device="meta")
+    with pytest.raises(gq.BackendUnavailableError, match="meta device"):
+        gq.save(tmp_path / "m.safetensors", {"a": meta})
+    with pytest.raises(gq.InvalidDtypeError, match="codes cannot be read as an array"):
+        gq.pack_int4(meta.to(torch.int8))

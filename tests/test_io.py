@@ -1,6 +1,10 @@
+"""gq.save and gq.load (gpuquant/io.py): quantized tensors and plain arrays round trip, what a
+loaded file must hold, paths, bfloat16 and load(framework=, device=)."""
+
 import json
 import os
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -163,33 +167,6 @@ def test_a_tensor_named_like_the_metadata_is_refused(tmp_path):
     assert set(gq.load(path)) == {"__metadata__"}
 
 
-@pytest.mark.parametrize("duplicate", ["__metadata__", "plain", "dtype"])
-def test_duplicate_json_keys_in_a_header_are_refused(tmp_path, duplicate):
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
-
-    path = tmp_path / "d.safetensors"
-    qt = gq.quantize(np.arange(8, dtype=np.float32))
-    gq.save(path, {"q": qt, "plain": np.ones(2, np.float32)})
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = raw[8:8 + n].decode().rstrip()
-    if duplicate == "__metadata__":  # a second, empty metadata hides gpuquant's
-        header = header[:-1] + ',"__metadata__":{}}'
-    elif duplicate == "plain":
-        entry = json.loads(header)["plain"]
-        header = header[:-1] + f',"plain":{json.dumps(entry)}}}'
-    else:
-        header = header.replace('"dtype":"F32"', '"dtype":"F32","dtype":"F32"', 1)
-    blob = header.encode()
-    path.write_bytes(struct.pack("<Q", len(blob)) + blob + raw[8 + n:])
-    with pytest.raises(gq.FormatError, match=f"duplicate key '{duplicate}'"):
-        gq.load(path)
-    if duplicate == "__metadata__":  # the safetensors package refuses this one too
-        with pytest.raises(SafetensorError):
-            load_file(str(path))
-
-
 @pytest.mark.parametrize("framework", ["numpy", "torch"])
 @pytest.mark.parametrize("config", [gq.QuantConfig(), gq.QuantConfig.int8_per_channel(axis=0),
                                     gq.QuantConfig.int4_per_group(2, symmetric=False)])
@@ -212,3 +189,65 @@ def test_an_empty_quantized_tensor_loads_and_dequantizes_to_an_empty_array(tmp_p
     assert tuple(out.shape) == (0, 6)
     with pytest.raises(gq.EmptyTensorError):  # the contract: quantize refuses empty tensors
         gq.quantize(np.zeros((0, 6), np.float16), config)
+
+
+# ------------------------------------------------ loaded values and load(framework=)
+def _quantized_file(tmp_path):
+    x = np.linspace(-1, 2, 24, dtype=np.float32).reshape(4, 6)
+    path = tmp_path / "q.safetensors"
+    gq.save(path, {"w": gq.quantize(x, gq.QuantConfig.int8_asymmetric())})
+    return path
+
+
+def _patch_data(path, key, values):
+    raw = bytearray(path.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    begin, end = json.loads(raw[8:8 + n])[key]["data_offsets"]
+    raw[8 + n + begin: 8 + n + end] = np.asarray(values).tobytes()
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("w.scale", np.float32(np.nan), "scale must be finite"),
+    ("w.scale", np.float32(-1), "scale must be finite"),
+    ("w.scale", np.float32(1e-42), "normal"),
+    ("w.zero_point", np.int32(300), r"zero_point must lie in \[0, 255\]"),
+])
+def test_load_validates_values(tmp_path, key, value, match):
+    path = _quantized_file(tmp_path)
+    _patch_data(path, key, value)
+    with pytest.raises(gq.FormatError, match=match):
+        gq.load(path)
+
+
+def test_bfloat16_round_trip_keeps_values(tmp_path):
+    torch = pytest.importorskip("torch")
+    t = (torch.randn(64, 256, generator=torch.Generator().manual_seed(0)) * 3).to(torch.bfloat16)
+    qt = gq.quantize(t, gq.QuantConfig.int8_per_channel())
+    before = qt.dequantize()
+    assert before.dtype == torch.bfloat16
+    gq.save(tmp_path / "b.safetensors", {"q": qt, "raw": t})
+    as_numpy = gq.load(tmp_path / "b.safetensors")
+    y = as_numpy["q"].dequantize()
+    assert isinstance(y, np.ndarray) and y.dtype == np.float32
+    np.testing.assert_array_equal(y, before.float().numpy())  # bfloat16-rounded values
+    as_torch = gq.load(tmp_path / "b.safetensors", framework="torch", device="cpu")
+    assert as_torch["q"].framework == "torch" and isinstance(as_torch["q"].data, torch.Tensor)
+    assert torch.equal(as_torch["q"].dequantize(), before)
+    assert as_torch["raw"].dtype == torch.bfloat16 and torch.equal(as_torch["raw"], t)
+
+
+def test_load_framework_arguments(tmp_path, monkeypatch):
+    path = _quantized_file(tmp_path)
+    with pytest.raises(gq.QuantizationError, match="framework='jax'.*accepted"):
+        gq.load(path, framework="jax")
+    with pytest.raises(gq.QuantizationError, match="device='cuda'.*framework='torch'"):
+        gq.load(path, device="cuda")
+    torch = pytest.importorskip("torch")
+    with pytest.raises(gq.BackendUnavailableError, match="device='nowhere'"):
+        gq.load(path, framework="torch", device="nowhere")
+    back = gq.load(path, framework="torch")
+    assert back["w"].scale.dtype == torch.float32 and back["w"].device == "cpu"
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(gq.BackendUnavailableError, match=r"pip install 'gpuquant\[torch\]'"):
+        gq.load(path, framework="torch")

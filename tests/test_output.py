@@ -66,6 +66,16 @@ def test_gq_save_replaces_only_regular_files(tmp_path, kind):
     assert np.array_equal(gq.load(str(regular))["w"], np.ones(4, np.float32))
 
 
+def test_save_to_a_missing_folder_names_it(tmp_path):
+    target = tmp_path / "nope" / "w.safetensors"
+    with pytest.raises(gq.OutputPathError, match=r"output folder '.*nope' does not exist"):
+        gq.save(target, {"a": np.ones(2)})
+    assert issubclass(gq.OutputPathError, gq.QuantizationError)
+    with pytest.raises(gq.OutputPathError, match="is a folder"):
+        gq.save(tmp_path, {"a": np.ones(2)})
+    assert os.listdir(tmp_path) == []
+
+
 def test_the_input_is_never_an_output(tmp_path):
     src = tmp_path / "in.safetensors"
     src.write_bytes(b"input")

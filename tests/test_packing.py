@@ -1,3 +1,5 @@
+"""gq.pack_int4 / gq.unpack_int4 (gpuquant/core/packing.py): hand-packed bytes, round trips, refusals."""
+
 import numpy as np
 import pytest
 from naive import naive_pack
@@ -56,3 +58,27 @@ def test_quantized_int4_data_uses_the_config_order(rng, order):
     assert qt.data.shape == (4, 5)
     codes = gq.unpack_int4(qt.data, 9, signed=True, nibble_order=order)
     np.testing.assert_array_equal(qt.data, naive_pack(codes, order == "high_first"))
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0), (0, 5), (2, 0, 3)])
+def test_pack_int4_of_empty_arrays(shape):
+    packed = gq.pack_int4(np.zeros(shape, np.int8))
+    assert packed.shape == (*shape[:-1], (shape[-1] + 1) // 2) and packed.dtype == np.uint8
+    assert gq.unpack_int4(packed, shape[-1]).shape == shape
+
+
+def test_pack_int4_refuses_mixed_and_out_of_range_codes():
+    with pytest.raises(gq.InvalidDtypeError, match=r"mix signed and unsigned.*-3\.\.12"):
+        gq.pack_int4(np.array([-3, 12]))
+    with pytest.raises(gq.InvalidDtypeError, match=r"-8\.\.7 \(signed"):
+        gq.pack_int4(np.array([9]), signed=True)
+    with pytest.raises(gq.InvalidDtypeError, match=r"0\.\.15 \(unsigned"):
+        gq.pack_int4(np.array([-1]), signed=False)
+    np.testing.assert_array_equal(gq.pack_int4(np.array([1, 2]), signed=False), [0x12])
+    for bad in ("yes", 1):
+        with pytest.raises(gq.QuantizationError, match="signed="):
+            gq.pack_int4(np.array([1]), signed=bad)
+        with pytest.raises(gq.QuantizationError, match="signed="):
+            gq.unpack_int4(np.zeros(1, np.uint8), 2, signed=bad)
+    with pytest.raises(gq.InvalidShapeError, match="length"):
+        gq.unpack_int4(np.zeros(1, np.uint8), 2.0)

@@ -1,11 +1,15 @@
 """The structure of the package: layers that import only downwards, no cycles, the two
-written interfaces, and small files (docs/ARCHITECTURE.md draws the layers)."""
+written interfaces, small files (docs/ARCHITECTURE.md draws the layers), py.typed and the version."""
 
 import ast
+import importlib.metadata
 import inspect
+import os
 import pathlib
 
 import pytest
+
+import gpuquant as gq
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -214,3 +218,8 @@ def test_callers_reach_a_backend_only_through_the_protocol():
                 if t.startswith(("gpuquant.backends.numpy", "gpuquant.backends.triton"))
                 and not m.startswith("gpuquant.backends")]
     assert not reaching, "\n".join(reaching)
+
+
+def test_py_typed_and_version():
+    assert os.path.exists(os.path.join(os.path.dirname(gq.__file__), "py.typed"))
+    assert gq.__version__ == importlib.metadata.version("gpuquant")

@@ -73,7 +73,7 @@ def asymmetric_scale(lo, hi, qmin: int, qmax: int, xp=np):
     The halved form is not used everywhere on purpose: where one end is a
     subnormal whose halving rounds, it can differ in the last bit even for a
     normal scale (hi = 2^-110, lo = -(2^-134 + 2^-149)); see
-    tests/test_hardening_qparams.py.
+    tests/test_qparams.py.
     """
     f32 = xp.float32
     width = f32(qmax - qmin)

@@ -1,4 +1,5 @@
-"""qparams of ranges wider than float32, user qparams checks, and QParams' repr (issue 13)."""
+"""gpuquant.core.qparams: the one qparams formula (ranges wider than float32 included), the
+checks of user-given qparams, and QParams' repr."""
 
 import numpy as np
 import pytest
@@ -121,6 +122,19 @@ def test_check_user_qparams_refuses_bad_zero_points(zp, match):
         qparams.check_user_qparams(np.ones(zp.shape, F32), zp, 0, 255)
 
 
+def test_qparams_shape_and_values():
+    x = np.ones((4, 6), np.float32)
+    cfg = gq.QuantConfig.int8_per_channel()
+    with pytest.raises(gq.InvalidShapeError, match=r"qparams.scale has shape \(6,\).*needs \(4,\)"):
+        gq.quantize(x, cfg, qparams=(np.ones(6, np.float32), np.zeros(6, np.int32)))
+    with pytest.raises(gq.InvalidCalibrationError, match="positive"):
+        gq.quantize(x, cfg, qparams=(np.zeros(4, np.float32), np.zeros(4, np.int32)))
+    with pytest.raises(gq.InvalidCalibrationError, match=r"\[0, 255\]"):
+        gq.quantize(x, gq.QuantConfig.int8_asymmetric(), qparams=(np.float32(1), np.int32(300)))
+    with pytest.raises(gq.QuantizationError, match="QParams"):
+        gq.quantize(x, cfg, qparams=np.ones(4))
+
+
 # ----------------------------------------------------------------- repr
 def test_qparams_repr_summarises():
     scale = np.linspace(0.5, 2.0, 10000, dtype=F32).reshape(100, 100)
@@ -132,3 +146,8 @@ def test_qparams_repr_summarises():
     torch = pytest.importorskip("torch")
     text = repr(gq.QParams(torch.from_numpy(scale), torch.from_numpy(zp)))
     assert "shape=(100, 100)" in text and "dtype=float32" in text and "3 distinct" in text
+
+
+def test_qparams_repr_never_raises():
+    assert repr(gq.QParams(None, None)).startswith("QParams(shape=()")
+    assert repr(gq.QParams(np.array(["a"]), np.array(["b"]))).startswith("QParams(shape=(1,)")
