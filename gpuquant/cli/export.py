@@ -16,10 +16,10 @@ from ..errors import QuantizationError
 
 __all__ = ["add_parsers", "cmd_export", "json_safe", "workers_arg", "world_size"]
 
-FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
+FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0", "gguf-mxfp4")
 # quantize options that GGUF output does not use: its blocks fix scheme, granularity and range
 NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
-            "percentile", "ignore_nonfinite")
+            "percentile", "ignore_nonfinite", "scale_rule", "block_shape")
 _UNSET = object()
 FLOAT_SCHEMES = ("fp8", "nvfp4", "mxfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
 
@@ -205,14 +205,16 @@ def _add_export(sub, formatter) -> None:
 
 def _wrap_quantize(q: argparse.ArgumentParser) -> None:
     q.add_argument("--format", choices=FORMATS, default="gpuquant",
-                   help="gpuquant's layout, or a .gguf file of Q8_0 / Q4_0 blocks")
+                   help="gpuquant's layout, or a .gguf file of Q8_0 / Q4_0 / MXFP4 blocks "
+                        "(byte for byte gguf.quants.quantize)")
     plain = q.get_default("func")
 
     def run(args: argparse.Namespace) -> int:
         if args.format == "gpuquant":
             if args.output.lower().endswith(".gguf"):
-                raise QuantizationError(f"{args.output}: a .gguf name needs --format gguf-q8_0 "
-                                        "or gguf-q4_0 (the default writes gpuquant safetensors)")
+                raise QuantizationError(f"{args.output}: a .gguf name needs --format gguf-q8_0, "
+                                        "gguf-q4_0 or gguf-mxfp4 (the default writes gpuquant "
+                                        "safetensors)")
             return plain(args)
         if args.shard_size is not None or args.workers > 1:
             raise QuantizationError(f"--format {args.format}: GGUF output is one file; leave "
@@ -220,8 +222,9 @@ def _wrap_quantize(q: argparse.ArgumentParser) -> None:
         unused = given_options(q, args.argv[1:], NOT_GGUF)
         if unused:
             raise QuantizationError(f"--format {args.format}: leave out {', '.join(unused)}: "
-                                    "GGUF blocks fix them (Q8_0 int8, Q4_0 int4, symmetric, "
-                                    "one scale per 32 values, min/max)")
+                                    "GGUF blocks fix them (Q8_0 int8, Q4_0 int4, MXFP4 E2M1 "
+                                    "with ggml's E8M0 floor rule; symmetric, one scale per 32 "
+                                    "values, from the block's largest |x|)")
         from ..export.gguf_file import gguf
 
         stats = gguf(args.input, args.output, args.format.split("-")[1], force=args.force,

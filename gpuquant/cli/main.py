@@ -332,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dequantize(sub)
     i = _add_inspect(sub)
     _add_demo(sub)
-    # gpuquant/export/cli.py: `export`, `quantize --format gguf-q8_0|gguf-q4_0`, and `inspect`
+    # gpuquant/export/cli.py: `export`, `quantize --format gguf-*` (Q8_0, Q4_0, MXFP4), and `inspect`
     # of GGUF files and compressed-tensors folders
     add_export_parsers(sub, quantize=q, inspect=i)
     return parser

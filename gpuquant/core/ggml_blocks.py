@@ -1,13 +1,16 @@
-"""GGUF Q8_0 and Q4_0 blocks in NumPy, byte for byte the bytes of ``gguf.quants.quantize``.
+"""GGUF Q8_0, Q4_0 and MXFP4 blocks in NumPy, byte for byte the bytes of ``gguf.quants.quantize``.
 
 A block is 32 consecutive values of a row (the row length must be a multiple
-of 32) stored as a float16 scale ``d`` followed by the codes:
+of 32) stored as a scale followed by the codes; Q8_0 and Q4_0 have a float16
+scale ``d``:
 
 - Q8_0 (34 bytes): ``d = amax / 127``; ``q = round_half_away(x * (1 / d))``
   as int8.
 - Q4_0 (18 bytes): ``m`` = the value of largest magnitude (the first one on
   a tie), ``d = m / -8``; ``q = clamp(trunc(x * (1 / d) + 8.5), 0, 15)``;
   byte j holds q[j] in its low nibble and q[j + 16] in its high nibble.
+- MXFP4 (17 bytes): an E8M0 byte, then E2M1 nibbles in Q4_0's order; see
+  :func:`_mxfp4` for where ggml's rule differs from OCP MX (formats/codecs.py).
 
 Every step is one float32 operation, as in gguf-py (and ggml-quants.c):
 the codes use the float32 ``d``, the file stores it rounded to float16. An
@@ -26,10 +29,10 @@ from ..errors import InvalidShapeError, NonFiniteError
 from .blocks import run_blocks
 from .frameworks import bf16_bits_to_f32
 
-__all__ = ["BLOCK", "SCHEMES", "quantize_blocks", "block_bytes"]
+__all__ = ["BLOCK", "SCHEMES", "quantize_blocks", "block_bytes", "mxfp4_exponent"]
 
 BLOCK = 32
-SCHEMES = {"q8_0": 34, "q4_0": 18}  # bytes per block
+SCHEMES = {"q8_0": 34, "q4_0": 18, "mxfp4": 17}  # bytes per block
 # 0.5 - 2^-25, the float32 just below 0.5. For float32 0 <= v < 2^22, trunc(v + _HALF_DOWN)
 # (one float32 add) is round-half-away-from-zero: a tie n - 0.5 sums to n - 2^-25, which
 # rounds up to n, and the largest v below a tie sums to below n. Adding 0.5 instead would
@@ -144,7 +147,64 @@ def _q4_0(xb: np.ndarray, out: np.ndarray) -> int:
     return 0
 
 
-_KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0}
+def _pow2(k: np.ndarray) -> np.ndarray:
+    """float32 2^k of integers -126 <= k <= 127, from the exponent bits."""
+    return ((k + 127) << 23).astype(np.uint32).view(np.float32)
+
+
+def mxfp4_exponent(amax: np.ndarray) -> np.ndarray:
+    """ggml's E8M0 byte of float32 block amaxes: ``floor(log2(amax)) - 2 + 127`` with
+    ``log2`` in float32, as gguf-py (and ggml's ``log2f``); 0 for a zero amax.
+
+    The OCP floor rule of formats/codecs.py with two differences: the float32 ``log2``
+    rounds an amax just below 2^k up to k (so such a block takes the next exponent), and
+    an amax below 2^-125 is not clamped to 0: its negative exponent wraps modulo 256, as
+    the float -> uint8 cast of gguf-py and ggml does on x86 (a scale of 2^103 or more,
+    so the whole block stores code 0).
+    """
+    amax = np.asarray(amax, np.float32)
+    lg = np.floor(np.log2(np.where(amax > 0, amax, _F32(1))))
+    return np.where(amax > 0, lg.astype(np.int64) + 125, 0) & 0xFF
+
+
+def _mxfp4(xb: np.ndarray, out: np.ndarray) -> int:
+    """gguf-py's MXFP4: d = 2^(e-128) (half the E8M0 scale), each x takes the nearest of
+    d * (0, 1, 2, 3, 4, 6, 8, 12) (twice the E2M1 values), the first one on a tie.
+
+    Where ggml differs from OCP MX's E2M1 (codecs.encode, round half to even): ties go
+    toward zero (0.75 -> 0.5, 1.75 -> 1.5, 3.5 -> 3, where RNE goes up), and a value
+    that rounds to zero stores +0 (code 0, never 8). With t = |x| / d: the magnitude
+    code is ``min(ceil(t - 0.5), 4) + (t > 5) + (t > 7) + (t > 10)`` (t - 0.5 is exact
+    for t >= 1/4). The exponent 253 (an amax within float32 rounding of 2^128) makes
+    8d and 12d overflow to inf, which gguf-py never picks: its codes stop at 6d.
+    """
+    a, _, bits, q = _scratch(xb.shape[0])  # the second float32 buffer may hold xb
+    np.abs(xb, out=a)
+    amax = _reduce_blocks(a.view(np.int32), np.maximum, bits.view(np.int32)).view(np.float32)
+    if not np.isfinite(amax).all():  # NaN and Inf, whose bits are the largest
+        return int(np.count_nonzero(~np.isfinite(amax)))
+    e = mxfp4_exponent(amax)
+    shift = 128 - e  # t = |x| * 2^shift, in two exact steps (2^128 is no float32)
+    a *= _pow2(shift // 2)[:, None]
+    a *= _pow2(shift - shift // 2)[:, None]
+    f = bits.view(np.float32)
+    np.subtract(a, _F32(0.5), out=f)
+    np.ceil(f, out=f)
+    np.minimum(f, _F32(4), out=f)
+    np.copyto(q, f, casting="unsafe")  # 0..4 (-0.0 casts to 0)
+    for above in (5, 7, 10):
+        q += a > _F32(above)
+    top = np.flatnonzero(e == 253)
+    if top.size:
+        q[top] = np.minimum(q[top], 5)
+    np.bitwise_or(q, 8, out=q, where=(xb < 0) & (q != 0))
+    u = q.view(np.uint64)  # 8 codes a word: a 4-bit shift carries no bit across bytes
+    np.copyto(out[:, 1:], (u[:, :2] | (u[:, 2:] << np.uint64(4))).view(np.uint8))
+    out[:, 0] = e
+    return 0
+
+
+_KERNELS = {"q8_0": _q8_0, "q4_0": _q4_0, "mxfp4": _mxfp4}
 
 
 def quantize_blocks(x: np.ndarray, scheme: str, bf16_bits: bool = False) -> np.ndarray:

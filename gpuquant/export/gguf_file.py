@@ -1,13 +1,15 @@
-"""``gpuquant quantize CKPT -o OUT.gguf --format gguf-q8_0|gguf-q4_0``: a GGUF file of blocks.
+"""``gpuquant quantize CKPT -o OUT.gguf --format gguf-q8_0|gguf-q4_0|gguf-mxfp4``: a GGUF file.
 
 Floating tensors of two or more dimensions whose rows are a multiple of 32
-(and that the include/exclude globs select) become Q8_0 or Q4_0 blocks;
+(and that the include/exclude globs select) become Q8_0, Q4_0 or MXFP4 blocks;
 every other tensor is stored as it is: float16 as F16, other floats as F32,
 integers as I8/I16/I32/I64. The file is written through ``gguf.GGUFWriter``
 one tensor at a time (headers planned from the safetensors headers first)
 into a temporary file that is renamed when complete.
 
-The file holds tensors and ``general.architecture = "gpuquant"`` only: a
+The file holds tensors, ``general.architecture = "gpuquant"`` and
+``general.file_type`` (MOSTLY_Q8_0, MOSTLY_Q4_0, or for MXFP4 MOSTLY_MXFP4_MOE, the
+one llama.cpp file type of MXFP4, which gguf-py names "except 1d tensors") only: a
 model llama.cpp runs also needs the architecture metadata (hyperparameters,
 tokenizer) and tensor names that llama.cpp's ``convert_hf_to_gguf.py`` writes.
 """
@@ -83,18 +85,21 @@ def _quantizer(device: str):
 def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
          include: list[str] | None = None, exclude: list[str] | None = None,
          device: str = "cpu") -> dict[str, Any]:
-    """Write the tensors of a safetensors checkpoint to a GGUF file with Q8_0 or Q4_0 blocks.
+    """Write the tensors of a safetensors checkpoint to a GGUF file with Q8_0, Q4_0 or MXFP4
+    blocks.
 
     Args:
         source: a .safetensors file, a folder of shards, or an index .json.
         output: the .gguf file; an existing one needs ``force=True``.
-        scheme: "q8_0" or "q4_0".
+        scheme: "q8_0", "q4_0" or "mxfp4".
         include, exclude: glob patterns of tensor names (default: all, none).
         device: "cpu", "auto" or "cuda" (the Triton kernel of kernels/gguf.py).
     """
     block_bytes(scheme)
     lib = import_gguf()
-    qtype = {"q8_0": lib.GGMLQuantizationType.Q8_0, "q4_0": lib.GGMLQuantizationType.Q4_0}[scheme]
+    qtype = getattr(lib.GGMLQuantizationType, scheme.upper())
+    file_type = {"q8_0": lib.LlamaFileType.MOSTLY_Q8_0, "q4_0": lib.LlamaFileType.MOSTLY_Q4_0,
+                 "mxfp4": lib.LlamaFileType.MOSTLY_MXFP4_MOE}[scheme]
     start = time.perf_counter()
     checkpoint = open_checkpoint(source)
     include, exclude = include or ["*"], exclude or []
@@ -106,8 +111,7 @@ def gguf(source: str, output: str, scheme: str = "q8_0", *, force: bool = False,
     stats = {"quantized": 0, "kept": 0, "bytes_in": 0, "bytes_out": 0}
     with staged_file(output, checkpoint.inputs, force) as tmp:
         writer = lib.GGUFWriter(None, ARCH)
-        writer.add_file_type(int({"q8_0": lib.LlamaFileType.MOSTLY_Q8_0,
-                                  "q4_0": lib.LlamaFileType.MOSTLY_Q4_0}[scheme]))
+        writer.add_file_type(int(file_type))
         for _, plan in plans:
             for key, quantized, dtype, shape in plan:
                 writer.add_tensor_info(key, shape, dtype, int(np.prod(shape)) * dtype.itemsize,

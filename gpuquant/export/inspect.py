@@ -24,6 +24,7 @@ from ..metrics import error_sums
 __all__ = ["inspect_export", "format_report", "dequantize_packed"]
 
 _ITEMSIZE = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+_GGUF_BLOCKS = ("Q", "MXFP4")  # the GGUF tensor types that are quantized blocks
 
 
 def _is_gguf(path: str) -> bool:
@@ -94,13 +95,13 @@ def _inspect_gguf(path: str, ref) -> dict:
         if ref is not None:
             original = ref(t.name)
             row["original_bytes"] = original.nbytes
-            if kind.startswith(("Q", "F", "BF")):
+            if kind.startswith((*_GGUF_BLOCKS, "F", "BF")):
                 y = lib.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
             else:  # integer tensors are stored as they are
                 y = np.asarray(t.data).astype(np.float32)
             _compare(row, original, y.reshape(original.shape))
         rows.append(row)
-    scheme = "/".join(sorted(k for k in kinds if k.startswith("Q"))) or "none"
+    scheme = "/".join(sorted(k for k in kinds if k.startswith(_GGUF_BLOCKS))) or "none"
     return _totals({"format": "gguf", "scheme": scheme, "tensors": rows})
 
 

@@ -1,4 +1,5 @@
-"""GGUF Q8_0 and Q4_0 blocks: 32 values -> a float16 scale and 32 int8 codes or 16 nibble bytes.
+"""GGUF Q8_0, Q4_0 and MXFP4 blocks: 32 values -> a float16 scale (an E8M0 byte for MXFP4)
+and 32 int8 codes or 16 nibble bytes.
 
 The formulas of gpuquant/core/ggml_blocks.py (gguf-py's, one float32
 rounding a step): divisions with ``div_rn``, launched with
@@ -83,3 +84,54 @@ def q4_0_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
     tl.store(out_ptr + base[:, None] + 2 + j[None, :], (q_lo | (q_hi << 4)).to(tl.uint8),
              mask=ok[:, None])
     _store_scale(out_ptr, base, d, ok, flags_ptr, bad)
+
+
+@triton.jit
+def _pow2(k):
+    """float32 2^k of int32 -126 <= k <= 127, from the exponent bits."""
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e2m1_code(x, p1, p2, top):
+    """ggml's nibble of x at t = |x| * p1 * p2 (|x| / d): the nearest of 0, 1, 2, 3, 4, 6, 8,
+    12, the lower on a tie; 8 | magnitude for x < 0 (a zero code stays 0)."""
+    t = tl.abs(x) * p1[:, None] * p2[:, None]
+    m = tl.minimum(tl.ceil(t - 0.5), 4.0).to(tl.int32)
+    m = m + (t > 5.0).to(tl.int32) + (t > 7.0).to(tl.int32) + (t > 10.0).to(tl.int32)
+    m = tl.where(top[:, None], tl.minimum(m, 5), m)
+    return tl.where((x < 0) & (m != 0), m | 8, m)
+
+
+@triton.jit
+def mxfp4_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
+    """e = floor(log2(amax)) + 125 (mod 256, 0 for amax = 0), log2 rounded to float32 as
+    gguf-py's; nibbles as core/ggml_blocks.py's _mxfp4. Reads 128 bytes a block, writes 17.
+
+    log2 is taken in float64 and rounded to float32: the correctly rounded float32 log2
+    (the GPU's float32 lg2 is approximate), whose floor is NumPy's at every float32 (checked
+    on x86 for all subnormals and the top 2^16 mantissas of every exponent).
+    """
+    b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ok = b < n_blocks
+    j = tl.arange(0, 16)
+    ptr = x_ptr + b[:, None] * 32 + j[None, :]
+    lo = tl.load(ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    hi = tl.load(ptr + 16, mask=ok[:, None], other=0.0).to(tl.float32)
+    nonfinite = (~is_finite(lo)).to(tl.int32) + (~is_finite(hi)).to(tl.int32)
+    bad = tl.sum(tl.sum(nonfinite, axis=1) * ok.to(tl.int32), axis=0)
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
+    positive = amax > 0
+    lg = tl.floor(tl.log2(tl.where(positive, amax, 1.0).to(tl.float64)).to(tl.float32))
+    e = tl.where(positive, lg.to(tl.int32) + 125, 0) & 0xFF
+    shift = 128 - e  # |x| * 2^shift in two exact steps: 2^128 is no float32
+    half = shift >> 1
+    p1, p2 = _pow2(half), _pow2(shift - half)
+    top = e == 253  # 8d and 12d overflow to inf: gguf-py's codes stop at 6d
+    q = _e2m1_code(lo, p1, p2, top) | (_e2m1_code(hi, p1, p2, top) << 4)
+    base = b * 17
+    tl.store(out_ptr + base[:, None] + 1 + j[None, :], q.to(tl.uint8), mask=ok[:, None])
+    tl.store(out_ptr + base, e.to(tl.uint8), mask=ok)
+    pid = tl.program_id(0)
+    tl.store(flags_ptr + 2 * pid, bad)
+    tl.store(flags_ptr + 2 * pid + 1, 0)

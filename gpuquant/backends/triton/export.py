@@ -27,7 +27,8 @@ __all__ = ["pack32", "quantize_pack32", "quantize_gguf"]
 
 _BLOCK_R, _BLOCK_W = 16, 16  # 16 rows x 128 (int4) or 64 (int8) codes a program
 _GGUF_BLOCKS = 32  # blocks of 32 values a program
-_GGUF = {"q8_0": (_gguf.q8_0_kernel, 34), "q4_0": (_gguf.q4_0_kernel, 18)}
+_GGUF = {"q8_0": (_gguf.q8_0_kernel, 34), "q4_0": (_gguf.q4_0_kernel, 18),
+         "mxfp4": (_gguf.mxfp4_kernel, 17)}
 
 
 def _words(n: int, bits: int) -> int:
@@ -92,7 +93,7 @@ def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size
 
 
 def quantize_gguf(x, scheme: str):
-    """GGUF Q8_0 / Q4_0 blocks of ``x`` (last dimension a multiple of 32) as uint8
+    """GGUF Q8_0 / Q4_0 / MXFP4 blocks of ``x`` (last dimension a multiple of 32) as uint8
     ``(*x.shape[:-1], x.shape[-1] // 32 * bytes)``; NaN or Inf raises NonFiniteError."""
     if scheme not in _GGUF:
         raise InvalidShapeError(f"scheme={scheme!r}; accepted: " + ", ".join(_GGUF))
