@@ -8,7 +8,7 @@ coded with bitsandbytes' 8-bit dynamic map, 256 a block (gpuquant/formats/refere
                  halving (pairs (2i, 2i + 1) first), the row sums added in order; the
                  offset is float32(sum / n)
   nest_kernel    one program per 256 absmax: d = absmax - offset, m = max |d| (NaN
-                 skipped), codes LUT[trunc(float32((d / m + 1) / 2 * 65535 + 1/2))]
+                 skipped), codes LUT[trunc(float32((d * (1 / m) + 1) / 2 * 65535 + 1/2))]
   unnest_kernel  absmax = MAP[code] * m + offset (two roundings)
 """
 
