@@ -152,8 +152,8 @@ class QuantConfig(fs.FloatPresets):
             the high nibble (bitsandbytes); ``"low_first"`` is ONNX's order.
         ignore_nonfinite: calibrate over finite values only, instead of
             raising ``NonFiniteError`` on NaN or Inf.
-        scale_format, block_shape, scale_rule, global_scale_convention: the float
-            formats' options (gpuquant.formats.schemes; presets ``fp8_*``, ``mxfp8``,
+        scale_format, block_shape, scale_rule, global_scale_convention, double_quant: the
+            float formats' options (gpuquant.formats.schemes; presets ``fp8_*``, ``mxfp8``,
             ``mxfp4``, ``nvfp4``, ``nf4``).
     """
 
@@ -170,6 +170,7 @@ class QuantConfig(fs.FloatPresets):
     block_shape: tuple[int, int] | None = None
     scale_rule: str | None = None
     global_scale_convention: str | None = None
+    double_quant: bool = False
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -373,8 +374,8 @@ class QuantConfig(fs.FloatPresets):
         elif self.block_shape is not None:
             gran += "{}x{}".format(*self.block_shape)
         if self.is_float:
-            extra = "".join(f"/{v}" for v in (self.scale_rule, self.global_scale_convention) if v)
-            return f"{self.scheme.value}/{gran}/{self.scale_format}{extra}"
+            extra = (self.scale_rule, self.global_scale_convention, "double_quant" * self.double_quant)
+            return f"{self.scheme.value}/{gran}/{self.scale_format}" + "".join(f"/{v}" for v in extra if v)
         return f"{self.scheme.value}/{gran}/{'sym' if self.symmetric else 'asym'}/{self.calibration}"
 
 

@@ -71,7 +71,12 @@ def suffixes_of(config: QuantConfig) -> tuple[str, ...]:
 
 
 def quantized_entries(name: str, qt: QuantizedTensor) -> list[tuple[str, str, np.ndarray]]:
-    arrays = (qt.data, qt.scale, qt.global_scale if qt.config.is_float else qt.zero_point)
+    if qt.config.is_float:
+        from .formats.parts import extras_of
+
+        arrays = (qt.data, qt.scale, *extras_of(qt).values())
+    else:
+        arrays = (qt.data, qt.scale, qt.zero_point)
     return [(name + suffix, *to_host(arr)) for suffix, arr in zip(suffixes_of(qt.config), arrays)]
 
 
@@ -185,29 +190,25 @@ def _expected(shape: tuple[int, ...], config: QuantConfig) -> dict[str, tuple[st
 
 def read_quantized(f: SafetensorsFile, name: str, info: Any, framework: str = "numpy",
                    device: Any = None) -> QuantizedTensor:
-    """Rebuild one QuantizedTensor from its three stored arrays, checking shapes and values."""
+    """Rebuild one QuantizedTensor from its stored arrays, checking shapes and values."""
     config, shape, dtype = _checked_entry(f, name, info)
     arrays = [f.get(name + suffix) for suffix in suffixes_of(config)]
-    float_gs = config.is_float and len(arrays) == 3
-    if config.is_float:  # (data, scale, zero_point=None, ..., global_scale)
-        arrays = [arrays[0], arrays[1], None, *arrays[2:]]
-    try:
-        qt = _rebuild(arrays, shape, dtype, config)  # checks the values on the host
+    extras: dict[str, Any] = {}
+    if config.is_float:  # (data, scale, zero_point=None), then the named extra parts
+        from .formats.parts import extra_names
+
+        extras = dict(zip(extra_names(config), arrays[2:]))
+        arrays = [arrays[0], arrays[1], None]
+    try:  # checks the values on the host
+        qt = QuantizedTensor(*arrays, shape, dtype, config, **extras)
     except QuantizationError as exc:
         raise FormatError(f"{f.path}: quantized tensor {name!r}: {exc}") from None
     if framework == "numpy":
         return qt
     arrays = [None if a is None else _to_torch(a, False, device) for a in arrays]
+    extras = {k: _to_torch(a, False, device) for k, a in extras.items()}
     info = TensorInfo("torch", dtype, shape, array_device(arrays[0]))
-    if float_gs:
-        return QuantizedTensor(*arrays[:3], shape, dtype, config, info, global_scale=arrays[3])
-    return QuantizedTensor(*arrays[:3], shape, dtype, config, info)
-
-
-def _rebuild(arrays, shape, dtype, config) -> QuantizedTensor:
-    if len(arrays) == 4:
-        return QuantizedTensor(*arrays[:3], shape, dtype, config, global_scale=arrays[3])
-    return QuantizedTensor(*arrays, shape, dtype, config)
+    return QuantizedTensor(*arrays, shape, dtype, config, info, **extras)
 
 
 def _torch():

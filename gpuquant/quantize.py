@@ -65,5 +65,5 @@ def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
         raise UnsupportedSchemeError(
             f"calibration={config.calibration} chooses static FP8 scales: feed batches to "
             "gq.Calibrator(config) and pass qparams=calibrator.qparams()")
-    codes, scale, global_scale, info = quantize_parts(x, config, backend, qparams)
-    return QuantizedTensor._from_float(codes, scale, global_scale, info, config)
+    codes, scale, extras, info = quantize_parts(x, config, backend, qparams)
+    return QuantizedTensor._from_float(codes, scale, extras, info, config)

@@ -42,10 +42,12 @@ class QuantizedTensor:
     """
 
     global_scale: Any = None  # float formats: NVFP4's float32 per-tensor scale (0-d)
+    nested_absmax: Any = None  # double-quantized NF4: float32 per 256 absmax codes
+    nested_offset: Any = None  # double-quantized NF4: the float32 mean of the absmax (0-d)
 
     def __init__(self, data: Any, scale: Any, zero_point: Any, shape: tuple[int, ...],
                  dtype: str, config: QuantConfig, info: TensorInfo | None = None,
-                 global_scale: Any = None):
+                 global_scale: Any = None, nested_absmax: Any = None, nested_offset: Any = None):
         """Validate and hold the parts of a quantized tensor.
 
         Shapes and dtypes are always checked: ``data`` must have the config's
@@ -54,10 +56,14 @@ class QuantizedTensor:
         and normal, zero points in [qmin, qmax]) are checked for arrays on the
         CPU only: a GPU array is never synchronised. Raises a QuantizationError
         subclass naming the argument. A float-format config (``config.is_float``) takes
-        ``zero_point=None`` and, for NVFP4, ``global_scale`` (gpuquant.formats.parts).
+        ``zero_point=None`` and, for NVFP4, ``global_scale``; for NF4 with double_quant,
+        ``scale`` holds the uint8 absmax codes, with ``nested_absmax`` and ``nested_offset``
+        (gpuquant.formats.parts).
         """
         if isinstance(config, QuantConfig) and config.is_float:
-            self._init_float(data, scale, zero_point, shape, dtype, config, info, global_scale)
+            extras = dict(global_scale=global_scale, nested_absmax=nested_absmax,
+                          nested_offset=nested_offset)
+            self._init_float(data, scale, zero_point, shape, dtype, config, info, extras)
             return
         data, scale, zero_point = (_as_array(a, name) for a, name in (
             (data, "data"), (scale, "scale"), (zero_point, "zero_point")))
@@ -65,18 +71,19 @@ class QuantizedTensor:
                                                  info)
         self._set(data, scale, zero_point, shape, dtype, config, info, layout)
 
-    def _init_float(self, data, scale, zero_point, shape, dtype, config, info, global_scale):
+    def _init_float(self, data, scale, zero_point, shape, dtype, config, info, extras):
         from .formats.parts import check_float_parts
 
         if zero_point is not None:
             raise QuantizationError(f"zero_point must be None for {config.describe()}: float "
                                     "formats are symmetric")
-        data, scale, global_scale = (None if a is None else _as_array(a, name) for a, name in (
-            (data, "data"), (scale, "scale"), (global_scale, "global_scale")))
+        data, scale, *rest = (None if a is None else _as_array(a, name) for name, a in
+                              (("data", data), ("scale", scale), *extras.items()))
+        extras = dict(zip(extras, rest))
         shape = _check_shape(shape)
-        dtype, info = check_float_parts(data, scale, global_scale, shape, dtype, config, info)
+        dtype, info = check_float_parts(data, scale, extras, shape, dtype, config, info)
         self._set(data, scale, None, shape, dtype, config, info, None)
-        self.global_scale = global_scale
+        self.__dict__.update(extras)
 
     def _set(self, data, scale, zero_point, shape, dtype, config, info, layout) -> None:
         self.data = data
@@ -98,12 +105,13 @@ class QuantizedTensor:
         return qt
 
     @classmethod
-    def _from_float(cls, data: Any, scale: Any, global_scale: Any, info: TensorInfo,
+    def _from_float(cls, data: Any, scale: Any, extras: dict[str, Any], info: TensorInfo,
                     config: QuantConfig) -> QuantizedTensor:
-        """What gq.quantize made under a float-format config: no checks."""
+        """What gq.quantize made under a float-format config (``extras``: name -> array of
+        its extra parts, gpuquant.formats.parts.EXTRA_PARTS): no checks."""
         qt = cls.__new__(cls)
         qt._set(data, scale, None, info.shape, info.dtype, config, info, None)
-        qt.global_scale = global_scale
+        qt.__dict__.update(extras)
         return qt
 
     @classmethod
@@ -134,8 +142,9 @@ class QuantizedTensor:
 
     @property
     def size_bytes(self) -> int:
-        """Bytes of the packed codes plus the scales, zero points and global scale."""
-        parts = (self.data, self.scale, self.zero_point, self.global_scale)
+        """Bytes of the packed codes plus the scales, zero points and extra parts."""
+        parts = (self.data, self.scale, self.zero_point, self.global_scale, self.nested_absmax,
+                 self.nested_offset)
         return sum(_nbytes(a) for a in parts if a is not None)
 
     @property

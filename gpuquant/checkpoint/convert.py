@@ -109,12 +109,13 @@ def _planned(f: SafetensorsFile, key: str, config: QuantConfig) -> QuantizedTens
     """A QuantizedTensor of the right shapes and dtypes holding no data (broadcast zeros)."""
     shape = f.shape(key)
     try:
-        if config.is_float:  # gpuquant.formats.parts: codes, scale (+ global scale), no zero point
+        if config.is_float:  # gpuquant.formats.parts: codes, scale (+ extra parts), no zero point
             from ..formats.parts import expected_parts
 
-            parts = [np.broadcast_to(np.zeros((), d), p) for d, p in expected_parts(shape, config).values()]
-            return QuantizedTensor(parts[0], parts[1], None, shape, float_name(f.dtype_tag(key)),
-                                   config, global_scale=parts[2] if len(parts) == 3 else None)
+            parts = {k: np.broadcast_to(np.zeros((), d), p)
+                     for k, (d, p) in expected_parts(shape, config).items()}
+            return QuantizedTensor(parts.pop("data"), parts.pop("scale"), None, shape,
+                                   float_name(f.dtype_tag(key)), config, **parts)
         layout = Layout.of(shape, config)
         codes = np.broadcast_to(np.zeros((), config.storage_dtype), layout.packed_shape(config.bits))
         scale = np.broadcast_to(np.ones((), np.float32), layout.unit_shape)

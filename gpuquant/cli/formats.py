@@ -1,5 +1,5 @@
 """The float formats on the command line: ``gpuquant quantize --scheme fp8 | fp8-e5m2 |
-mxfp8 | mxfp4 | nvfp4 | nf4`` with ``--block-shape`` and ``--scale-rule``."""
+mxfp8 | mxfp4 | nvfp4 | nf4`` with ``--block-shape``, ``--scale-rule`` and ``--double-quant``."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def add_float_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--scale-rule", choices=("floor", "rceil", "even"),
                    help="mxfp8/mxfp4: the E8M0 scale rule (default floor, the OCP spec; rceil "
                         "is NVIDIA's and torchao's inference default; even compressed-tensors')")
+    q.add_argument("--double-quant", action="store_true",
+                   help="nf4: code the block absmax in 8 bits too, as bitsandbytes' "
+                        "compress_statistics=True (NAME.nested_absmax, NAME.nested_offset)")
 
 
 def float_config(args: argparse.Namespace):
@@ -59,7 +62,8 @@ def float_config(args: argparse.Namespace):
         if args.group_size not in (None, 16):
             raise QuantizationError("--scheme nvfp4 has blocks of 16: drop --group-size")
     elif scheme == "nf4":
-        cfg = QuantConfig.nf4(64 if args.group_size is None else args.group_size)
+        cfg = QuantConfig.nf4(64 if args.group_size is None else args.group_size,
+                              double_quant=args.double_quant)
     else:
         rule = args.scale_rule or "floor"
         size = 32 if args.group_size is None else args.group_size

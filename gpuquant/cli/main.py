@@ -85,6 +85,8 @@ def _gb(n: float) -> str:
 def _quantize_config(args: argparse.Namespace):
     from ..config import Percentile, QuantConfig
 
+    if args.double_quant and args.scheme != "nf4":
+        raise QuantizationError("--double-quant applies to --scheme nf4")
     if args.scheme in FLOAT_SCHEMES:
         return float_config(args)
     if args.group_size is not None and args.granularity != "group":

@@ -6,7 +6,8 @@ FP8 E5M2 (max 57344, IEEE-like Inf/NaN), FP4 E2M1 (0, 0.5, 1, 1.5, 2, 3, 4, 6; n
 Inf/NaN). Encoding rounds to nearest, ties to even (RNE), from the exact value of
 the float32 input. E8M0 scales (OCP MX): ``2^(e-127)``, 255 = NaN, with the FLOOR,
 RCEIL and EVEN rules. NF4: bitsandbytes' 16-entry codebook, nearest entry, a value
-on a midpoint taking the lower code. docs/ARCHITECTURE.md states the contract.
+on a midpoint taking the lower code; its double quantization's 8-bit dynamic map
+(create_dynamic_map) and CPU encoder. docs/ARCHITECTURE.md states the contract.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import numpy as np
 
 __all__ = ["MiniFloat", "E4M3", "E5M2", "E2M1", "MINIFLOATS", "encode", "decode",
            "pack_low_first", "unpack_low_first", "pack_high_first", "unpack_high_first",
-           "e8m0_from_amax", "decode_e8m0", "NF4_CODEBOOK", "NF4_ZERO_CODE", "nf4_encode", "nf4_decode"]
+           "e8m0_from_amax", "decode_e8m0", "NF4_CODEBOOK", "NF4_ZERO_CODE", "nf4_encode", "nf4_decode",
+           "DYNAMIC_MAP", "DYNAMIC_LUT", "dynamic_encode"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -226,3 +228,49 @@ def nf4_encode(scaled: np.ndarray) -> np.ndarray:
 
 def nf4_decode(codes: np.ndarray) -> np.ndarray:
     return NF4_CODEBOOK[np.asarray(codes).astype(np.intp) & 0xF]
+
+
+# ---------------------------------------------------- the 8-bit dynamic map
+def _linspace(k: int) -> np.ndarray:
+    """torch.linspace(0.1, 1, k) in float32: step = (1 - 0.1) / (k - 1) in float32, then
+    0.1 + step * i for the first k // 2 points and 1 - step * (k - 1 - i) for the rest, each
+    rounded once (torch's CPU kernel, contracted): exact in float64, then rounded."""
+    start, end = np.float32(0.1), np.float32(1.0)
+    step = np.float64(np.float32(np.float32(end - start) / np.float32(k - 1)))
+    i = np.arange(k, dtype=np.float64)
+    return np.where(i < k // 2, np.float64(start) + step * i,
+                    np.float64(end) - step * (k - 1 - i)).astype(np.float32)
+
+
+def _dynamic_map() -> np.ndarray:
+    """bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8): for
+    i = 0..6, the float32 midpoints of linspace(0.1, 1, 2^i + 1) times float32(10^(i-6)), with
+    both signs; then 0 and 1; sorted (256 entries, -0.99297 .. 1)."""
+    values = [np.float32(0.0), np.float32(1.0)]
+    for i in range(7):
+        b = _linspace(2 ** i + 1)
+        means = ((b[:-1] + b[1:]) / np.float32(2)).astype(np.float32)
+        scaled = (np.float32(10.0 ** (i - 6)) * means).astype(np.float32)
+        values += [*scaled, *(-scaled)]
+    return np.sort(np.array(values, np.float32))
+
+
+DYNAMIC_MAP = _dynamic_map()
+DYNAMIC_MAP.setflags(write=False)
+# bitsandbytes' CPU quantizer: 65536 bins of [-1, 1], bin i at -1 + 2i / 65535 (float32), coded
+# with the number of map midpoints (0.5 * (a + b), float32) below it
+_DYN_MID = (np.float32(0.5) * (DYNAMIC_MAP[:-1] + DYNAMIC_MAP[1:])).astype(np.float32)
+_BIN = (np.float32(-1.0) + (np.float32(2.0) * np.arange(65536, dtype=np.float32)
+                            / np.float32(65535)).astype(np.float32)).astype(np.float32)
+DYNAMIC_LUT = np.searchsorted(_DYN_MID, _BIN, side="left").astype(np.uint8)
+DYNAMIC_LUT.setflags(write=False)
+
+
+def dynamic_encode(v: np.ndarray) -> np.ndarray:
+    """uint8 dynamic-map codes of float32 v (already divided by the block absmax), as
+    bitsandbytes' CPU kernel: v clamped to [-1, 1], bin = trunc(fma((v + 1) * 0.5, 65535, 0.5))
+    (exact in float64, one rounding to float32), code = DYNAMIC_LUT[bin]; NaN: bin 0."""
+    v = np.clip(np.asarray(v, np.float32), np.float32(-1.0), np.float32(1.0))
+    t = ((v + np.float32(1.0)).astype(np.float32) * np.float32(0.5)).astype(np.float32)
+    f = (t.astype(np.float64) * 65535.0 + 0.5).astype(np.float32)
+    return DYNAMIC_LUT[np.where(np.isnan(f), np.float32(0.0), f).astype(np.int64)]

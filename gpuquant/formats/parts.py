@@ -3,7 +3,10 @@ backend dispatch (NumPy reference on the CPU, gpuquant.backends.triton.floats on
 
 A float-format tensor holds ``data`` (uint8 codes: FP8 of x's shape, E2M1 packed
 (..., ceil(K/2)), NF4 packed (ceil(numel/2),)), ``scale`` (float32, or uint8 E8M0 /
-E4M3 bit patterns), no zero point, and ``global_scale`` (float32 0-d, NVFP4 only).
+E4M3 bit patterns, or a double-quantized NF4's uint8 absmax codes), no zero point, and
+its extra parts (EXTRA_PARTS): ``global_scale`` (float32 0-d, NVFP4), ``nested_absmax``
+(float32 per 256 absmax codes) and ``nested_offset`` (float32 0-d) of a double-quantized
+NF4, named as bitsandbytes' QuantState.as_dict names them.
 gpuquant.formats.reference has the formulas; docs/ARCHITECTURE.md the contract.
 """
 
@@ -32,25 +35,44 @@ from ..errors import (
     UnsupportedSchemeError,
 )
 from . import codes_shape, dequantize_float, quantize_float, unit_shape
-from .reference import fp8_codes, fp8_scale
+from .reference import fp8_codes, fp8_scale, nested_shape
 
 __all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
-           "float_suffixes", "static_fp8_qparams", "static_scales"]
+           "float_suffixes", "static_fp8_qparams", "static_scales", "EXTRA_PARTS", "extra_names",
+           "extras_of"]
+
+EXTRA_PARTS = ("global_scale", "nested_absmax", "nested_offset")
+
+
+def extra_names(config) -> tuple[str, ...]:
+    """The extra parts of a float-format tensor under ``config``, in their stored order."""
+    if config.scale_format == "e4m3":
+        return ("global_scale",)
+    return ("nested_absmax", "nested_offset") if getattr(config, "double_quant", False) else ()
+
+
+def extras_of(qt) -> dict[str, Any]:
+    """name -> array of a float-format QuantizedTensor's extra parts."""
+    return {name: getattr(qt, name) for name in extra_names(qt.config)}
 
 
 def float_suffixes(config) -> tuple[str, ...]:
-    """The stored tensors of a float-format NAME: NAME.qdata, NAME.scale (+ NAME.global_scale)."""
-    return (".qdata", ".scale", ".global_scale") if config.scale_format == "e4m3" else \
-        (".qdata", ".scale")
+    """The stored tensors of a float-format NAME: NAME.qdata, NAME.scale, then NAME.<extra>
+    (NAME.global_scale; NAME.nested_absmax, NAME.nested_offset)."""
+    return (".qdata", ".scale", *("." + name for name in extra_names(config)))
 
 
 def expected_parts(shape: tuple[int, ...], config) -> dict[str, tuple[str, tuple[int, ...]]]:
     """part name -> (dtype name, shape) of a float-format tensor of ``shape``."""
-    scale_dtype = "float32" if config.scale_format == "float32" else "uint8"
-    parts = {"data": ("uint8", codes_shape(shape, config)),
-             "scale": (scale_dtype, unit_shape(shape, config))}
+    dq = getattr(config, "double_quant", False)
+    scale_dtype = "float32" if config.scale_format == "float32" and not dq else "uint8"
+    units = unit_shape(shape, config)
+    parts = {"data": ("uint8", codes_shape(shape, config)), "scale": (scale_dtype, units)}
     if config.scale_format == "e4m3":
         parts["global_scale"] = ("float32", ())
+    if dq:
+        parts["nested_absmax"] = ("float32", nested_shape(units[0]))
+        parts["nested_offset"] = ("float32", ())
     return parts
 
 
@@ -76,18 +98,21 @@ def check_part_arrays(wanted: dict, framework: str, device, shape, config) -> No
                                       "holds no values")
 
 
-def check_float_parts(data, scale, global_scale, shape, dtype, config, info):
-    """(dtype, info) of valid float-format parts (``shape`` a checked tuple); QuantizationError
-    naming the part. Values are not checked: a non-finite input gives NaN/Inf scales."""
+def check_float_parts(data, scale, extras: dict, shape, dtype, config, info):
+    """(dtype, info) of valid float-format parts (``shape`` a checked tuple; ``extras`` name ->
+    array or None, EXTRA_PARTS); QuantizationError naming the part. Values are not checked: a
+    non-finite input gives NaN/Inf scales."""
     if not isinstance(dtype, str) or dtype not in FLOAT_DTYPES:
         raise InvalidDtypeError(f"dtype={dtype!r} is not an original dtype; accepted: "
                                 + ", ".join(FLOAT_DTYPES))
     framework, device = framework_of(data), array_device(data)
-    values = {"data": data, "scale": scale, "global_scale": global_scale}
+    values = {"data": data, "scale": scale, **extras}
     wanted = expected_parts(shape, config)
-    if global_scale is not None and "global_scale" not in wanted:
-        raise QuantizationError(f"global_scale is given but {config.describe()} has none "
-                                "(only NVFP4, scale_format='e4m3', has one)")
+    for name, value in extras.items():
+        if value is not None and name not in wanted:
+            raise QuantizationError(
+                f"{name} is given but {config.describe()} has none (global_scale: NVFP4, "
+                "scale_format='e4m3'; nested_absmax, nested_offset: nf4 with double_quant=True)")
     check_part_arrays({name: (values[name], *want) for name, want in wanted.items()}, framework,
                       device, shape, config)
     return dtype, info or TensorInfo(framework, dtype, shape, device)
@@ -147,20 +172,36 @@ def static_scales(config) -> bool:
             and str(config.granularity) != "block")
 
 
+def _extras(config, extra) -> dict[str, Any]:
+    """name -> array of quantize_float's third result (None, a global scale, or the pair
+    (nested_absmax, nested_offset))."""
+    names = extra_names(config)
+    return dict(zip(names, extra if len(names) == 2 else (extra,)))
+
+
+def _extra_arg(config, extras: dict):
+    """quantize_float's third result back from the named extras (dequantize_float's argument)."""
+    values = tuple(extras[name] for name in extra_names(config))
+    return values if len(values) == 2 else values[0] if values else None
+
+
 def quantize_parts(x: Any, config, backend: str | None = None, qparams: Any = None):
-    """(codes, scale, global_scale | None, info) of ``x`` in its own framework and device;
-    ``qparams``: given FP8 scales (a QParams or (scale, zero_point) with zero points 0)."""
+    """(codes, scale, extras, info) of ``x`` in its own framework and device, ``extras`` the
+    name -> array of its extra parts (extra_names); ``qparams``: given FP8 scales (a QParams or
+    (scale, zero_point) with zero points 0)."""
     x, info = prepare(x)
     if qparams is not None:
         return _given_fp8(x, info, config, backend, qparams)
     if _backend_name(info, backend) == "triton":
-        parts = _triton_float().quantize_float(_to_torch(x), config)
-        return (*(_to_caller(p, info) for p in parts), info)
+        codes, scale, extra = _triton_float().quantize_float(_to_torch(x), config)
+        extras = {k: _to_caller(v, info) for k, v in _extras(config, extra).items()}
+        return _to_caller(codes, info), _to_caller(scale, info), extras, info
     x32 = np.asarray(to_numpy(x, info), dtype=np.float32)  # float64 rounds once to float32
-    codes, scale, gs = quantize_float(x32, config)
-    parts = [from_numpy(a if a.flags.c_contiguous else a.copy(), info) if a is not None else None
-             for a in (codes, scale, None if gs is None else np.asarray(gs, np.float32))]
-    return (*parts, info)
+    codes, scale, extra = quantize_float(x32, config)
+    arrays = (np.asarray(a) for a in (codes, scale, *_extras(config, extra).values()))
+    codes, scale, *rest = (from_numpy(a if a.flags.c_contiguous else a.copy(), info)
+                           for a in arrays)
+    return codes, scale, dict(zip(extra_names(config), rest)), info
 
 
 def _given_fp8(x, info, config, backend, qparams):
@@ -179,25 +220,26 @@ def _given_fp8(x, info, config, backend, qparams):
                                 "points of 0 (FP8 is symmetric)")
     x32 = np.asarray(to_numpy(x, info), dtype=np.float32)
     codes = fp8_codes(x32, scale_h, config)
-    return from_numpy(codes, info), from_numpy(np.array(scale_h, np.float32), info), None, info
+    return from_numpy(codes, info), from_numpy(np.array(scale_h, np.float32), info), {}, info
 
 
 def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):
     """The values of a float-format QuantizedTensor in ``dtype`` (default: the original)."""
     info = qt._info
     out_dtype = output_dtype(dtype, qt.dtype, info.framework)
+    extras = extras_of(qt)
     if _backend_name(info, backend) == "triton":
         import torch
 
-        y = _triton_float().dequantize_float(
-            _to_torch(qt.data), _to_torch(qt.scale), _to_torch(qt.global_scale), qt.config,
-            qt.shape, dtype=getattr(torch, out_dtype))
+        extra = _extra_arg(qt.config, {k: _to_torch(v) for k, v in extras.items()})
+        y = _triton_float().dequantize_float(_to_torch(qt.data), _to_torch(qt.scale), extra,
+                                             qt.config, qt.shape, dtype=getattr(torch, out_dtype))
         y = _to_caller(y, info)
     else:
-        host = [None if a is None else to_numpy(*prepare(a, name, require_float=False))
-                for a, name in ((qt.data, "data"), (qt.scale, "scale"),
-                                (qt.global_scale, "global_scale"))]
-        y32 = dequantize_float(host[0], host[1], host[2], qt.config, qt.shape)
+        host = {name: to_numpy(*prepare(a, name, require_float=False)) for name, a in
+                (("data", qt.data), ("scale", qt.scale), *extras.items())}
+        y32 = dequantize_float(host["data"], host["scale"], _extra_arg(qt.config, host),
+                               qt.config, qt.shape)
         compute = "float32" if out_dtype == "bfloat16" else out_dtype
         y = from_numpy(y32.astype(compute, copy=False), info, out_dtype)
     if out is None:

@@ -12,7 +12,8 @@ float32 array, in the storage layout every backend shares:
   RNE(clamp(x / 2^(e-127), -max, max)); E2M1 packed two per byte, even element low.
 - NVFP4 (E4M3 scales): compressed-tensors' formula with a float32 global scale
   ``gs = 448*6/amax`` (or ModelOpt's ``amax/(448*6)`` multiplier).
-- NF4: bitsandbytes' blockwise absmax over the flattened tensor, high nibble first.
+- NF4: bitsandbytes' blockwise absmax over the flattened tensor, high nibble first; with
+  ``double_quant`` the absmax minus their mean coded in 8 bits per 256 (compress_statistics).
 A ragged last group/block holds only the real elements (zero padding).
 """
 
@@ -26,7 +27,8 @@ from ..errors import EmptyTensorError, InvalidShapeError
 from . import codecs
 
 __all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape", "fp8_scale",
-           "fp8_codes"]
+           "fp8_codes", "nested_shape", "nested_mean", "nest_absmax", "unnest_absmax",
+           "NESTED_BLOCK", "MEAN_ROW"]
 
 F32 = np.float32
 F32_ZERO = np.float32(0.0)
@@ -35,6 +37,8 @@ _F32_TINY = np.float32(np.finfo(np.float32).tiny)
 _NVFP4_MAX = np.float32(448.0 * 6.0)
 _NVFP4_ZERO_SCALE = np.float32(0.125)  # compressed-tensors' eps for an e4m3 scale
 _NF4_MIN_ABSMAX = np.float32(1e-38)    # bitsandbytes' clamp (a float32 subnormal)
+NESTED_BLOCK = 256  # bitsandbytes' block of the double-quantized absmax (compress_statistics)
+MEAN_ROW = 1024     # the rows of the offset's float64 sum (nested_mean)
 
 
 def _element(cfg) -> codecs.MiniFloat:
@@ -135,7 +139,11 @@ def quantize_float(x32: np.ndarray, cfg):
     if x.size == 0:
         raise EmptyTensorError(f"x is empty (shape {x.shape}); quantization needs values")
     if cfg.element == "nf4":
-        return (*_nf4(x, cfg.group_size), None)
+        codes, absmax = _nf4(x, cfg.group_size)
+        if getattr(cfg, "double_quant", False):
+            q, nested, offset = nest_absmax(absmax)
+            return codes, q, (nested, offset)
+        return codes, absmax, None
     x2 = x.reshape(_shape2(x.shape, cfg))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if cfg.scale_format == "e4m3":
@@ -240,6 +248,56 @@ def _nf4(x: np.ndarray, block: int):
     return packed, absmax.astype(np.float32)
 
 
+def nested_shape(n_absmax: int) -> tuple[int, ...]:
+    """Shape of a double-quantized NF4's nested_absmax: one float32 per 256 absmax codes."""
+    return (_groups(n_absmax, NESTED_BLOCK),)
+
+
+def nested_mean(absmax: np.ndarray) -> np.float32:
+    """The offset of double quantization, the mean of the absmax: their sum in float64 (zero-
+    padded rows of MEAN_ROW, each summed by halving, pairs (2i, 2i + 1) first; the row sums
+    added in order), divided by their count in float64, rounded once to float32. (bitsandbytes
+    takes torch's float32 mean, whose summation order depends on the device and CPU.)"""
+    a = np.asarray(absmax, np.float32).reshape(-1)
+    rows = np.zeros(_groups(a.size, MEAN_ROW) * MEAN_ROW, np.float64)
+    rows[: a.size] = a
+    v = rows.reshape(-1, MEAN_ROW)
+    with np.errstate(invalid="ignore", over="ignore"):
+        while v.shape[1] > 1:
+            v = v[:, 0::2] + v[:, 1::2]
+        total = np.add.accumulate(v[:, 0])[-1]
+        return np.float32(total / np.float64(a.size))
+
+
+def nest_absmax(absmax: np.ndarray, offset=None):
+    """(uint8 codes, float32 nested_absmax, float32 0-d offset) of float32 absmax values, as
+    bitsandbytes' quantize_4bit(compress_statistics=True) on the CPU: d = absmax - offset
+    (``offset`` default nested_mean), per 256 d: m = max |d| over the non-NaN (0 when none),
+    codes dynamic_encode(d * (1 / m)), every code 0 where m is 0."""
+    a = np.asarray(absmax, np.float32).reshape(-1)
+    offset = nested_mean(a) if offset is None else np.float32(offset)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        d = np.zeros(nested_shape(a.size)[0] * NESTED_BLOCK, np.float32)
+        d[: a.size] = a - offset
+        blocks = d.reshape(-1, NESTED_BLOCK)
+        mag = np.abs(blocks)
+        nested = np.max(np.where(np.isnan(mag), F32_ZERO, mag), axis=1).astype(np.float32)
+        inv = (np.float32(1.0) / nested).astype(np.float32)
+        codes = codecs.dynamic_encode((blocks * inv[:, None]).astype(np.float32))
+    codes = np.where(nested[:, None] == 0, np.uint8(0), codes).astype(np.uint8)
+    return codes.reshape(-1)[: a.size], nested, np.asarray(offset, np.float32)
+
+
+def unnest_absmax(codes: np.ndarray, nested: np.ndarray, offset) -> np.ndarray:
+    """float32 absmax of double-quantized NF4: DYNAMIC_MAP[code] * nested_absmax, plus the offset
+    (two roundings, as bitsandbytes' dequantize_blockwise then ``absmax += offset``)."""
+    codes = np.asarray(codes).reshape(-1)
+    step = np.repeat(np.asarray(nested, np.float32), NESTED_BLOCK)[: codes.size]
+    with np.errstate(invalid="ignore", over="ignore"):
+        return ((codecs.DYNAMIC_MAP[codes.astype(np.intp)] * step).astype(np.float32)
+                + np.float32(offset)).astype(np.float32)
+
+
 # ---------------------------------------------------------------- dequantize
 def dequantize_float(codes: np.ndarray, scale: np.ndarray, global_scale, cfg,
                      shape: tuple[int, ...]) -> np.ndarray:
@@ -248,6 +306,8 @@ def dequantize_float(codes: np.ndarray, scale: np.ndarray, global_scale, cfg,
     numel = math.prod(shape)
     if cfg.element == "nf4":
         q = codecs.nf4_decode(codecs.unpack_high_first(codes, numel))
+        if getattr(cfg, "double_quant", False):
+            scale = unnest_absmax(scale, *global_scale)
         absmax = np.repeat(np.asarray(scale, np.float32), cfg.group_size)[:numel]
         return (q * absmax).astype(np.float32).reshape(shape)
     shape2 = _shape2(shape, cfg)

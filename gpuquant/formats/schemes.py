@@ -4,7 +4,8 @@ FP8 (e4m3fn, e5m2) with float32 scales per tensor, channel, token, group or 2-D
 block; the OCP microscaling formats (MXFP8, MXFP4: E8M0 scales per 32 along the
 last axis, with a scale rule); NVFP4 (E2M1, an E4M3 scale per 16 and a float32
 global scale); bitsandbytes' NF4 (float32 absmax per block of the flattened
-tensor). docs/ARCHITECTURE.md has the contract of each; gpuquant.formats the
+tensor, or with ``double_quant`` those absmax coded in 8 bits per 256, as its
+compress_statistics). docs/ARCHITECTURE.md has the contract of each; gpuquant.formats the
 NumPy reference. This module only names and checks: it imports no array library.
 """
 
@@ -26,7 +27,8 @@ SCALE_FORMATS = ("float32", "e8m0", "e4m3")
 SCALE_RULES = ("floor", "rceil", "even")
 GLOBAL_SCALE_CONVENTIONS = ("compressed_tensors", "modelopt")
 _DEFAULT_GROUP = {"e8m0": 32, "e4m3": 16}  # MX blocks of 32, NVFP4 blocks of 16
-FLOAT_KEYS = ("scale_format", "block_shape", "scale_rule", "global_scale_convention")
+FLOAT_KEYS = ("scale_format", "block_shape", "scale_rule", "global_scale_convention",
+              "double_quant")
 
 
 def float_fields(cfg: Any) -> dict[str, Any]:
@@ -35,10 +37,22 @@ def float_fields(cfg: Any) -> dict[str, Any]:
 
 
 def float_dict(cfg: Any) -> dict[str, Any]:
-    """The float options of a valid config as JSON types (QuantConfig.to_dict)."""
-    out = {name: getattr(cfg, name) for name in FLOAT_KEYS}
+    """The float options of a valid config as JSON types (QuantConfig.to_dict); double_quant
+    only when set, so the files of every other format keep their metadata."""
+    out = {name: getattr(cfg, name) for name in FLOAT_KEYS if name != "double_quant"}
     out["block_shape"] = None if cfg.block_shape is None else list(cfg.block_shape)
+    if cfg.double_quant:
+        out["double_quant"] = True
     return out
+
+
+def _double_quant(value: Any, element: str) -> bool:
+    if not isinstance(value, bool) and type(value).__name__ != "bool_":
+        raise UnsupportedSchemeError(f"double_quant={value!r} must be True or False")
+    if value and element != "nf4":
+        raise UnsupportedSchemeError(f"double_quant=True applies to element 'nf4' only "
+                                     f"(bitsandbytes' compress_statistics), not {element!r}")
+    return bool(value)
 
 
 def check_float_recipe(cfg: Any, percentile: bool) -> None:
@@ -83,7 +97,9 @@ def _forbid(name: str, value: Any, why: str) -> None:
 
 def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Validated (scale_format, block_shape, scale_rule, global_scale_convention, group_size)
-    of a config whose element is ``element``, defaults filled in; raises naming the argument."""
+    (+ double_quant) of a config whose element is ``element``, defaults filled in; raises
+    naming the argument."""
+    dq = _double_quant(fields["double_quant"], element)
     fmt, shape = fields["scale_format"], fields["block_shape"]
     rule, gsc, group = fields["scale_rule"], fields["global_scale_convention"], fields["group_size"]
     if element not in FLOAT_ELEMENTS:
@@ -95,7 +111,7 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
                                          f"{element!r}; accepted there: 'tensor', 'channel', "
                                          "'group', 'token'")
         return dict(scale_format=fmt, block_shape=None, scale_rule=None,
-                    global_scale_convention=None, group_size=group)
+                    global_scale_convention=None, group_size=group, double_quant=dq)
     default_fmt = "e8m0" if element == "fp4_e2m1" else "float32"
     fmt = _choice("scale_format", default_fmt if fmt is None else fmt, _scale_formats(element))
     if fmt != "float32" or element == "nf4":
@@ -120,7 +136,7 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
     else:
         _forbid("global_scale_convention", gsc, "applies only to scale_format='e4m3' (NVFP4)")
     return dict(scale_format=fmt, block_shape=shape, scale_rule=rule,
-                global_scale_convention=gsc, group_size=group)
+                global_scale_convention=gsc, group_size=group, double_quant=dq)
 
 
 def _scale_formats(element: str) -> tuple[str, ...]:
@@ -176,6 +192,9 @@ class FloatPresets:
                    global_scale_convention=global_scale_convention)
 
     @classmethod
-    def nf4(cls, block_size: int = 64):
-        """bitsandbytes NF4: float32 absmax per ``block_size`` of the flattened tensor."""
-        return cls(scheme="nf4", granularity="group", group_size=block_size)
+    def nf4(cls, block_size: int = 64, double_quant: bool = False):
+        """bitsandbytes NF4: float32 absmax per ``block_size`` of the flattened tensor;
+        ``double_quant=True``: those absmax coded as bitsandbytes' compress_statistics=True
+        (uint8 codes of absmax - mean, a float32 scale per 256 of them, the float32 mean)."""
+        return cls(scheme="nf4", granularity="group", group_size=block_size,
+                   double_quant=double_quant)

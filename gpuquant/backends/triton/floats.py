@@ -1,7 +1,8 @@
 """Host runners of the float formats on torch tensors (kernels/float_quant.py).
 
-``quantize_float(x, cfg) -> (codes, scale, global_scale | None)`` and
-``dequantize_float(codes, scale, global_scale, cfg, shape, dtype)`` follow the
+``quantize_float(x, cfg) -> (codes, scale, extra)`` and
+``dequantize_float(codes, scale, extra, cfg, shape, dtype)`` (extra: None, NVFP4's
+global scale, or a double-quantized NF4's (nested_absmax, nested_offset)) follow the
 storage layout of the NumPy reference (gpuquant/formats/reference.py, the
 float-format interface): fp8 codes are uint8 bit patterns of x's shape; fp4
 (MX, NVFP4) two per byte along the last axis, the even element low; NF4 two per
@@ -183,7 +184,8 @@ def _input(x):
 
 
 def quantize_float(x, cfg):
-    """(codes, scale, global_scale or None) of x (a torch tensor) for a float-format cfg."""
+    """(codes, scale, global_scale or None) of x (a torch tensor) for a float-format cfg; NF4
+    with double_quant: (codes, absmax codes, (nested_absmax, nested_offset)) (nested.py)."""
     x = _input(x)
     plan = plan_for(tuple(x.shape), cfg)
     if x.dtype == torch.float64:
@@ -207,6 +209,11 @@ def quantize_float(x, cfg):
         launch(_fq.float_blocks_kernel, (nb[0] * nb[1],), x, codes, scale, plan.rows, plan.row_len, bn, bk,
                nb[1], num_warps=8 if bn * bk >= 8192 else 4, FMT=plan.fmt, BLOCK_N=_pow2(bn),
                BLOCK_K=_pow2(bk))
+    if getattr(cfg, "double_quant", False):
+        from .nested import nest
+
+        q, nested, offset = nest(scale)
+        return codes, q, (nested, offset)
     return codes, scale, gs
 
 
@@ -241,6 +248,10 @@ def quantize_fp8_dynamic(x, granularity: str = "token", group_size: int = 128):
 def dequantize_float(codes, scale, global_scale, cfg, shape, dtype=None):
     """x' = value(codes) * scale, in ``dtype`` (float32 default, float16, bfloat16)."""
     dtype = torch.float32 if dtype is None else dtype
+    if getattr(cfg, "double_quant", False):  # the absmax first, from their codes (nested.py)
+        from .nested import unnest
+
+        scale, global_scale = unnest(scale, *global_scale), None
     if dtype not in _OUT:
         raise InvalidDtypeError(f"dtype {dtype}: dequantize_float writes float32, float16 or bfloat16")
     shape = tuple(shape)
