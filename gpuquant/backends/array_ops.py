@@ -10,6 +10,7 @@ neither inherits from the other.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -159,29 +160,30 @@ class _CupyArg:
 
 
 class _CupyLaunch:
-    """Make Triton launch on x's device and on CuPy's current stream.
+    """Launch on x's device and on CuPy's current stream there.
 
-    Triton asks its driver for the current stream (torch's when torch is
-    imported, else the device's default stream); inside this block it gets
-    CuPy's instead.
+    The device switch is per block; the stream goes on this thread's stack of
+    gpuquant.backends.triton.launch.stream_stack, which Triton's (once wrapped)
+    get_current_stream answers from: blocks nest, and threads do not see each other's.
     """
 
-    def __init__(self, cupy, x):
-        self.cupy, self.x = cupy, x
+    def __init__(self, cupy, stream_stack, x):
+        self.cupy, self.stream_stack, self.x = cupy, stream_stack, x
 
     def __enter__(self):
-        from triton.runtime import driver
-
-        self.active = driver.active
-        stream = self.cupy.cuda.get_current_stream()
-        self.device = self.cupy.cuda.Device(self.x.device.id)
+        active, self.stack = self.stream_stack()
+        device_id = self.x.device.id
+        self.device = self.cupy.cuda.Device(device_id)
         self.device.__enter__()
-        self.active.set_current_device(self.x.device.id)
-        self.saved = self.active.get_current_stream
-        self.active.get_current_stream = lambda device=None: stream.ptr
+        try:
+            active.set_current_device(device_id)
+            self.stack.append(self.cupy.cuda.get_current_stream().ptr)  # the device's
+        except BaseException:
+            self.device.__exit__(*sys.exc_info())
+            raise
 
     def __exit__(self, *exc):
-        self.active.get_current_stream = self.saved
+        self.stack.pop()
         self.device.__exit__(*exc)
 
 
@@ -193,9 +195,9 @@ class CupyOps:
     def __init__(self):
         import cupy
 
-        from .triton.launch import wrap_arrays_of
+        from .triton.launch import stream_stack, wrap_arrays_of
 
-        self.cupy = cupy
+        self.cupy, self._stream_stack = cupy, stream_stack
         wrap_arrays_of(cupy.ndarray, _CupyArg)
 
     # -- allocation, views, launches -------------------------------------------------
@@ -236,7 +238,7 @@ class CupyOps:
         return True
 
     def launching(self, x):
-        return _CupyLaunch(self.cupy, x)
+        return _CupyLaunch(self.cupy, self._stream_stack, x)
 
     def synchronize(self, x) -> None:
         self.cupy.cuda.get_current_stream().synchronize()
