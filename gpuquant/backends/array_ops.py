@@ -5,11 +5,16 @@ current stream; the calibration searches (gpuquant.calibration.searches) are wri
 once against this interface and run on every framework. ``ops_for(x)`` gives
 the adapter of an array. The torch and CuPy adapters stand side by side:
 neither inherits from the other.
+
+An adapter holds only what the libraries spell differently and a caller needs;
+what they spell alike (``abs(a)``, ``a.cumsum(-1)``, ``a.sum(-1)``, ``a[:, index]``,
+``reshape``, ``swapaxes``, arithmetic) the callers write directly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Any
 
 import numpy as np
@@ -39,15 +44,6 @@ class TorchOps:
         self._current = torch._C._cuda_getDevice if torch.cuda.is_available() else None
 
     # -- allocation, views, launches -------------------------------------------------
-    def dtype(self, name: str):
-        return getattr(self.torch, name)
-
-    def dtype_name(self, a) -> str:
-        return str(a.dtype)[6:]  # "torch.float16" -> "float16"
-
-    def device_of(self, a) -> str:
-        return str(a.device)
-
     def empty(self, shape, dtype: str, like):
         return self.torch.empty(tuple(shape), dtype=getattr(self.torch, dtype), device=like.device)
 
@@ -71,18 +67,11 @@ class TorchOps:
     def astype(self, a, dtype: str):
         return a.to(getattr(self.torch, dtype))
 
-    def is_gpu(self, a) -> bool:
-        return a.device.type == "cuda"
-
     def launching(self, x):
         """Kernels launch on x's device and torch's current stream there (Triton's default)."""
         if self._current is None or x.device.type != "cuda" or x.device.index == self._current():
             return _NO_GUARD
         return self.torch.cuda.device(x.device)
-
-    def synchronize(self, x) -> None:
-        if x.device.type == "cuda":
-            self.torch.cuda.synchronize(x.device)
 
     # -- host transfers ----------------------------------------------------------------
     def from_host(self, a: np.ndarray, like):
@@ -96,30 +85,18 @@ class TorchOps:
         host.copy_(a)
         return host.numpy()
 
-    # -- element-wise, reductions and scans of the calibration searches ----------------
+    # -- element-wise and reductions of the calibrations ----------------------------
     def amin(self, a, axis=None):
         return a.amin() if axis is None else a.amin(dim=axis)
 
     def amax(self, a, axis=None):
         return a.amax() if axis is None else a.amax(dim=axis)
 
-    def broadcast_to(self, a, shape):
-        return a.broadcast_to(shape)
-
-    def moveaxis(self, a, source: int, destination: int):
-        return self.torch.movedim(a, source, destination)
-
-    def abs(self, a):
-        return a.abs()
-
     def floor(self, a):
         return a.floor()
 
     def log(self, a):
         return a.log()
-
-    def cumsum(self, a):
-        return a.cumsum(dim=-1)
 
     def bincount(self, idx, length: int):
         return self.torch.bincount(idx, minlength=length)
@@ -130,12 +107,12 @@ class TorchOps:
     def where(self, cond, a, b):
         return self.torch.where(cond, a, b)
 
-    # -- calibration helpers (gpuquant.calibration.searches, backends/triton_calibration.py) -------
+    # -- calibration helpers (gpuquant.calibration.searches, backends/triton/calibration.py) ---
     def concat(self, parts, axis: int = 0):
         return self.torch.cat(parts, dim=axis)
 
     def take_along(self, a, index):
-        """take_along_axis on the last axis (index as many dims as a)."""
+        """take_along_axis on the last axis; index's other axes broadcast against a's."""
         return self.torch.take_along_dim(a, index, dim=-1)
 
     def zeros(self, shape, dtype: str, like):
@@ -159,29 +136,30 @@ class _CupyArg:
 
 
 class _CupyLaunch:
-    """Make Triton launch on x's device and on CuPy's current stream.
+    """Launch on x's device and on CuPy's current stream there.
 
-    Triton asks its driver for the current stream (torch's when torch is
-    imported, else the device's default stream); inside this block it gets
-    CuPy's instead.
+    The device switch is per block; the stream goes on this thread's stack of
+    gpuquant.backends.triton.launch.stream_stack, which Triton's (once wrapped)
+    get_current_stream answers from: blocks nest, and threads do not see each other's.
     """
 
-    def __init__(self, cupy, x):
-        self.cupy, self.x = cupy, x
+    def __init__(self, cupy, stream_stack, x):
+        self.cupy, self.stream_stack, self.x = cupy, stream_stack, x
 
     def __enter__(self):
-        from triton.runtime import driver
-
-        self.active = driver.active
-        stream = self.cupy.cuda.get_current_stream()
-        self.device = self.cupy.cuda.Device(self.x.device.id)
+        active, self.stack = self.stream_stack()
+        device_id = self.x.device.id
+        self.device = self.cupy.cuda.Device(device_id)
         self.device.__enter__()
-        self.active.set_current_device(self.x.device.id)
-        self.saved = self.active.get_current_stream
-        self.active.get_current_stream = lambda device=None: stream.ptr
+        try:
+            active.set_current_device(device_id)
+            self.stack.append(self.cupy.cuda.get_current_stream().ptr)  # the device's
+        except BaseException:
+            self.device.__exit__(*sys.exc_info())
+            raise
 
     def __exit__(self, *exc):
-        self.active.get_current_stream = self.saved
+        self.stack.pop()
         self.device.__exit__(*exc)
 
 
@@ -193,21 +171,12 @@ class CupyOps:
     def __init__(self):
         import cupy
 
-        from .triton.launch import wrap_arrays_of
+        from .triton.launch import stream_stack, wrap_arrays_of
 
-        self.cupy = cupy
+        self.cupy, self._stream_stack = cupy, stream_stack
         wrap_arrays_of(cupy.ndarray, _CupyArg)
 
     # -- allocation, views, launches -------------------------------------------------
-    def dtype(self, name: str):
-        return np.dtype(name)
-
-    def dtype_name(self, a) -> str:
-        return a.dtype.name
-
-    def device_of(self, a) -> str:
-        return f"cuda:{a.device.id}"
-
     def empty(self, shape, dtype: str, like):
         with self.cupy.cuda.Device(like.device.id):
             return self.cupy.empty(tuple(shape), dtype=np.dtype(dtype))
@@ -232,14 +201,8 @@ class CupyOps:
     def astype(self, a, dtype: str):
         return a.astype(np.dtype(dtype))
 
-    def is_gpu(self, a) -> bool:
-        return True
-
     def launching(self, x):
-        return _CupyLaunch(self.cupy, x)
-
-    def synchronize(self, x) -> None:
-        self.cupy.cuda.get_current_stream().synchronize()
+        return _CupyLaunch(self.cupy, self._stream_stack, x)
 
     # -- host transfers ----------------------------------------------------------------
     def from_host(self, a: np.ndarray, like):
@@ -256,30 +219,18 @@ class CupyOps:
         stream.synchronize()
         return host
 
-    # -- element-wise, reductions and scans of the calibration searches ----------------
+    # -- element-wise and reductions of the calibrations ----------------------------
     def amin(self, a, axis=None):
         return a.min(axis=axis)
 
     def amax(self, a, axis=None):
         return a.max(axis=axis)
 
-    def broadcast_to(self, a, shape):
-        return self.cupy.broadcast_to(a, shape)
-
-    def moveaxis(self, a, source: int, destination: int):
-        return self.cupy.moveaxis(a, source, destination)
-
-    def abs(self, a):
-        return abs(a)
-
     def floor(self, a):
         return self.cupy.floor(a)
 
     def log(self, a):
         return self.cupy.log(a)
-
-    def cumsum(self, a):
-        return self.cupy.cumsum(a, axis=-1)
 
     def bincount(self, idx, length: int):
         return self.cupy.bincount(idx, minlength=length)
@@ -290,7 +241,7 @@ class CupyOps:
     def where(self, cond, a, b):
         return self.cupy.where(cond, a, b)
 
-    # -- calibration helpers (gpuquant.calibration.searches, backends/triton_calibration.py) -------
+    # -- calibration helpers (gpuquant.calibration.searches, backends/triton/calibration.py) ---
     def concat(self, parts, axis: int = 0):
         return self.cupy.concatenate(parts, axis=axis)
 
@@ -320,29 +271,19 @@ class NumpyOps:
     def astype(self, a, dtype: str):
         return np.asarray(a).astype(dtype)
 
-    def moveaxis(self, a, source: int, destination: int):
-        return np.moveaxis(a, source, destination)
-
     def to_host(self, a) -> np.ndarray:
         return np.asarray(a)
 
     def amin(self, a, axis=None):
         return a.min(axis=axis)
 
-    abs, floor, log, isfinite, where = (staticmethod(np.abs), staticmethod(np.floor),
-                                        staticmethod(np.log), staticmethod(np.isfinite),
-                                        staticmethod(np.where))
-
-    def cumsum(self, a):
-        return np.cumsum(a, axis=-1)
+    floor, log, isfinite, where = (staticmethod(np.floor), staticmethod(np.log),
+                                   staticmethod(np.isfinite), staticmethod(np.where))
 
     def bincount(self, idx, length: int):
         return np.bincount(idx, minlength=length)
 
     # -- calibration helpers (gpuquant.calibration.searches) -----------------------------
-    def broadcast_to(self, a, shape):
-        return np.broadcast_to(a, shape)
-
     def concat(self, parts, axis: int = 0):
         return np.concatenate(parts, axis=axis)
 

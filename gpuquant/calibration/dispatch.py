@@ -36,7 +36,8 @@ def _entropy_range(be, x2, layout: Layout, config: QuantConfig, lo, hi):
     """Clip to the KL threshold T: (-T, T) symmetric, (max(lo, -T), min(hi, T)) otherwise."""
     ops = ops_for(lo)
     bins = config.calibration.bins
-    amax = ops.where(ops.abs(lo) > ops.abs(hi), ops.abs(lo), ops.abs(hi))
+    a, b = abs(lo), abs(hi)
+    amax = ops.where(a > b, a, b)
     hist = be.abs_histogram(x2, layout, amax, bins).reshape(-1, bins)
     best = kl_best_bins(ops, hist, 1 << (config.bits - 1))
     width = ops.astype(amax, "float64").reshape(-1) / bins

@@ -63,9 +63,7 @@ def unit_matrices(x2, layout: Layout, ops):
     elif mode == ROW and layout.rows_are_units:
         yield np.s_[:], ops.astype(x2, f32)
     elif mode == ROW:
-        x = x2.reshape(layout.shape)
-        yield np.s_[:], ops.astype(ops.moveaxis(x, layout.axis, 0), f32).reshape(
-            layout.shape[layout.axis], -1)
+        yield np.s_[:], ops.astype(layout.channel_rows(x2), f32)
     else:
         size, full = layout.group_size, layout.cols // layout.group_size
         if full:

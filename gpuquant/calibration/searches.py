@@ -59,10 +59,9 @@ def kl_best_bins(ops, hist, nq: int):
     edges = -((-j.reshape(1, -1) * cand.reshape(-1, 1)) // nq)  # ceil(j * i / nq), (C, nq+1)
     starts, ends = edges[:, :-1], edges[:, 1:]
     h = ops.astype(hist, "int64")
-    prefix = _with_zero(ops, ops.cumsum(h))                      # (U, B+1) exact int64
-    nonempty = _with_zero(ops, ops.cumsum(ops.astype(h > 0, "int64")))
-    hf = ops.astype(h, "float64")
-    plogp = _with_zero(ops, ops.cumsum(_plogp(ops, hf)))
+    prefix = _with_zero(ops, h.cumsum(-1))                       # (U, B+1) exact int64
+    nonempty = _with_zero(ops, ops.astype(h > 0, "int64").cumsum(-1))
+    plogp = _with_zero(ops, _plogp(ops, ops.astype(h, "float64")).cumsum(-1))
     best = []
     step = max(1, _SEARCH_ELEMENTS // ((bins + 1 - nq) * nq))
     for u0 in range(0, units, step):
@@ -79,18 +78,19 @@ def _with_zero(ops, scan):
 
 
 def _gather(ops, table, index):
-    """table (U, B+1) gathered at index (C, G) for every unit: (U, C, G)."""
-    flat = ops.take_along(table, _row_index(ops, index.reshape(-1), table))
+    """table (U, B+1) gathered at the same index (C,) or (C, G) for every unit: (U, C[, G]),
+    C-ordered (take_along broadcasts the one row of indices over the units)."""
+    flat = ops.take_along(table, index.reshape(1, -1))
     return flat.reshape(table.shape[0], *index.shape)
 
 
 def _kl_rows(ops, h, prefix, nonempty, plogp, cand, starts, ends):
     total = ops.astype(prefix[:, -1:], "float64")                      # N      (U, 1)
-    at_i = ops.take_along(prefix, _row_index(ops, cand, h))         # M = H[i] (U, C)
-    last = ops.take_along(ops.astype(h, "int64"), _row_index(ops, cand - 1, h))
+    at_i = _gather(ops, prefix, cand)                                  # M = H[i] (U, C)
+    last = _gather(ops, h, cand - 1)
     outliers = ops.astype(prefix[:, -1:] - at_i, "float64")          # mass beyond bin i-1
     p_last = ops.astype(last, "float64") + outliers                   # P[i-1]
-    p_log_p = ops.take_along(plogp, _row_index(ops, cand - 1, h)) + _plogp(ops, p_last)
+    p_log_p = _gather(ops, plogp, cand - 1) + _plogp(ops, p_last)
     mass = ops.astype(_gather(ops, prefix, ends) - _gather(ops, prefix, starts), "float64")
     count = ops.astype(_gather(ops, nonempty, ends) - _gather(ops, nonempty, starts), "float64")
     # the outliers join P's last bin (and so the last group); they make it non-empty
@@ -103,14 +103,7 @@ def _kl_rows(ops, h, prefix, nonempty, plogp, cand, starts, ends):
     kl = (p_log_p - n_log_n + total * ops.log(ops.where(m > 0, m, 1.0)) - p_log_q) / \
         ops.where(total > 0, total, 1.0)
     kl = ops.where(m > 0, kl, float("inf"))
-    pick = first_minimum(ops, kl)
-    return ops.take_along(_row_index(ops, cand, h), pick.reshape(-1, 1)).reshape(-1)
-
-
-def _row_index(ops, index, like):
-    """A 1-D index broadcast to one row per unit of ``like``."""
-    row = index.reshape(1, -1)
-    return ops.broadcast_to(row, (like.shape[0], row.shape[1]))
+    return cand[first_minimum(ops, kl)]
 
 
 def _add_last(ops, a, extra):

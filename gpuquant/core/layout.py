@@ -15,7 +15,8 @@ mode        granularity                                 qparams of the 2-D view
 
 For a channel axis other than the last, several rows share a channel:
 :meth:`Layout.rows_from_units` expands per-channel values to per-row values
-and :meth:`Layout.units_from_rows` reduces per-row values to channels.
+and :meth:`Layout.units_from_rows` reduces per-row values to channels;
+:meth:`Layout.channel_rows` regroups the data with one row per channel.
 """
 
 from __future__ import annotations
@@ -125,6 +126,14 @@ class Layout:
         outer, channels, inner = self._channel_block()
         expanded = xp.broadcast_to(values.reshape(1, channels, 1), (outer, channels, inner))
         return expanded.reshape(self.rows)
+
+    def channel_rows(self, x2):
+        """The 2-D view regrouped with one row per channel (row mode, channel axis before
+        others): (channels, rows // channels * cols), a channel's values in x2's order
+        (a copy; reshape and swapaxes read the same on NumPy, torch and CuPy)."""
+        outer, channels, inner = self._channel_block()
+        by_channel = x2.reshape(outer, channels, inner * self.cols).swapaxes(0, 1)
+        return by_channel.reshape(channels, outer * inner * self.cols)
 
     def units_from_rows(self, values, reduce):
         """Reduce per-row values (row mode) to per-unit values with ``reduce(a, axis)``."""

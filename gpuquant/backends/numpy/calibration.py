@@ -44,7 +44,7 @@ def abs_histogram(ops, x2, layout: Layout, amax, bins: int, signed: bool = False
         with np.errstate(all="ignore"):
             scale = ops.astype((bins // 2 if signed else bins) / ops.where(width > 0, width, 1.0),
                                "float32")
-            scaled = (matrix if signed else ops.abs(matrix)) * scale
+            scaled = (matrix if signed else abs(matrix)) * scale
         finite = ops.isfinite(scaled)
         pos = ops.floor(ops.where(finite, scaled, 0.0))
         if signed:

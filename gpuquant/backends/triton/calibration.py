@@ -93,8 +93,7 @@ def _unit_view(ops, x2, layout: Layout):
     elif layout.rows_are_units:
         m = x2
     else:
-        moved = ops.moveaxis(x2.reshape(layout.shape), layout.axis, 0)
-        m = ops.contiguous(moved).reshape(layout.shape[layout.axis], -1)
+        m = ops.contiguous(layout.channel_rows(x2))
     return m, m.shape[0], 1, m.shape[1], m.shape[1], ops.row_stride(m)
 
 

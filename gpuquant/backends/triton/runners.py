@@ -26,7 +26,7 @@ from gpuquant.kernels import quantize as _q
 from gpuquant.kernels.modes import COL, GROUP, SCALAR
 
 from ...config import QuantConfig
-from ...core.frameworks import check_writable
+from ...core.frameworks import array_device, check_writable, dtype_name
 from ...core.layout import Layout
 from ...core.nonfinite import board_for, new_slot, raise_ready
 from ...errors import InvalidDtypeError, InvalidShapeError
@@ -76,7 +76,7 @@ class _Runner:
         # the row stride of the 2-D view each call makes (not the view: plans are cached)
         self.row_stride = self.ops.row_stride(self.ops.as_2d(x, layout.rows, layout.cols))
         self.contiguous = self.ops.is_contiguous(x)  # strides are part of the plan's key
-        self.on_gpu = self.ops.is_gpu(x)
+        self.on_gpu = array_device(x) != "cpu"
         self.code_shape = layout.packed_shape(config.bits)
         self.storage = config.storage_dtype
 
@@ -108,11 +108,11 @@ def check_out(ops, name: str, buf, shape, dtype: str, like) -> None:
         raise InvalidShapeError(f"{name} has shape {tuple(buf.shape)}"
                                 f"{'' if ops.is_contiguous(buf) else ' (not contiguous)'}; "
                                 f"this call writes a contiguous {tuple(shape)}")
-    if ops.dtype_name(buf) != dtype:
-        raise InvalidDtypeError(f"{name} has dtype {ops.dtype_name(buf)}; this call writes {dtype}")
-    if ops.device_of(buf) != ops.device_of(like):
-        raise InvalidShapeError(f"{name} is on {ops.device_of(buf)}; the input is on "
-                                f"{ops.device_of(like)}")
+    if dtype_name(buf) != dtype:
+        raise InvalidDtypeError(f"{name} has dtype {dtype_name(buf)}; this call writes {dtype}")
+    if array_device(buf) != array_device(like):
+        raise InvalidShapeError(f"{name} is on {array_device(buf)}; the input is on "
+                                f"{array_device(like)}")
 
 
 class FusedQuantize(_Runner):
@@ -128,7 +128,7 @@ class FusedQuantize(_Runner):
         # flat: unit u is the run [u * seg, (u + 1) * seg) of the input (and of the bytes)
         self.flat = self.contiguous and layout.cols % seg == 0 and \
             (config.bits != 4 or seg % 2 == 0)
-        dtype = self.ops.dtype_name(x)
+        dtype = dtype_name(x)
         self.pairs = config.bits == 4 and seg % 2 == 0 and layout.cols % 2 == 0 and \
             dtype in _PAIR_WORD and self.row_stride % 2 == 0
         self.word = _PAIR_WORD.get(dtype)
