@@ -30,7 +30,8 @@ CASES += [((4096, 4096), Cfg(element=e, scale_format="e8m0", granularity="group"
           for e in ("fp8_e4m3", "fp8_e5m2", "fp4_e2m1") for r in ("floor", "rceil", "even")]
 CASES += [((4096, 4096), Cfg(element="fp4_e2m1", scale_format="e4m3", granularity="group", group_size=16,
                              global_scale_convention=c)) for c in ("compressed_tensors", "modelopt")]
-CASES += [((4096, 4096), Cfg(element="nf4", group_size=64)), ((3, 50), Cfg(element="nf4", group_size=64))]
+CASES += [((4096, 4096), Cfg(element="nf4", group_size=64)), ((3, 50), Cfg(element="nf4", group_size=64)),
+          ((4096, 4096), Cfg(element="nf4", group_size=64, double_quant=True))]
 
 
 def drive():

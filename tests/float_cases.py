@@ -23,6 +23,7 @@ class Cfg:
     scale_rule: str = "floor"
     axis: int = 0
     global_scale_convention: str = "compressed_tensors"
+    double_quant: bool = False
 
 
 
