@@ -129,7 +129,9 @@ def describe(path: str, qc: dict) -> tuple[str, str]:
 
 def folder_tensors(path: str, qc: dict) -> Iterator[tuple[dict, Callable | None]]:
     """(report row, its float32 values as a function or None) for every tensor of the folder:
-    one row per quantized weight (named as in the original model), one per other tensor."""
+    one row per quantized weight (named as in the original model), one per other tensor. The
+    function reads the open shard: call it before taking the next row. Scale shapes are
+    checked against the weight's from the headers."""
     fmt = _format(path, qc)
     suffixes, mark = _SUFFIXES[fmt]
     scheme = describe(path, qc)[1].split(" (")[0]
@@ -140,6 +142,7 @@ def folder_tensors(path: str, qc: dict) -> Iterator[tuple[dict, Callable | None]
                            and (mark != "_scale" or k[: -len(mark)] in f))
             for base in bases:
                 shape = _shape(f, base, fmt)
+                _check_scale(path, f, base, shape, fmt, qc)
                 scale_tag = f.dtype_tag(base + "_scale" if base + "_scale" in f else base
                                         + mark)
                 row = {"name": base, "shape": list(shape), "scheme": scheme,
@@ -156,10 +159,23 @@ def folder_tensors(path: str, qc: dict) -> Iterator[tuple[dict, Callable | None]
 def _shape(f: SafetensorsFile, base: str, fmt: str) -> tuple[int, ...]:
     if fmt == "pack-quantized":
         return packed_shape(f, base)
-    if fmt in _FP4:
-        rows, half = f.shape(base + "_packed")
-        return rows, 2 * half
-    return f.shape(base)
+    shape = f.shape(base + "_packed" if fmt in _FP4 else base)
+    if len(shape) != 2:
+        raise QuantizationError(f"{f.path}: {base} has shape {shape}; a Linear weight is 2-D")
+    return (shape[0], 2 * shape[1]) if fmt in _FP4 else shape
+
+
+def _check_scale(path: str, f: SafetensorsFile, base: str, shape, fmt: str, qc: dict) -> None:
+    """The scale of a float-format weight holds one value per unit of gpuquant's config."""
+    if fmt in ("pack-quantized", "int-quantized"):
+        _groups(f, base, shape)
+        return
+    cfg = _FP4[fmt]() if fmt in _FP4 else _fp8_cfg(path, fmt, qc)
+    key = base + ("_scale_inv" if fmt == "deepseek" else "_scale")
+    want = unit_shape(tuple(shape), cfg)
+    if len(shape) != 2 or int(np.prod(f.shape(key))) != int(np.prod(want)):
+        raise QuantizationError(f"{f.path}: {key} has shape {f.shape(key)}; a {tuple(shape)} "
+                                f"weight under {cfg.describe()} has {want}")
 
 
 def _decode(path: str, f: SafetensorsFile, base: str, shape, fmt: str, qc: dict) -> np.ndarray:
@@ -185,11 +201,10 @@ def _decode(path: str, f: SafetensorsFile, base: str, shape, fmt: str, qc: dict)
 
 def _float(f: SafetensorsFile, base: str, codes, scale, gs, cfg, shape) -> np.ndarray:
     """gpuquant's float dequantization, the scale reshaped to gpuquant's unit shape."""
-    want = unit_shape(tuple(shape), cfg)
-    if scale.size != int(np.prod(want)) or codes.dtype != np.uint8:
-        raise QuantizationError(f"{f.path}: {base} scales {scale.shape} / codes {codes.dtype} "
-                                f"do not fit shape {tuple(shape)} under {cfg.describe()}")
-    return dequantize_float(codes, scale.reshape(want), gs, cfg, shape)
+    if codes.dtype != np.uint8:
+        raise QuantizationError(f"{f.path}: {base} holds {codes.dtype}; FP8 / FP4 codes are "
+                                "bytes")
+    return dequantize_float(codes, scale.reshape(unit_shape(tuple(shape), cfg)), gs, cfg, shape)
 
 
 def _groups(f: SafetensorsFile, base: str, shape) -> int:
