@@ -135,8 +135,48 @@ def test_activations_refusals(tmp_path, capsys):
     capsys.readouterr()
     for argv, words in ((["--activations", "int8", "--asymmetric"], "symmetric"),
                         (["--scheme", "fp8", "--activations", "fp8"], "leave out --activations"),
-                        (["--activations", "fp8", "--method", "hqq"], "without --activations")):
+                        (["--format", "deepseek", "--method", "hqq"], "compressed-tensors")):
         assert main(["export", src, "-o", str(tmp_path / "bad"), *argv]) == 2
         err = capsys.readouterr().err
         assert words in err and err.count("\n") == 1, (argv, err)
         assert not (tmp_path / "bad").exists()
+
+
+def test_hqq_and_export_model_write_int_quantized(tmp_path):
+    """--method hqq --activations int8 (symmetric HQQ refits the scales) loads the HQQ
+    modules' own dequantized weights; gq.export_model(activations="fp8") after round-to-nearest
+    writes the streaming exporter's tensors."""
+    from export_models import read_tensors
+    from model_fixtures import save_tiny_bert
+    from transformers import AutoModel, BertModel, CompressedTensorsConfig
+
+    import gpuquant as gq
+    from gpuquant.cli import main
+    from gpuquant.nn import QuantizedLinear
+
+    bert = save_tiny_bert(tmp_path / "bert")
+    out = str(tmp_path / "hqq")
+    assert main(["export", bert, "-o", out, "--method", "hqq", "--scheme", "int8",
+                 "--granularity", "channel", "--activations", "int8", "--quiet"]) == 0
+    with open(os.path.join(out, "config.json")) as f:
+        assert json.load(f)["quantization_config"]["format"] == "int-quantized"
+    model = BertModel.from_pretrained(bert).eval()
+    gq.quantize_model(model, W8A8.quant_config(), method="hqq")
+    want = {n: m.dequantized_weight() for n, m in model.named_modules()
+            if isinstance(m, QuantizedLinear)}
+    loaded = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
+        dequantize=True))
+    got = {n: m.weight.data for n, m in loaded.named_modules() if type(m) is torch.nn.Linear}
+    assert len(want) == 13 and set(want) <= set(got)
+    for name, weight in want.items():
+        assert torch.equal(got[name], weight), name
+
+    assert main(["export", bert, "-o", str(tmp_path / "streamed"), "--activations", "fp8",
+                 "--group-size", "32", "--scale-dtype", "float32", "--quiet"]) == 0
+    model = BertModel.from_pretrained(bert)
+    gq.quantize_model(model, gq.QuantConfig.int4_per_group(32))
+    gq.export_model(model, str(tmp_path / "memory"), activations="fp8")
+    a, b = read_tensors(tmp_path / "streamed"), read_tensors(tmp_path / "memory")
+    assert set(a) == set(b) and any(k.endswith(".weight_scale") for k in a)
+    for key in a:
+        assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), key

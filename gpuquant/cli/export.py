@@ -54,15 +54,15 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise QuantizationError("--group-size needs --granularity group")
         options = _int_options(args, granularity)
     if args.method != "rtn":  # HQQ / GPTQ: the model in memory (gpuquant/model/cli.py)
-        if args.scheme in FLOAT_SCHEMES or args.activations:
-            raise QuantizationError(f"--method {args.method} takes --scheme int4 or int8, "
-                                    "without --activations (pack-quantized)")
+        if args.scheme in FLOAT_SCHEMES or args.format != "compressed-tensors":
+            raise QuantizationError(f"--method {args.method} takes --scheme int4 or int8 "
+                                    "(compressed-tensors)")
         from ..model.cli import export_with_method
 
         stats = export_with_method(args, options)
         if not args.quiet:
             print(f"{stats['report']}\nexported {stats['quantized']} Linear weight(s) "
-                  f"({args.method}) as compressed-tensors pack-quantized {args.scheme} in "
+                  f"({args.method}) as {_kind(args, options)} in "
                   f"{stats['seconds']:.2f} s -> {args.output}")
         return 0
     stats = _export(args, options)
