@@ -37,8 +37,10 @@ DTYPES = {
     "F64": np.dtype("<f8"),
 }
 _TAGS = {v.newbyteorder("<").str: k for k, v in DTYPES.items() if k != BF16}
-# tags gpuquant writes (as their bit patterns) but does not read: FP8 of the float exports
+# tags gpuquant writes (as their bit patterns) but reads only when asked (SafetensorsFile(fp8=True):
+# inspect of the float exports): FP8 elements and scales
 _WRITTEN = {**DTYPES, "F8_E4M3": np.dtype(np.uint8)}
+_WITH_FP8 = {**_WRITTEN, "F8_E5M2": np.dtype(np.uint8)}
 MAX_HEADER_BYTES = 100 << 20  # the safetensors package refuses larger headers too
 MAX_TENSORS = 200_000  # entries per file; parsing costs ~1.4 kB each (a 1M-entry header ~1.4 GB)
 MAX_DIMS = 64  # NumPy's own limit on dimensions
@@ -94,10 +96,13 @@ def tag_of(dtype: np.dtype) -> str:
 
 
 class SafetensorsFile:
-    """Lazy, validated access to one safetensors file (memory-mapped, read-only)."""
+    """Lazy, validated access to one safetensors file (memory-mapped, read-only).
 
-    def __init__(self, path: str | os.PathLike):
+    ``fp8=True`` also reads F8_E4M3 and F8_E5M2 tensors, as their uint8 bit patterns."""
+
+    def __init__(self, path: str | os.PathLike, fp8: bool = False):
         self.path = os.fspath(path)
+        self._dtypes = _WITH_FP8 if fp8 else DTYPES
         try:
             self._file = open(self.path, "rb")
         except FileNotFoundError:
@@ -170,20 +175,20 @@ class SafetensorsFile:
             raise self._fail(f"tensor {name!r}: header entry must be an object with dtype, "
                              "shape and data_offsets")
         tag, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if not isinstance(tag, str) or tag not in DTYPES:
+        if not isinstance(tag, str) or tag not in self._dtypes:
             raise self._fail(f"tensor {name!r}: unsupported dtype {tag!r}; supported: "
-                             + ", ".join(DTYPES))
+                             + ", ".join(self._dtypes))
         if not is_shape(shape):
             raise self._fail(f"tensor {name!r}: bad shape {str(shape)[:200]}; a shape is a list "
                              f"of at most {MAX_DIMS} non-negative integers")
-        if math.prod(d for d in shape if d) * DTYPES[tag].itemsize >= 2 ** 63:
+        if math.prod(d for d in shape if d) * self._dtypes[tag].itemsize >= 2 ** 63:
             raise self._fail(f"tensor {name!r}: shape {shape} is too large for any array")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_int, offsets))
                 and 0 <= offsets[0] <= offsets[1]):
             raise self._fail(f"tensor {name!r}: bad data_offsets {str(offsets)[:200]}; "
                              "expected [begin, end] with 0 <= begin <= end")
         begin, end = offsets
-        expected = math.prod(shape) * DTYPES[tag].itemsize
+        expected = math.prod(shape) * self._dtypes[tag].itemsize
         if end - begin != expected:
             raise self._fail(f"tensor {name!r}: header says {end - begin} bytes but shape "
                              f"{shape} of {tag} needs {expected}")
@@ -235,7 +240,7 @@ class SafetensorsFile:
         towards its memory, never the whole file.
         """
         tag, shape, begin, end = self._entry(name)
-        arr = np.empty(shape, DTYPES[tag])
+        arr = np.empty(shape, self._dtypes[tag])
         view = memoryview(arr.reshape(-1)).cast("B")
         done = 0
         while done < end - begin:
@@ -243,7 +248,8 @@ class SafetensorsFile:
             if n <= 0:
                 raise self._fail(f"truncated while reading tensor {name!r}")
             done += n
-        return arr if DTYPES[tag].isnative else arr.astype(DTYPES[tag].newbyteorder("="))
+        dtype = self._dtypes[tag]
+        return arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
 
     def close(self) -> None:
         self._file.close()

@@ -104,11 +104,11 @@ def _read_index(index_path: str) -> tuple[list[str], dict]:
     return _shard_paths(index_path, names), index.get("metadata") or {}
 
 
-def _check_unique(checkpoint: Checkpoint) -> Checkpoint:
+def _check_unique(checkpoint: Checkpoint, fp8: bool = False) -> Checkpoint:
     """Refuse a tensor stored in two shards (headers only): which copy is meant is unknown."""
     where: dict[str, str] = {}
     for shard in checkpoint.shards:
-        with SafetensorsFile(shard) as f:
+        with SafetensorsFile(shard, fp8=fp8) as f:
             for key in f.keys():
                 if key in where:
                     raise FormatError(f"{checkpoint.path}: tensor {key!r} is stored in two "
@@ -118,11 +118,11 @@ def _check_unique(checkpoint: Checkpoint) -> Checkpoint:
     return checkpoint
 
 
-def open_checkpoint(path: str) -> Checkpoint:
+def open_checkpoint(path: str, fp8: bool = False) -> Checkpoint:
     """A .safetensors file, a folder of shards, or a model.safetensors.index.json (a tensor
-    stored in two shards is refused)."""
+    stored in two shards is refused). ``fp8``: shards may hold FP8 tensors (SafetensorsFile)."""
     if path.endswith(".json") or os.path.isdir(path):
-        return _check_unique(_open_checkpoint(path))
+        return _check_unique(_open_checkpoint(path), fp8)
     return _open_checkpoint(path)
 
 

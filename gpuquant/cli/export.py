@@ -45,8 +45,8 @@ def _calibration(args: argparse.Namespace):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-
-    if args.scheme in FLOAT_SCHEMES:
+    args.scheme = args.scheme or ("fp8" if args.format == "deepseek" else "int4")
+    if args.scheme in FLOAT_SCHEMES or args.format == "deepseek":
         options = _float_options(args)
     else:
         granularity = args.granularity or "group"
@@ -54,24 +54,34 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise QuantizationError("--group-size needs --granularity group")
         options = _int_options(args, granularity)
     if args.method != "rtn":  # HQQ / GPTQ: the model in memory (gpuquant/model/cli.py)
-        if args.scheme in FLOAT_SCHEMES:
-            raise QuantizationError(f"--method {args.method} takes --scheme int4 or int8")
+        if args.scheme in FLOAT_SCHEMES or args.format != "compressed-tensors":
+            raise QuantizationError(f"--method {args.method} takes --scheme int4 or int8 "
+                                    "(compressed-tensors)")
         from ..model.cli import export_with_method
 
         stats = export_with_method(args, options)
         if not args.quiet:
             print(f"{stats['report']}\nexported {stats['quantized']} Linear weight(s) "
-                  f"({args.method}) as compressed-tensors pack-quantized {args.scheme} in "
+                  f"({args.method}) as {_kind(args, options)} in "
                   f"{stats['seconds']:.2f} s -> {args.output}")
         return 0
     stats = _export(args, options)
     if stats is not None and not args.quiet:
-        kind = "float-quantized" if args.scheme in FLOAT_SCHEMES else "pack-quantized"
-        print(f"exported {stats['quantized']} Linear weight(s) as compressed-tensors "
-              f"{kind} {args.scheme} (scales {stats['scale_dtype']}), kept "
+        print(f"exported {stats['quantized']} Linear weight(s) as {_kind(args, options)} "
+              f"(scales {stats['scale_dtype']}), kept "
               f"{stats['kept']} tensor(s); {stats['bytes_in'] / 1e9:.3f} GB -> "
               f"{stats['bytes_out'] / 1e9:.3f} GB in {stats['seconds']:.2f} s -> {args.output}")
     return 0
+
+
+def _kind(args: argparse.Namespace, options) -> str:
+    """What the summary line calls the written folder."""
+    if args.format == "deepseek":
+        return "DeepSeek FP8 (quant_method fp8, 128x128 blocks)"
+    if args.scheme in FLOAT_SCHEMES:
+        return f"compressed-tensors float-quantized {args.scheme}"
+    acts = f" + dynamic {options.activations} activations" if options.activations else ""
+    return f"compressed-tensors {options.format} {args.scheme}{acts}"
 
 
 def _float_options(args: argparse.Namespace):
@@ -79,16 +89,33 @@ def _float_options(args: argparse.Namespace):
 
     used = [o for o, v in (("--group-size", args.group_size), ("--asymmetric", args.asymmetric),
                            ("--calibration", args.calibration != "minmax"),
-                           ("--ignore-nonfinite", args.ignore_nonfinite)) if v]
+                           ("--ignore-nonfinite", args.ignore_nonfinite),
+                           ("--activations", args.activations)) if v]
     if used:
         raise QuantizationError(f"--scheme {args.scheme}: leave out {', '.join(used)} (FP8 is "
-                                "symmetric min/max; --granularity tensor|channel|block)")
+                                "symmetric min/max with dynamic FP8 activations; "
+                                "--granularity tensor|channel|block)")
+    if args.format == "deepseek":
+        return _deepseek_options(args)
     if args.scheme != "fp8" and args.granularity is not None:
         raise QuantizationError(f"--scheme {args.scheme}: leave out --granularity (its blocks "
                                 "fix it: NVFP4 16, MXFP4 32 values along a row)")
     return FloatOptions(scheme=args.scheme, granularity=args.granularity or "channel",
                         scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                         ignore=tuple(args.ignore), targets=args.targets)
+
+
+def _deepseek_options(args: argparse.Namespace):
+    from ..export.deepseek_fp8 import DeepSeekOptions
+
+    if args.scheme != "fp8" or args.granularity not in (None, "block"):
+        raise QuantizationError(f"--format deepseek: FP8 in 128x128 blocks; leave out --scheme "
+                                f"{args.scheme} / --granularity {args.granularity} (or pass "
+                                "--scheme fp8 --granularity block)")
+    if args.scale_dtype not in ("model", "float32"):
+        raise QuantizationError(f"--format deepseek stores weight_scale_inv in float32; leave "
+                                f"out --scale-dtype {args.scale_dtype}")
+    return DeepSeekOptions(ignore=tuple(args.ignore), targets=args.targets)
 
 
 def _int_options(args: argparse.Namespace, granularity: str):
@@ -100,7 +127,7 @@ def _int_options(args: argparse.Namespace, granularity: str):
                           calibration=_calibration(args),
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
-                          ignore_nonfinite=args.ignore_nonfinite)
+                          ignore_nonfinite=args.ignore_nonfinite, activations=args.activations)
 
 
 def _export(args: argparse.Namespace, options):
@@ -161,8 +188,18 @@ def _add_export(sub, formatter) -> None:
                        formatter_class=formatter)
     e.add_argument("model_dir", help="folder with config.json and safetensors (sharded or not)")
     e.add_argument("-o", "--output", required=True, help="the new model folder")
-    e.add_argument("--scheme", choices=("int4", "int8", *FLOAT_SCHEMES), default="int4",
-                   help="int4/int8: pack-quantized; fp8: float-quantized E4M3 (FP8_DYNAMIC)")
+    e.add_argument("--scheme", choices=("int4", "int8", *FLOAT_SCHEMES),
+                   help="int4/int8: pack-quantized; fp8: float-quantized E4M3 (FP8_DYNAMIC); "
+                        "nvfp4, mxfp4 (default: int4)")
+    e.add_argument("--activations", choices=("int8", "fp8"),
+                   help="int4/int8: add dynamic per-token input activations and store the "
+                        "weights int-quantized: --scheme int8 --granularity channel "
+                        "--activations int8 is W8A8, --scheme int4 --activations fp8 W4AFP8")
+    e.add_argument("--format", choices=("compressed-tensors", "deepseek"),
+                   default="compressed-tensors",
+                   help="deepseek: FP8 128x128 blocks with weight_scale_inv and quant_method "
+                        "fp8 (DeepSeek-V3's layout; transformers' FineGrainedFP8); its scheme "
+                        "is fp8, the default there")
     e.add_argument("--granularity", choices=("group", "channel", "tensor", "block"),
                    help="int4/int8: group or channel (default: group); fp8: channel (the "
                         "default there), tensor, or block (128x128)")

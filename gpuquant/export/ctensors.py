@@ -28,13 +28,19 @@ from ..calibration.calibrate import calibrate
 from ..config import QuantConfig
 from ..core.frameworks import bf16_bits_to_f32, f32_to_bf16_bits, host_copy
 from ..core.pack_quantized import pack32
+from ..core.packing import unpack_int4
 from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
 from ..quantize import quantize
 
-__all__ = ["PackOptions", "quantization_config", "quantize_weight", "pack_weight",
-           "SCALE_DTYPES"]
+__all__ = ["PackOptions", "quantization_config", "quantize_weight", "pack_weight", "int_weight",
+           "SCALE_DTYPES", "ACTIVATIONS"]
 
 SCALE_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
+# dynamic per-token input activations of the W8A8 / W4A8 / W4AFP8 presets
+ACTIVATIONS = {"int8": {"num_bits": 8, "type": "int", "symmetric": True, "strategy": "token",
+                        "dynamic": True},
+               "fp8": {"num_bits": 8, "type": "float", "symmetric": True, "strategy": "token",
+                       "dynamic": True}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +49,10 @@ class PackOptions:
 
     ``scale_dtype=None`` stores scales in the model's dtype (compressed-tensors'
     own choice); ``targets`` is a regular expression of module names that
-    replaces finding Linear modules with transformers.
+    replaces finding Linear modules with transformers. ``activations`` ("int8" or "fp8")
+    adds dynamic per-token input activations (compressed-tensors' W8A8 / W4A8 / W4AFP8
+    presets); the weights are then stored "int-quantized" (one int8 per code), the format
+    compressed-tensors infers for integer weights with quantized activations.
     """
 
     scheme: str = "int4"
@@ -55,6 +64,7 @@ class PackOptions:
     ignore: tuple[str, ...] = ("lm_head",)
     targets: str | None = None
     ignore_nonfinite: bool = False
+    activations: str | None = None
 
     def __post_init__(self) -> None:
         if self.scheme not in ("int4", "int8"):
@@ -66,8 +76,19 @@ class PackOptions:
         if self.scale_dtype is not None and self.scale_dtype not in SCALE_DTYPES:
             raise QuantizationError(f"scale_dtype={self.scale_dtype!r}; accepted: None (the "
                                     "model's dtype), " + ", ".join(SCALE_DTYPES))
+        if self.activations is not None and self.activations not in ACTIVATIONS:
+            raise UnsupportedSchemeError(f"activations={self.activations!r}; accepted: None, "
+                                         + ", ".join(repr(a) for a in ACTIVATIONS))
+        if self.activations is not None and not self.symmetric:
+            raise UnsupportedSchemeError(f"activations={self.activations!r} takes symmetric "
+                                         "weights (the W8A8 / W4AFP8 presets; vLLM's kernels)")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         self.quant_config()  # validates group_size and calibration
+
+    @property
+    def format(self) -> str:
+        """compressed-tensors' format: "int-quantized" with activations, else "pack-quantized"."""
+        return "pack-quantized" if self.activations is None else "int-quantized"
 
     @property
     def bits(self) -> int:
@@ -96,10 +117,12 @@ def quantization_config(options: PackOptions, ignore: list[str], targets: list[s
                "strategy": options.granularity, "dynamic": False}
     if options.granularity == "group":
         weights["group_size"] = options.group_size
-    return {"quant_method": "compressed-tensors", "format": "pack-quantized",
+    group = {"targets": targets, "format": options.format, "weights": weights}
+    if options.activations is not None:
+        group["input_activations"] = dict(ACTIVATIONS[options.activations])
+    return {"quant_method": "compressed-tensors", "format": options.format,
             "quantization_status": "compressed", "ignore": ignore,
-            "config_groups": {"group_0": {"targets": targets, "format": "pack-quantized",
-                                          "weights": weights}}}
+            "config_groups": {"group_0": group}}
 
 
 def round_scale(scale: np.ndarray, dtype: str, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -152,3 +175,17 @@ def pack_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> di
     if not options.symmetric:
         out["weight_zero_point"] = pack32(zp.reshape(rows, -1), options.bits, dim=0)
     return out
+
+
+def int_weight(w: Any, options: PackOptions, scale_dtype: str, name: str) -> dict[str, Any]:
+    """{"weight": int8 codes [out, in], "weight_scale"} of one Linear weight in compressed-tensors'
+    "int-quantized" format (symmetric: no zero point): the codes of :func:`quantize_weight`, an
+    int4 code widened to its own int8 byte."""
+    options.check_shape(name, tuple(w.shape))
+    rows, cols = (int(s) for s in w.shape)
+    qt, stored = quantize_weight(w, options, scale_dtype, name)
+    codes = host_copy(qt.data)
+    if options.bits == 4:
+        codes = unpack_int4(codes, cols, signed=True, nibble_order="low_first")
+    return {"weight": np.ascontiguousarray(codes, np.int8).reshape(rows, cols),
+            "weight_scale": stored.reshape(rows, -1)}

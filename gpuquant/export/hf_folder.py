@@ -26,7 +26,7 @@ from ..core.devices import converter_for
 from ..core.frameworks import as_float
 from ..core.pack_quantized import packed_width
 from ..errors import FormatError, QuantizationError
-from .ctensors import SCALE_DTYPES, PackOptions, pack_weight, quantization_config
+from .ctensors import SCALE_DTYPES, PackOptions, int_weight, pack_weight, quantization_config
 from .targets import select_weights
 
 __all__ = ["compressed_tensors", "export_folder", "prepare_export"]
@@ -85,6 +85,9 @@ def _entries(f: SafetensorsFile, selected: dict[str, str], options, bits: int, s
             entries += options.entries(key, f.shape(key), scale_tag)
             continue
         rows, cols = f.shape(key)
+        if getattr(options, "activations", None) is not None:  # int-quantized: int8 codes
+            entries += [(key, "I8", (rows, cols)), (key + "_scale", scale_tag, (rows, groups[key]))]
+            continue
         entries += [(key + "_packed", "I32", (rows, packed_width(cols, bits))),
                     (key + "_scale", scale_tag, (rows, groups[key])),
                     (key + "_shape", "I64", (2,))]
@@ -218,8 +221,12 @@ def _produce(f: SafetensorsFile, selected, options: PackOptions, scale_dtype: st
             stats["quantized"] += 1
             yield from options.arrays(w, scale_dtype, key)
             continue
-        arrays = pack_weight(to_device(w) if to_device else w, options, scale_dtype, key)
         stats["quantized"] += 1
+        if getattr(options, "activations", None) is not None:  # int-quantized
+            yield from int_weight(to_device(w) if to_device else w, options, scale_dtype,
+                                  key).values()
+            continue
+        arrays = pack_weight(to_device(w) if to_device else w, options, scale_dtype, key)
         yield arrays["weight_packed"]
         yield arrays["weight_scale"]
         yield arrays["weight_shape"]

@@ -69,6 +69,7 @@ def export_with_method(args: argparse.Namespace, options) -> dict:
     report = quantize_model(model, options.quant_config(), method=method,
                             calibration=calibration, ignore=options.ignore,
                             targets=options.targets)
-    stats = export_model(model.cpu(), args.output, force=args.force, copy_from=args.model_dir)
+    stats = export_model(model.cpu(), args.output, force=args.force, copy_from=args.model_dir,
+                         activations=options.activations)
     return {"quantized": stats["quantized"], "kept": None, "report": report,
             "scale_dtype": "float32", "seconds": time.perf_counter() - start}

@@ -30,7 +30,7 @@ _SUFFIXES = ("qdata", "scale", "zero_point", "_extra_state")
 _WEIGHT_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json")
 
 
-def pack_options_of(config, ignore) -> PackOptions:
+def pack_options_of(config, ignore, activations: str | None = None) -> PackOptions:
     """The PackOptions of ``gpuquant export`` that a QuantConfig corresponds to."""
     gran = config.granularity.value
     if config.bits not in (4, 8) or gran not in ("group", "channel") or (
@@ -40,7 +40,7 @@ def pack_options_of(config, ignore) -> PackOptions:
             "group or per output channel (axis 0)")
     return PackOptions(scheme=config.scheme.value, granularity=gran,
                        group_size=config.group_size or 128, symmetric=config.symmetric,
-                       scale_dtype="float32", ignore=tuple(ignore))
+                       scale_dtype="float32", ignore=tuple(ignore), activations=activations)
 
 
 def _low_first_bytes(module) -> np.ndarray:
@@ -54,14 +54,20 @@ def _low_first_bytes(module) -> np.ndarray:
     return data
 
 
-def _packed(module) -> dict[str, np.ndarray]:
+def _packed(module, activations: str | None) -> dict[str, np.ndarray]:
     cfg = module.config
     rows, cols = module.out_features, module.in_features
     if cfg.granularity.value == "group" and cols % cfg.group_size:
         raise QuantizationError(f"{cols} input features are not a multiple of group_size "
                                 f"{cfg.group_size}; compressed-tensors needs whole groups")
-    words = words_from_codes_bytes(_low_first_bytes(module), cfg.bits, cfg.symmetric, cols)
     scale = host_copy(module.scale).astype(np.float32).reshape(rows, -1)
+    if activations is not None:  # int-quantized (symmetric: PackOptions checked it)
+        codes = host_copy(module.qdata)
+        if cfg.bits == 4:
+            codes = unpack_int4(codes, cols, signed=True, nibble_order=cfg.nibble_order)
+        return {"weight": np.ascontiguousarray(codes, np.int8).reshape(rows, cols),
+                "weight_scale": scale}
+    words = words_from_codes_bytes(_low_first_bytes(module), cfg.bits, cfg.symmetric, cols)
     out = {"weight_packed": words, "weight_scale": scale,
            "weight_shape": np.array([rows, cols], np.int64)}
     if not cfg.symmetric:
@@ -70,7 +76,7 @@ def _packed(module) -> dict[str, np.ndarray]:
     return out
 
 
-def _state_dict(model, quantized: dict) -> dict:
+def _state_dict(model, quantized: dict, activations: str | None) -> dict:
     import torch
 
     state = {}
@@ -80,7 +86,7 @@ def _state_dict(model, quantized: dict) -> dict:
             continue
         state[key] = value
     for name, module in quantized.items():
-        for suffix, array in _packed(module).items():
+        for suffix, array in _packed(module, activations).items():
             state[f"{name}.{suffix}"] = torch.from_numpy(np.ascontiguousarray(array))
     return state
 
@@ -98,14 +104,17 @@ def _copy_side_files(source: str, stage: str) -> None:
             shutil.copy2(src, os.path.join(stage, name))
 
 
-def export_model(model, out_dir: str, *, force: bool = False, copy_from: str | None = None) -> dict:
+def export_model(model, out_dir: str, *, force: bool = False, copy_from: str | None = None,
+                 activations: str | None = None) -> dict:
     """Write ``model`` (a transformers model whose Linear layers gq.quantize_model replaced)
     as a compressed-tensors pack-quantized folder, loadable by transformers and vLLM.
 
     Every QuantizedLinear must share one config (int4/int8, per group or per output
     channel). ``copy_from``: the model's source folder, whose other files (tokenizer,
     generation config, ...) are copied as ``gpuquant export`` does. ``force`` replaces
-    an existing output. Returns {"quantized": n, "config": QuantConfig, "seconds": s}.
+    an existing output. ``activations`` ("int8" / "fp8") writes the int-quantized layout of the
+    W8A8 / W4AFP8 presets, as ``gpuquant export --activations``.
+    Returns {"quantized": n, "config": QuantConfig, "seconds": s}.
     """
     from ..nn import QuantizedLinear
 
@@ -124,9 +133,9 @@ def export_model(model, out_dir: str, *, force: bool = False, copy_from: str | N
                                          c.describe() for c in configs)))
     config = next(iter(quantized.values())).config
     linears = {n for n, m in model.named_modules() if type(m).__name__ == "Linear"}
-    options = pack_options_of(config, sorted(linears))
+    options = pack_options_of(config, sorted(linears), activations)
     qc = quantization_config(options, sorted(linears), ["Linear"])
-    state = _state_dict(model, quantized)
+    state = _state_dict(model, quantized, activations)
     with staged_folder(out_dir, [copy_from] if copy_from else [], force=force) as stage:
         model.save_pretrained(stage, state_dict=state, safe_serialization=True)
         path = os.path.join(stage, "config.json")
