@@ -13,13 +13,14 @@ import json
 import math
 
 from ..errors import QuantizationError
+from .formats import add_scale_rule, scale_rule_of
 
 __all__ = ["add_parsers", "cmd_export", "json_safe", "workers_arg", "world_size"]
 
 FORMATS = ("gpuquant", "gguf-q8_0", "gguf-q4_0")
 # quantize options that GGUF output does not use: its blocks fix scheme, granularity and range
 NOT_GGUF = ("scheme", "granularity", "group_size", "axis", "symmetric", "calibration",
-            "percentile", "ignore_nonfinite")
+            "percentile", "ignore_nonfinite", "scale_rule")
 _UNSET = object()
 FLOAT_SCHEMES = ("fp8", "nvfp4", "mxfp4")  # compressed-tensors float-quantized (export/ctensors_float.py)
 
@@ -83,6 +84,9 @@ def _float_options(args: argparse.Namespace):
     if used:
         raise QuantizationError(f"--scheme {args.scheme}: leave out {', '.join(used)} (FP8 is "
                                 "symmetric min/max; --granularity tensor|channel|block)")
+    if args.scale_rule is not None:
+        raise QuantizationError(f"--scale-rule applies to export --scheme int4 and int8; --scheme "
+                                f"{args.scheme} has compressed-tensors' own scales: leave it out")
     if args.scheme != "fp8" and args.granularity is not None:
         raise QuantizationError(f"--scheme {args.scheme}: leave out --granularity (its blocks "
                                 "fix it: NVFP4 16, MXFP4 32 values along a row)")
@@ -100,7 +104,8 @@ def _int_options(args: argparse.Namespace, granularity: str):
                           calibration=_calibration(args),
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
-                          ignore_nonfinite=args.ignore_nonfinite)
+                          ignore_nonfinite=args.ignore_nonfinite,
+                          scale_rule=scale_rule_of(args, integer=True) or "max")
 
 
 def _export(args: argparse.Namespace, options):
@@ -171,6 +176,7 @@ def _add_export(sub, formatter) -> None:
     e.add_argument("--asymmetric", action="store_true",
                    help="unsigned codes and zero points (load with CompressedTensorsConfig("
                         "dequantize=True))")
+    add_scale_rule(e, " (the min/max QuantizationModifier's bytes)")
     e.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="MODULE",
                    help="modules left unquantized: names, or re:PATTERN")
     e.add_argument("--targets", metavar="REGEX",
