@@ -34,8 +34,11 @@ def test_config_default_values_and_errors():
         gq.QuantConfig(symmetric=False, scale_rule="half_range")
     with pytest.raises(gq.UnsupportedSchemeError, match="scale_rule='half_range'"):
         gq.QuantConfig.mxfp4(scale_rule="half_range")
-    # the integer default carried into a float scheme by replace means nothing there
+    # the integer default carried into a float scheme by replace means nothing there; MX
+    # takes its own rules only
     assert gq.QuantConfig().replace(scheme="fp8_e4m3").scale_rule is None
+    with pytest.raises(gq.UnsupportedSchemeError, match="'floor', 'rceil', 'even'"):
+        gq.QuantConfig.mxfp8(scale_rule="max")
 
 
 def test_save_load_and_torch_ops_keep_the_rule(tmp_path):

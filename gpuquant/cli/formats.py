@@ -40,8 +40,8 @@ def add_scale_rule(p: argparse.ArgumentParser, more: str = "") -> None:
     """One --scale-rule for every scheme; :func:`scale_rule_of` checks it against --scheme."""
     p.add_argument("--scale-rule", choices=(*_INT_RULES, *_MX_RULES),
                    help="int4/int8/int16 symmetric: max (amax / qmax, the default) or half_range "
-                        "(amax / ((qmax - qmin) / 2) and codes x / scale: compressed-tensors', "
-                        "llm-compressor's and torchao's rule)" + more)
+                        "(compressed-tensors' and torchao's scale amax / ((qmax - qmin) / 2), and "
+                        "compressed-tensors' codes x / scale)" + more)
 
 
 def scale_rule_of(args: argparse.Namespace, integer: bool) -> str | None:

@@ -98,7 +98,6 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
                                          "'group', 'token'")
         return dict(scale_format=fmt, block_shape=None, scale_rule=rule,
                     global_scale_convention=None, group_size=group)
-    rule = None if rule == "max" else rule  # the integer default (carried by cfg.replace)
     default_fmt = "e8m0" if element == "fp4_e2m1" else "float32"
     fmt = _choice("scale_format", default_fmt if fmt is None else fmt, _scale_formats(element))
     if fmt != "float32" or element == "nf4":
@@ -115,7 +114,8 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
         _forbid("block_shape", shape, f"applies only to granularity='block', not {granularity!r}")
     if fmt == "e8m0":
         rule = _choice("scale_rule", "floor" if rule is None else rule, SCALE_RULES)
-    else:
+    else:  # "max": the integer default, carried by cfg.replace(scheme=...), means nothing here
+        rule = None if rule == "max" else rule
         _forbid("scale_rule", rule, "applies only to scale_format='e8m0' (MXFP8, MXFP4)")
     if fmt == "e4m3":
         gsc = _choice("global_scale_convention", "compressed_tensors" if gsc is None else gsc,
