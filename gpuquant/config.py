@@ -11,9 +11,17 @@ from __future__ import annotations
 import dataclasses
 import enum
 import operator
-from typing import Any, Union
+from typing import Any
 
-from .calibration.methods import MAX_ENTROPY_BINS, MAX_MSE_CANDIDATES, MSE, Entropy, Percentile
+from .calibration.methods import (
+    MAX_ENTROPY_BINS,
+    MAX_MSE_CANDIDATES,
+    MSE,
+    Calibration,
+    Entropy,
+    Percentile,
+    as_calibration,
+)
 from .errors import (
     InvalidBitWidthError,
     InvalidCalibrationError,
@@ -114,8 +122,6 @@ class Granularity(str, enum.Enum):
         return self.value
 
 
-Calibration = Union[str, Percentile, Entropy, MSE]  # noqa: UP007 - a runtime alias on Python 3.10
-_NAMED_CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
 _NIBBLE_ORDERS = ("high_first", "low_first")
 
 
@@ -152,8 +158,11 @@ class QuantConfig(fs.FloatPresets):
             the high nibble (bitsandbytes); ``"low_first"`` is ONNX's order.
         ignore_nonfinite: calibrate over finite values only, instead of
             raising ``NonFiniteError`` on NaN or Inf.
-        scale_format, block_shape, scale_rule, global_scale_convention, double_quant: the
-            float formats' options (gpuquant.formats.schemes; presets ``fp8_*``, ``mxfp8``,
+        scale_rule: integers: ``"max"`` (amax / qmax, the default) or ``"half_range"``
+            (amax / ((qmax - qmin) / 2) and codes x / scale, compressed-tensors'; symmetric
+            only); MX: ``"floor"``, ``"rceil"``, ``"even"``.
+        scale_format, block_shape, global_scale_convention, double_quant: the float
+            formats' options (gpuquant.formats.schemes; presets ``fp8_*``, ``mxfp8``,
             ``mxfp4``, ``nvfp4``, ``nf4``).
     """
 
@@ -193,7 +202,7 @@ class QuantConfig(fs.FloatPresets):
                 f"group_size={self.group_size!r} applies only to granularity='group', "
                 f"not {self.granularity.value!r}"
             )
-        set_("calibration", _as_calibration(self.calibration))
+        set_("calibration", as_calibration(self.calibration))
         if self.is_float:
             fs.check_float_recipe(self, isinstance(self.calibration, Percentile))
         if isinstance(self.calibration, Entropy) and self.scheme is Scheme.INT16:
@@ -319,6 +328,7 @@ class QuantConfig(fs.FloatPresets):
             "nibble_order": self.nibble_order,
             "ignore_nonfinite": self.ignore_nonfinite,
             **(fs.float_dict(self) if self.is_float else {}),
+            **({"scale_rule": self.scale_rule} if self.scale_rule == "half_range" else {}),
         }
 
     @classmethod
@@ -360,6 +370,8 @@ class QuantConfig(fs.FloatPresets):
             parts.append(f"nibble_order={self.nibble_order!r}")
         if self.ignore_nonfinite:
             parts.append("ignore_nonfinite=True")
+        if self.scale_rule == "half_range":
+            parts.append("scale_rule='half_range'")
         if self.is_float:
             parts += [f"{k}={getattr(self, k)!r}" for k in fs.FLOAT_KEYS if getattr(self, k)]
         return "QuantConfig(" + ", ".join(parts) + ")"
@@ -376,7 +388,8 @@ class QuantConfig(fs.FloatPresets):
         if self.is_float:
             extra = (self.scale_rule, self.global_scale_convention, "double_quant" * self.double_quant)
             return f"{self.scheme.value}/{gran}/{self.scale_format}" + "".join(f"/{v}" for v in extra if v)
-        return f"{self.scheme.value}/{gran}/{'sym' if self.symmetric else 'asym'}/{self.calibration}"
+        rule = "/half_range" if self.scale_rule == "half_range" else ""
+        return f"{self.scheme.value}/{gran}/{'sym' if self.symmetric else 'asym'}/{self.calibration}{rule}"
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -384,17 +397,3 @@ def _as_bool(name: str, value: Any) -> bool:
         return bool(value)
     raise QuantizationError(f"{name}={value!r} must be True or False")
 
-
-def _as_calibration(value: Any) -> Calibration:
-    if isinstance(value, (Percentile, Entropy, MSE)):
-        return value
-    name = value.strip().lower() if isinstance(value, str) else None
-    named = {"percentile": Percentile, "entropy": Entropy, "mse": MSE}
-    if name in named:
-        return named[name]()
-    if name not in _NAMED_CALIBRATIONS:
-        raise UnsupportedSchemeError(
-            f"calibration={value!r} is not supported; accepted: 'minmax', 'percentile', "
-            "'entropy', 'mse', gq.Percentile(lower, upper), gq.Entropy(bins), gq.MSE(candidates)"
-        )
-    return name

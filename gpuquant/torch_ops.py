@@ -14,9 +14,10 @@ its annotations; ``*_out`` declare the buffers they write in ``mutates_args``):
 ==========================  ==================================================
 
 A config goes in as plain values (``bits, symmetric, granularity, axis,
-group_size, high_first`` and, where calibration can meet NaN/Inf,
-``ignore_nonfinite``); :func:`config_args` makes them, :func:`config_of`
-turns them back into a cached :class:`QuantConfig`. ``granularity`` is the
+group_size, high_first, half_range`` (its scale_rule) and, where calibration can meet
+NaN/Inf, ``ignore_nonfinite``; the per-token operators take the max rule only);
+:func:`config_args` makes them, :func:`config_of` turns them back into a cached
+:class:`QuantConfig`. ``granularity`` is the
 index into :data:`GRANULARITIES`.
 
 Each operator has a CPU kernel (the NumPy reference, also for torch CPU
@@ -62,24 +63,27 @@ OUTS = ("codes", "scale", "zero_point")
 
 # ------------------------------------------------------------------ configs
 def config_args(config: QuantConfig) -> tuple:
-    """(bits, symmetric, granularity, axis, group_size, high_first) of ``config``."""
+    """(bits, symmetric, granularity, axis, group_size, high_first, half_range) of ``config``."""
     return (config.bits, config.symmetric, GRANULARITIES.index(config.granularity.value),
-            config.axis, config.group_size or 0, config.nibble_order == "high_first")
+            config.axis, config.group_size or 0, config.nibble_order == "high_first",
+            config.scale_rule == "half_range")
 
 
 @functools.lru_cache(maxsize=512)
 def config_of(bits: int, symmetric: bool, granularity: int, axis: int, group_size: int,
-              high_first: bool, ignore_nonfinite: bool = False) -> QuantConfig:
+              high_first: bool, half_range: bool = False,
+              ignore_nonfinite: bool = False) -> QuantConfig:
     """The QuantConfig of an operator's plain arguments (min/max calibration)."""
     gran = GRANULARITIES[granularity]
     return QuantConfig(scheme=bits, symmetric=symmetric, granularity=gran, axis=axis,
                        group_size=group_size if gran == "group" else None,
                        nibble_order="high_first" if high_first else "low_first",
-                       ignore_nonfinite=ignore_nonfinite)
+                       ignore_nonfinite=ignore_nonfinite,
+                       scale_rule="half_range" if half_range else "max")
 
 
 def _token_config(bits, symmetric, high_first, ignore_nonfinite) -> QuantConfig:
-    return config_of(bits, symmetric, 3, 0, 0, high_first, ignore_nonfinite)
+    return config_of(bits, symmetric, 3, 0, 0, high_first, False, ignore_nonfinite)
 
 
 def _layout(x, config: QuantConfig) -> Layout:
@@ -139,19 +143,21 @@ def _op(name: str, mutates: tuple[str, ...] = ()):
 
 @_op("quantize_minmax")
 def quantize_minmax(x: Tensor, bits: int, symmetric: bool, granularity: int, axis: int,
-                    group_size: int, high_first: bool, ignore_nonfinite: bool) -> Outputs:
+                    group_size: int, high_first: bool, half_range: bool,
+                    ignore_nonfinite: bool) -> Outputs:
     """Min/max calibration + quantize, every granularity: (codes, scale, zero_point)."""
     return _calibrated(x, config_of(bits, symmetric, granularity, axis, group_size, high_first,
-                                    ignore_nonfinite))
+                                    half_range, ignore_nonfinite))
 
 
 @_op("quantize_minmax_out", OUTS)
 def quantize_minmax_out(x: Tensor, bits: int, symmetric: bool, granularity: int, axis: int,
-                        group_size: int, high_first: bool, ignore_nonfinite: bool, codes: Tensor,
-                        scale: Tensor, zero_point: Tensor) -> None:
+                        group_size: int, high_first: bool, half_range: bool,
+                        ignore_nonfinite: bool, codes: Tensor, scale: Tensor,
+                        zero_point: Tensor) -> None:
     """quantize_minmax into the caller's buffers."""
     _calibrated(x, config_of(bits, symmetric, granularity, axis, group_size, high_first,
-                             ignore_nonfinite), (codes, scale, zero_point))
+                             half_range, ignore_nonfinite), (codes, scale, zero_point))
 
 
 @_op("quantize_per_token")
@@ -172,37 +178,40 @@ def quantize_per_token_out(x: Tensor, bits: int, symmetric: bool, high_first: bo
 
 @_op("quantize_given")
 def quantize_given(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool,
-                   granularity: int, axis: int, group_size: int, high_first: bool) -> Tensor:
+                   granularity: int, axis: int, group_size: int, high_first: bool,
+                   half_range: bool) -> Tensor:
     """Codes of x with a given float32 scale and int32 zero point."""
     return _given(x, scale, zero_point,
-                  config_of(bits, symmetric, granularity, axis, group_size, high_first))
+                  config_of(bits, symmetric, granularity, axis, group_size, high_first, half_range))
 
 
 @_op("quantize_given_out", ("codes",))
 def quantize_given_out(x: Tensor, scale: Tensor, zero_point: Tensor, bits: int, symmetric: bool,
                        granularity: int, axis: int, group_size: int, high_first: bool,
-                       codes: Tensor) -> None:
+                       half_range: bool, codes: Tensor) -> None:
     """quantize_given into the caller's codes buffer."""
     _given(x, scale, zero_point, config_of(bits, symmetric, granularity, axis, group_size,
-                                           high_first), codes)
+                                           high_first, half_range), codes)
 
 
 @_op("dequantize")
 def dequantize_op(codes: Tensor, scale: Tensor, zero_point: Tensor, shape: list[int],
                   dtype: torch.dtype, bits: int, symmetric: bool, granularity: int, axis: int,
-                  group_size: int, high_first: bool) -> Tensor:
+                  group_size: int, high_first: bool, half_range: bool) -> Tensor:
     """Codes -> floats of ``dtype``, shaped ``shape``."""
     return _dequantize(codes, scale, zero_point, shape, dtype,
-                       config_of(bits, symmetric, granularity, axis, group_size, high_first))
+                       config_of(bits, symmetric, granularity, axis, group_size, high_first,
+                                 half_range))
 
 
 @_op("dequantize_out", ("out",))
 def dequantize_out(codes: Tensor, scale: Tensor, zero_point: Tensor, shape: list[int],
                    dtype: torch.dtype, bits: int, symmetric: bool, granularity: int, axis: int,
-                   group_size: int, high_first: bool, out: Tensor) -> None:
+                   group_size: int, high_first: bool, half_range: bool, out: Tensor) -> None:
     """dequantize into the caller's buffer."""
     _dequantize(codes, scale, zero_point, shape, dtype,
-                config_of(bits, symmetric, granularity, axis, group_size, high_first), out)
+                config_of(bits, symmetric, granularity, axis, group_size, high_first,
+                          half_range), out)
 
 
 # --------------------------------------------------------------------- fakes
@@ -252,8 +261,9 @@ def _traceable(x, config, qparams, backend) -> bool:
     if not (isinstance(x, torch.Tensor) and isinstance(config, QuantConfig)
             and isinstance(config.calibration, str) and config.calibration == "minmax"
             and backend in (None, BACKENDS.get(x.device.type))
-            and str(x.dtype)[6:] in FLOAT_DTYPES):
-        return False
+            and str(x.dtype)[6:] in FLOAT_DTYPES
+            and not (config.granularity.value == "token" and config.scale_rule == "half_range")):
+        return False  # the per-token operators take the max rule only
     try:
         layout = Layout.of(x.shape, config)
         if qparams is not None:

@@ -180,7 +180,8 @@ class Calibrator:
             from ..formats.parts import static_fp8_qparams
 
             return QParams(*static_fp8_qparams(lo, hi, cfg))
-        return QParams(*compute_qparams(lo, hi, cfg.qmin, cfg.qmax, cfg.symmetric))
+        return QParams(*compute_qparams(lo, hi, cfg.qmin, cfg.qmax, cfg.symmetric,
+                                        scale_rule=cfg.scale_rule))
 
     # ------------------------------------------------------ state and merging
     def state_dict(self) -> dict[str, Any]:

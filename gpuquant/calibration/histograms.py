@@ -180,7 +180,8 @@ class HistogramState:
         centres = (start[:, None] + (np.arange(self.bins) + 0.5) * width[:, None]).astype(
             np.float32)
         lo, hi = self.lo[:, None] * factors, self.hi[:, None] * factors
-        scale, zp = compute_qparams(lo, hi, config.qmin, config.qmax, config.symmetric)
+        scale, zp = compute_qparams(lo, hi, config.qmin, config.qmax, config.symmetric,
+                                    scale_rule=config.scale_rule)
         inv = (np.float32(1) / scale)[:, :, None]
         z = zp.astype(np.float32)[:, :, None]
         errors = np.empty(scale.shape)
@@ -189,7 +190,8 @@ class HistogramState:
             rows = slice(u0, u0 + step)
             c = centres[rows, None, :]
             with np.errstate(all="ignore"):
-                q = np.clip(np.rint(c * inv[rows]) + z[rows], config.qmin, config.qmax)
+                v = c / scale[rows, :, None] if config.scale_rule == "half_range" else c * inv[rows]
+                q = np.clip(np.rint(v) + z[rows], config.qmin, config.qmax)
                 deq = (q - z[rows]) * scale[rows, :, None]
             d = deq.astype(np.float64) - c
             errors[rows] = (d * d * self.counts[rows, None, :]).sum(-1)

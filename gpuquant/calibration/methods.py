@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Union
 
 import numpy as np
 
-from ..errors import InvalidCalibrationError
+from ..errors import InvalidCalibrationError, UnsupportedSchemeError
 
-__all__ = ["Percentile", "Entropy", "MSE", "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDATES"]
+__all__ = ["Percentile", "Entropy", "MSE", "MAX_ENTROPY_BINS", "MAX_MSE_CANDIDATES",
+           "Calibration", "as_calibration"]
 
 MAX_ENTROPY_BINS = 16384  # 8x TensorRT's 2048; the KL search costs O(bins^2) per unit
 MAX_MSE_CANDIDATES = 1000  # 10x the default; each candidate is one pass over the data and
@@ -97,3 +99,23 @@ class MSE:
 
     def __str__(self) -> str:
         return "mse" if self.candidates == 100 else f"mse({self.candidates})"
+
+
+Calibration = Union[str, Percentile, Entropy, MSE]  # noqa: UP007 - a runtime alias on Python 3.10
+NAMED_CALIBRATIONS = ("minmax", "percentile", "entropy", "mse")
+
+
+def as_calibration(value: Any) -> Calibration:
+    """QuantConfig's ``calibration``: a method object, or its name (lower case)."""
+    if isinstance(value, (Percentile, Entropy, MSE)):
+        return value
+    name = value.strip().lower() if isinstance(value, str) else None
+    named = {"percentile": Percentile, "entropy": Entropy, "mse": MSE}
+    if name in named:
+        return named[name]()
+    if name not in NAMED_CALIBRATIONS:
+        raise UnsupportedSchemeError(
+            f"calibration={value!r} is not supported; accepted: 'minmax', 'percentile', "
+            "'entropy', 'mse', gq.Percentile(lower, upper), gq.Entropy(bins), gq.MSE(candidates)"
+        )
+    return name

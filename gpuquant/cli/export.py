@@ -13,6 +13,7 @@ import json
 import math
 
 from ..errors import QuantizationError
+from .formats import add_scale_rule, scale_rule_of
 
 __all__ = ["add_parsers", "cmd_export", "json_safe", "workers_arg", "world_size"]
 
@@ -95,6 +96,9 @@ def _float_options(args: argparse.Namespace):
         raise QuantizationError(f"--scheme {args.scheme}: leave out {', '.join(used)} (FP8 is "
                                 "symmetric min/max with dynamic FP8 activations; "
                                 "--granularity tensor|channel|block)")
+    if args.scale_rule is not None:
+        raise QuantizationError(f"--scale-rule applies to export --scheme int4 and int8; --scheme "
+                                f"{args.scheme} has compressed-tensors' own scales: leave it out")
     if args.format == "deepseek":
         return _deepseek_options(args)
     if args.scheme != "fp8" and args.granularity is not None:
@@ -127,7 +131,8 @@ def _int_options(args: argparse.Namespace, granularity: str):
                           calibration=_calibration(args),
                           scale_dtype=None if args.scale_dtype == "model" else args.scale_dtype,
                           ignore=tuple(args.ignore), targets=args.targets,
-                          ignore_nonfinite=args.ignore_nonfinite, activations=args.activations)
+                          ignore_nonfinite=args.ignore_nonfinite, activations=args.activations,
+                          scale_rule=scale_rule_of(args, integer=True) or "max")
 
 
 def _export(args: argparse.Namespace, options):
@@ -208,6 +213,7 @@ def _add_export(sub, formatter) -> None:
     e.add_argument("--asymmetric", action="store_true",
                    help="unsigned codes and zero points (load with CompressedTensorsConfig("
                         "dequantize=True))")
+    add_scale_rule(e, " (the min/max QuantizationModifier's bytes)")
     e.add_argument("--ignore", nargs="*", default=["lm_head"], metavar="MODULE",
                    help="modules left unquantized: names, or re:PATTERN")
     e.add_argument("--targets", metavar="REGEX",

@@ -1,5 +1,6 @@
 """The float formats on the command line: ``gpuquant quantize --scheme fp8 | fp8-e5m2 |
-mxfp8 | mxfp4 | nvfp4 | nf4`` with ``--block-shape``, ``--scale-rule`` and ``--double-quant``."""
+mxfp8 | mxfp4 | nvfp4 | nf4`` with ``--block-shape``, ``--scale-rule`` (whose values
+depend on --scheme: :func:`scale_rule_of`) and ``--double-quant``."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import argparse
 
 from ..errors import QuantizationError
 
-__all__ = ["FLOAT_SCHEMES", "add_float_options", "float_config"]
+__all__ = ["FLOAT_SCHEMES", "add_float_options", "float_config", "add_scale_rule",
+           "scale_rule_of"]
 
 FLOAT_SCHEMES = ("fp8", "fp8-e5m2", "mxfp8", "mxfp4", "nvfp4", "nf4")
 
@@ -26,12 +28,38 @@ def add_float_options(q: argparse.ArgumentParser) -> None:
     q.add_argument("--block-shape", type=_block_shape, metavar="BN,BK",
                    help="fp8 with --granularity block: the 2-D block (default 128,128, "
                         "DeepSeek-V3's weight_scale_inv)")
-    q.add_argument("--scale-rule", choices=("floor", "rceil", "even"),
-                   help="mxfp8/mxfp4: the E8M0 scale rule (default floor, the OCP spec; rceil "
-                        "is NVIDIA's and torchao's inference default; even compressed-tensors')")
+    add_scale_rule(q, "; mxfp8/mxfp4: the E8M0 rule, floor (the default, the OCP spec), rceil "
+                      "(NVIDIA's and torchao's inference default) or even (compressed-tensors')")
     q.add_argument("--double-quant", action="store_true",
                    help="nf4: code the block absmax in 8 bits too, as bitsandbytes' "
                         "compress_statistics=True (NAME.nested_absmax, NAME.nested_offset)")
+
+
+_INT_RULES = ("max", "half_range")
+_MX_RULES = ("floor", "rceil", "even")
+
+
+def add_scale_rule(p: argparse.ArgumentParser, more: str = "") -> None:
+    """One --scale-rule for every scheme; :func:`scale_rule_of` checks it against --scheme."""
+    p.add_argument("--scale-rule", choices=(*_INT_RULES, *_MX_RULES),
+                   help="int4/int8/int16 symmetric: max (amax / qmax, the default) or half_range "
+                        "(compressed-tensors' and torchao's scale amax / ((qmax - qmin) / 2), and "
+                        "compressed-tensors' codes x / scale)" + more)
+
+
+def scale_rule_of(args: argparse.Namespace, integer: bool) -> str | None:
+    """The --scale-rule of an integer (``integer``) or MX scheme; QuantizationError (exit 2,
+    one line) for a value the scheme does not take."""
+    rule, scheme = args.scale_rule, args.scheme
+    accepted = _INT_RULES if integer else _MX_RULES if scheme in ("mxfp8", "mxfp4") else ()
+    if rule is not None and rule not in accepted:
+        raise QuantizationError(
+            f"--scale-rule {rule} does not fit --scheme {scheme}: --scale-rule applies to the "
+            "integer schemes (max, half_range) and to mxfp8, mxfp4 (floor, rceil, even)")
+    symmetric = getattr(args, "symmetric", not getattr(args, "asymmetric", False))
+    if integer and rule == "half_range" and not symmetric:
+        raise QuantizationError("--scale-rule half_range is symmetric only: drop --asymmetric")
+    return rule
 
 
 def float_config(args: argparse.Namespace):
@@ -39,8 +67,7 @@ def float_config(args: argparse.Namespace):
     from ..config import QuantConfig
 
     scheme = args.scheme
-    if args.scale_rule is not None and scheme not in ("mxfp8", "mxfp4"):
-        raise QuantizationError("--scale-rule applies to --scheme mxfp8 and mxfp4")
+    scale_rule_of(args, integer=False)
     block = args.granularity == "block"
     if args.block_shape is not None and not (scheme.startswith("fp8") and block):
         raise QuantizationError("--block-shape needs --scheme fp8 (or fp8-e5m2) and "

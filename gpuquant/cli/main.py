@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import QuantizationError
 from .export import add_parsers as add_export_parsers
 from .export import json_safe, workers_arg, world_size
-from .formats import FLOAT_SCHEMES, add_float_options, float_config
+from .formats import FLOAT_SCHEMES, add_float_options, float_config, scale_rule_of
 
 __all__ = ["main", "build_parser"]
 
@@ -101,7 +101,8 @@ def _quantize_config(args: argparse.Namespace):
         group_size = 128 if args.group_size is None else args.group_size
     return QuantConfig(scheme=args.scheme, granularity=args.granularity, group_size=group_size,
                        axis=args.axis, symmetric=args.symmetric, calibration=calibration,
-                       ignore_nonfinite=args.ignore_nonfinite)
+                       ignore_nonfinite=args.ignore_nonfinite,
+                       scale_rule=scale_rule_of(args, integer=True))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:

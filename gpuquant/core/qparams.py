@@ -15,9 +15,11 @@ import numpy as np
 from ..errors import InvalidCalibrationError, InvalidDtypeError
 from .frameworks import framework_of
 
-__all__ = ["QParams", "compute_qparams", "check_user_qparams", "asymmetric_scale", "FLOAT32_TINY"]
+__all__ = ["QParams", "compute_qparams", "check_user_qparams", "asymmetric_scale", "FLOAT32_TINY",
+           "FLOAT32_EPS"]
 
 FLOAT32_TINY = np.float32(np.finfo(np.float32).tiny)  # smallest normal float32
+FLOAT32_EPS = np.float32(2.0 ** -23)  # half_range's scale of an all-zero unit (compressed-tensors')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +85,14 @@ def asymmetric_scale(lo, hi, qmin: int, qmax: int, xp=np):
     return xp.where(xp.isinf(diff), halved, plain).astype(f32)
 
 
-def compute_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool, xp=np):
+def compute_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool, xp=np,
+                    scale_rule: str | None = "max"):
     """Scales and zero points from per-unit float32 ranges.
 
     symmetric:  scale = max(|lo|, |hi|) / qmax;                 zero_point = 0
+                scale_rule="half_range": max(|lo|, |hi|) / ((qmax - qmin) / 2) (7.5, 127.5,
+                32767.5: exact in float32), a zero scale -> 2^-23 (float32 eps), as
+                compressed-tensors' calculate_qparams and torchao
     asymmetric: lo' = min(lo, 0), hi' = max(hi, 0)
                 scale = (hi' - lo') / (qmax - qmin), halved where hi' - lo'
                 overflows (see :func:`asymmetric_scale`);
@@ -100,7 +106,11 @@ def compute_qparams(lo, hi, qmin: int, qmax: int, symmetric: bool, xp=np):
     with np.errstate(all="ignore"):
         if symmetric:
             amax = xp.maximum(xp.abs(lo), xp.abs(hi))
-            scale = amax / f32(qmax)
+            if scale_rule == "half_range":
+                scale = amax / f32((qmax - qmin) / 2)
+                scale = xp.where(scale == 0, FLOAT32_EPS, scale)
+            else:
+                scale = amax / f32(qmax)
         else:
             lo = xp.minimum(lo, f32(0))
             hi = xp.maximum(hi, f32(0))

@@ -14,6 +14,11 @@ computes the codes against the rounded scale, so the loaded weights equal
 gpuquant's dequantized ones bit for bit. ``scale_dtype="float32"`` keeps the
 float32 scale in the file instead; a float16/bfloat16 model's loader then
 rounds it itself, after the codes were chosen (see the README).
+
+``scale_rule="half_range"`` is llm-compressor's min/max export: compressed-tensors'
+scale amax / ((qmax - qmin) / 2) (zero units: the eps of the scale's dtype) and codes
+x / scale in float32, the bytes its compressor writes for float32 weights, and on a GPU
+(its Triton quantize) for bfloat16/float16 ones (tests/test_scale_rule.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..config import QuantConfig
 from ..core.frameworks import bf16_bits_to_f32, f32_to_bf16_bits, host_copy
 from ..core.pack_quantized import pack32
 from ..core.packing import unpack_int4
+from ..core.qparams import FLOAT32_EPS
 from ..errors import InvalidShapeError, QuantizationError, UnsupportedSchemeError
 from ..quantize import quantize
 
@@ -65,6 +71,7 @@ class PackOptions:
     targets: str | None = None
     ignore_nonfinite: bool = False
     activations: str | None = None
+    scale_rule: str = "max"
 
     def __post_init__(self) -> None:
         if self.scheme not in ("int4", "int8"):
@@ -99,7 +106,8 @@ class PackOptions:
         return QuantConfig(scheme=self.scheme, granularity=self.granularity,
                            group_size=self.group_size if group else None, axis=0,
                            symmetric=self.symmetric, calibration=self.calibration,
-                           nibble_order="low_first", ignore_nonfinite=self.ignore_nonfinite)
+                           nibble_order="low_first", ignore_nonfinite=self.ignore_nonfinite,
+                           scale_rule=self.scale_rule)
 
     def check_shape(self, name: str, shape: tuple[int, ...]) -> None:
         if len(shape) != 2:
@@ -148,8 +156,29 @@ def round_scale(scale: np.ndarray, dtype: str, name: str) -> tuple[np.ndarray, n
 def _rounded_qparams(w: Any, options: PackOptions, scale_dtype: str, name: str):
     """Calibrate ``w``; (stored scale, the stored scale as float32, zero points), on the host."""
     params = calibrate(w, options.quant_config())
-    stored, values = round_scale(host_copy(params.scale), scale_dtype, name)
+    scale = host_copy(params.scale)
+    stored, values = round_scale(scale, scale_dtype, name)
+    if options.scale_rule == "half_range" and scale_dtype != "float32":
+        stored, values = _zero_units_eps(w, options, scale, stored, values, scale_dtype)
     return stored, values, host_copy(params.zero_point)
+
+
+def _zero_units_eps(w: Any, options: PackOptions, scale, stored, values, scale_dtype: str):
+    """compressed-tensors gives a unit of zeros the eps of the scale's dtype (its scale is
+    computed in the model's dtype): 2^-7 in bfloat16, 2^-10 in float16, where gpuquant's
+    float32 half_range scale is 2^-23. A unit has amax 0 exactly when that scale is 2^-23
+    and its "max" scale is 1.0 (a unit of zeros' stand-in; no amax gives both, as
+    amax / ((qmax - qmin) / 2) = 2^-23 and amax / qmax = 1 cannot hold at once)."""
+    maybe = scale == FLOAT32_EPS
+    if not maybe.any():
+        return stored, values
+    cfg = options.quant_config().replace(scale_rule="max")
+    zero = maybe & (host_copy(calibrate(w, cfg).scale) == 1.0)
+    eps = np.float32(2.0 ** -7 if scale_dtype == "bfloat16" else 2.0 ** -10)
+    stored, values = stored.copy(), values.copy()
+    values[zero] = eps
+    stored[zero] = f32_to_bf16_bits(eps) if scale_dtype == "bfloat16" else eps.astype(np.float16)
+    return stored, values
 
 
 def quantize_weight(w: Any, options: PackOptions, scale_dtype: str, name: str = "weight"):

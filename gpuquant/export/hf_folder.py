@@ -107,7 +107,8 @@ def compressed_tensors(model_dir: str, output: str, options: PackOptions | None 
         options: a :class:`PackOptions`, or its fields as keyword arguments
             (``scheme="int4"``, ``granularity="group"``, ``group_size=128``,
             ``symmetric=True``, ``calibration="minmax"``, ``scale_dtype=None``,
-            ``ignore=("lm_head",)``, ``targets=None``, ``ignore_nonfinite=False``).
+            ``ignore=("lm_head",)``, ``targets=None``, ``ignore_nonfinite=False``,
+            ``scale_rule="max"``; ``"half_range"``: llm-compressor's min/max bytes).
         device: "auto" (a GPU when one works), "cpu" or "cuda".
 
     Returns:

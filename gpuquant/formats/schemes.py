@@ -16,7 +16,7 @@ from typing import Any
 
 from ..errors import InvalidShapeError, UnsupportedSchemeError
 
-__all__ = ["FLOAT_ELEMENTS", "FP8_ELEMENTS", "SCALE_FORMATS", "SCALE_RULES",
+__all__ = ["FLOAT_ELEMENTS", "FP8_ELEMENTS", "SCALE_FORMATS", "SCALE_RULES", "INT_SCALE_RULES",
            "GLOBAL_SCALE_CONVENTIONS", "ELEMENT_BITS", "FloatPresets", "check_float_fields",
            "check_float_recipe", "FLOAT_KEYS", "float_fields", "float_dict"]
 
@@ -25,6 +25,7 @@ FLOAT_ELEMENTS = (*FP8_ELEMENTS, "fp4_e2m1", "nf4")
 ELEMENT_BITS = {"fp8_e4m3": 8, "fp8_e5m2": 8, "fp4_e2m1": 4, "nf4": 4}
 SCALE_FORMATS = ("float32", "e8m0", "e4m3")
 SCALE_RULES = ("floor", "rceil", "even")
+INT_SCALE_RULES = ("max", "half_range")  # symmetric amax / qmax (the seed's), or peers' rule
 GLOBAL_SCALE_CONVENTIONS = ("compressed_tensors", "modelopt")
 _DEFAULT_GROUP = {"e8m0": 32, "e4m3": 16}  # MX blocks of 32, NVFP4 blocks of 16
 FLOAT_KEYS = ("scale_format", "block_shape", "scale_rule", "global_scale_convention",
@@ -32,8 +33,8 @@ FLOAT_KEYS = ("scale_format", "block_shape", "scale_rule", "global_scale_convent
 
 
 def float_fields(cfg: Any) -> dict[str, Any]:
-    """The raw float options of a config being validated (and its group_size)."""
-    return {name: getattr(cfg, name) for name in (*FLOAT_KEYS, "group_size")}
+    """The raw float options of a config being validated (and its group_size, symmetric)."""
+    return {name: getattr(cfg, name) for name in (*FLOAT_KEYS, "group_size", "symmetric")}
 
 
 def float_dict(cfg: Any) -> dict[str, Any]:
@@ -104,13 +105,14 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
     rule, gsc, group = fields["scale_rule"], fields["global_scale_convention"], fields["group_size"]
     if element not in FLOAT_ELEMENTS:
         fmt = _choice("scale_format", "float32" if fmt is None else fmt, ("float32",))
-        for name in ("block_shape", "scale_rule", "global_scale_convention"):
+        for name in ("block_shape", "global_scale_convention"):
             _forbid(name, fields[name], f"applies to float elements only, not {element!r}")
+        rule = _int_scale_rule(rule, fields.get("symmetric", True))
         if granularity == "block":
             raise UnsupportedSchemeError(f"granularity='block' applies to fp8 elements only, not "
                                          f"{element!r}; accepted there: 'tensor', 'channel', "
                                          "'group', 'token'")
-        return dict(scale_format=fmt, block_shape=None, scale_rule=None,
+        return dict(scale_format=fmt, block_shape=None, scale_rule=rule,
                     global_scale_convention=None, group_size=group, double_quant=dq)
     default_fmt = "e8m0" if element == "fp4_e2m1" else "float32"
     fmt = _choice("scale_format", default_fmt if fmt is None else fmt, _scale_formats(element))
@@ -128,7 +130,8 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
         _forbid("block_shape", shape, f"applies only to granularity='block', not {granularity!r}")
     if fmt == "e8m0":
         rule = _choice("scale_rule", "floor" if rule is None else rule, SCALE_RULES)
-    else:
+    else:  # "max": the integer default, carried by cfg.replace(scheme=...), means nothing here
+        rule = None if rule == "max" else rule
         _forbid("scale_rule", rule, "applies only to scale_format='e8m0' (MXFP8, MXFP4)")
     if fmt == "e4m3":
         gsc = _choice("global_scale_convention", "compressed_tensors" if gsc is None else gsc,
@@ -137,6 +140,20 @@ def check_float_fields(element: str, granularity: str, fields: dict[str, Any]) -
         _forbid("global_scale_convention", gsc, "applies only to scale_format='e4m3' (NVFP4)")
     return dict(scale_format=fmt, block_shape=shape, scale_rule=rule,
                 global_scale_convention=gsc, group_size=group, double_quant=dq)
+
+
+def _int_scale_rule(rule: Any, symmetric: bool) -> str:
+    """An integer config's scale rule: "max" (amax / qmax, the default) or "half_range"
+    (amax / ((qmax - qmin) / 2), symmetric only: compressed-tensors' and torchao's rule)."""
+    if isinstance(rule, str) and rule.strip().lower() in SCALE_RULES:
+        raise UnsupportedSchemeError(f"scale_rule={rule!r} applies to float elements only (MX); "
+                                     "accepted for integers: 'max', 'half_range'")
+    rule = _choice("scale_rule", "max" if rule is None else rule, INT_SCALE_RULES)
+    if rule == "half_range" and not symmetric:
+        raise UnsupportedSchemeError(
+            "scale_rule='half_range' applies to symmetric=True only: an asymmetric scale is "
+            "already (hi - lo) / (qmax - qmin); accepted with symmetric=False: 'max'")
+    return rule
 
 
 def _scale_formats(element: str) -> tuple[str, ...]:

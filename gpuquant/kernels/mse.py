@@ -14,6 +14,7 @@ def mse_sweep_kernel(
     # cut into n_chunks chunks of BLOCK_L, a program takes BLOCK_U (unit, chunk) pairs
     n_units, per_row, seg, cols, stride, n_chunks, n_cand,
     QMIN: tl.constexpr, QMAX: tl.constexpr, BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
+    HALF_RANGE: tl.constexpr = False,
 ):
     """Partial sums of (dequantize(quantize(x)) - x)^2 in float64 per (unit, chunk, candidate).
 
@@ -36,7 +37,7 @@ def mse_sweep_kernel(
         inv = tl.load(inv_ptr + at, mask=s_ok, other=1.0)
         scale = tl.load(scale_ptr + at, mask=s_ok, other=1.0)
         zp = tl.load(zp_ptr + at, mask=s_ok, other=0)
-        q = codes(x, inv[:, None], zp[:, None], QMIN, QMAX)
+        q = codes(x, inv[:, None], zp[:, None], QMIN, QMAX, HALF_RANGE)  # inv: the scale there
         deq = (q - zp[:, None]).to(tl.float32) * scale[:, None]
         d = deq.to(tl.float64) - x64
         err = tl.sum(tl.where(fin, d * d, 0.0), axis=1)

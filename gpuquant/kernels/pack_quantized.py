@@ -8,7 +8,7 @@ padded with zero bits (gpuquant/core/pack_quantized.py is the NumPy reference).
 import triton
 import triton.language as tl
 
-from .common import codes, reciprocal, tile_coords
+from .common import code_operand, codes, tile_coords
 
 
 @triton.jit
@@ -49,8 +49,10 @@ def quantize_pack32_kernel(
     n_rows, n_cols, n_words, stride_x, stride_d, group_size, groups, word_tiles,
     QMIN: tl.constexpr, QMAX: tl.constexpr, OFFSET: tl.constexpr,
     BITS: tl.constexpr, PER: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_W: tl.constexpr,
+    HALF_RANGE: tl.constexpr = False,
 ):
-    """Quantize a (rows, cols) weight with per-group 1 / scale and zero points and pack it.
+    """Quantize a (rows, cols) weight with per-group 1 / scale and zero points and pack it
+    (HALF_RANGE: codes of x / scale, compressed-tensors' division).
 
     q = clamp(rint(x * inv) + zp, QMIN, QMAX) + OFFSET (common.codes), where
     inv = 1 / scale is one IEEE division per unit (common.reciprocal). Groups
@@ -63,9 +65,9 @@ def quantize_pack32_kernel(
     mask = row_ok[:, None] & (col < n_cols)[None, :]
     x = tl.load(x_ptr + row[:, None] * stride_x + col[None, :], mask=mask, other=0.0)
     unit = row[:, None] * groups + (col // group_size)[None, :]
-    inv = reciprocal(tl.load(scale_ptr + unit, mask=mask, other=1.0))
+    inv = code_operand(tl.load(scale_ptr + unit, mask=mask, other=1.0), HALF_RANGE)
     zp = tl.load(zp_ptr + unit, mask=mask, other=0)
-    q = tl.where(mask, codes(x.to(tl.float32), inv, zp, QMIN, QMAX) + OFFSET, 0)
+    q = tl.where(mask, codes(x.to(tl.float32), inv, zp, QMIN, QMAX, HALF_RANGE) + OFFSET, 0)
     words = pack_words(q, BLOCK_R, BLOCK_W, PER, BITS)
     tl.store(dst_ptr + row[:, None] * stride_d + word[None, :], words,
              mask=row_ok[:, None] & word_ok[None, :])

@@ -40,7 +40,8 @@ def pack_options_of(config, ignore, activations: str | None = None) -> PackOptio
             "group or per output channel (axis 0)")
     return PackOptions(scheme=config.scheme.value, granularity=gran,
                        group_size=config.group_size or 128, symmetric=config.symmetric,
-                       scale_dtype="float32", ignore=tuple(ignore), activations=activations)
+                       scale_dtype="float32", ignore=tuple(ignore), activations=activations,
+                       scale_rule="half_range" if config.scale_rule == "half_range" else "max")
 
 
 def _low_first_bytes(module) -> np.ndarray:

@@ -182,7 +182,8 @@ class NumpyBackend:
         return lo.reshape(layout.unit_shape), hi.reshape(layout.unit_shape)
 
     def qparams(self, lo, hi, config: QuantConfig):
-        return compute_qparams(lo, hi, config.qmin, config.qmax, config.symmetric)
+        return compute_qparams(lo, hi, config.qmin, config.qmax, config.symmetric,
+                               scale_rule=config.scale_rule)
 
     def percentile(self, x2: np.ndarray, layout: Layout, lower: float, upper: float,
                    ignore_nonfinite: bool = False):
@@ -214,8 +215,9 @@ class NumpyBackend:
     def _quantize(self, x2: np.ndarray, layout: Layout, config: QuantConfig, scale, zero_point,
                   nan_possible: bool) -> np.ndarray:
         """quantize(); ``nan_possible=False`` (data checked finite) skips the NaN scan."""
+        divide = config.scale_rule == "half_range"  # peers' x / scale, not x * (1 / scale)
         with np.errstate(all="ignore"):
-            inv = _Params(layout, F32(1) / np.asarray(scale, F32))
+            inv = _Params(layout, np.asarray(scale, F32) if divide else F32(1) / np.asarray(scale, F32))
         use_zp = not config.symmetric or bool(np.any(zero_point))
         zp = _Params(layout, np.asarray(zero_point).astype(F32))
         cols = (layout.cols + 1) // 2 if config.bits == 4 else layout.cols
@@ -227,7 +229,9 @@ class NumpyBackend:
             buf = np.empty((r1 - r0, c1 - c0), F32)
             with np.errstate(all="ignore"):
                 # the input is rounded to float32 first (dtype=), then one float32 multiply
-                inv.apply(np.multiply, x2[r0:r1, c0:c1], span, out=buf, dtype=F32)
+                # (half_range: one float32 division)
+                inv.apply(np.divide if divide else np.multiply, x2[r0:r1, c0:c1], span, out=buf,
+                          dtype=F32)
                 np.rint(buf, out=buf)
                 if nan_possible:
                     nan = np.isnan(buf)

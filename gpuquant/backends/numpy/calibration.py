@@ -84,7 +84,7 @@ def mse_errors(x2: np.ndarray, layout: Layout, lo, hi, factors: np.ndarray,
     lo = np.asarray(lo, F32).reshape(-1, 1)
     hi = np.asarray(hi, F32).reshape(-1, 1)
     scale, zp = compute_qparams(lo * factors[None, :], hi * factors[None, :], config.qmin,
-                                config.qmax, config.symmetric)
+                                config.qmax, config.symmetric, scale_rule=config.scale_rule)
     with np.errstate(all="ignore"):
         inv = F32(1) / scale
     params = [p.reshape(*shape2d, n_cand) for p in (inv, scale, zp.astype(F32))]
@@ -119,7 +119,10 @@ def _sweep(m: np.ndarray, params, config: QuantConfig, out: np.ndarray) -> None:
     for c in range(out.shape[1]):
         s, z = unit_scale[:, c, None], unit_zp[:, c, None]
         with np.errstate(all="ignore"):
-            np.multiply(m, unit_inv[:, c, None], out=buf)
+            if config.scale_rule == "half_range":  # the codes of half_range: x / scale
+                np.divide(m, s, out=buf)
+            else:
+                np.multiply(m, unit_inv[:, c, None], out=buf)
             np.rint(buf, out=buf)
             # clamp(rint + zp, qmin, qmax) - zp as one clip to (qmin - zp, qmax - zp): the
             # same integers (exact in float32 below 2^24, clipped alike above); only the

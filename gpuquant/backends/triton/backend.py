@@ -96,7 +96,8 @@ class TritonBackend:
         return scale, zero_point
 
     def _qparams(self, lo, hi, config: QuantConfig):
-        """(scale, zero point, 1 / scale) of per-unit ranges, one launch."""
+        """(scale, zero point, 1 / scale) of per-unit ranges, one launch (half_range: the scale
+        rule, and the third array is the scale again: its codes divide)."""
         ops = ops_for(lo)
         lo, hi = ops.contiguous(lo), ops.contiguous(hi)
         scale, inv = (ops.empty(lo.shape, "float32", lo) for _ in range(2))
@@ -106,7 +107,8 @@ class TritonBackend:
         with ops.launching(lo):
             launch(_q.finalize_qparams_kernel, (triton.cdiv(n, block_n),), lo, hi, scale,
                    zero_point, inv, n, 1, 1, QMIN=config.qmin, QMAX=config.qmax,
-                   SYMMETRIC=config.symmetric, BLOCK_P=2, BLOCK_N=block_n)
+                   SYMMETRIC=config.symmetric, BLOCK_P=2, BLOCK_N=block_n,
+                   HALF_RANGE=config.scale_rule == "half_range")
         return scale, zero_point, inv
 
     def percentile(self, x2, layout: Layout, lower: float, upper: float,
@@ -130,7 +132,8 @@ class TritonBackend:
     def quantize_pack32(self, x2, scale, zero_point, config: QuantConfig):
         """compressed-tensors pack-quantized int32 words of a 2-D weight, in one kernel."""
         group = config.group_size if config.granularity.value == "group" else int(x2.shape[1])
-        return export.quantize_pack32(x2, scale, zero_point, config.bits, config.symmetric, group)
+        return export.quantize_pack32(x2, scale, zero_point, config.bits, config.symmetric, group,
+                                      half_range=config.scale_rule == "half_range")
 
     def quantize_gguf(self, x, scheme: str, bf16_bits: bool = False):
         """GGUF Q8_0 / Q4_0 blocks (uint8) of x; ``bf16_bits``: x holds bfloat16 bit patterns

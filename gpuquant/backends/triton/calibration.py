@@ -160,5 +160,6 @@ def mse_errors(be, ops, x2, layout: Layout, lo, hi, factors, config: QuantConfig
         launch(_mse.mse_sweep_kernel, (triton.cdiv(units * chunks, block_u),), m,
                *(ops.contiguous(p.reshape(-1)) for p in (inv, scale, zp)), part,
                units, per_row, seg, cols, stride, chunks, n_cand, QMIN=config.qmin,
-               QMAX=config.qmax, BLOCK_U=block_u, BLOCK_L=block_l)
+               QMAX=config.qmax, BLOCK_U=block_u, BLOCK_L=block_l,
+               HALF_RANGE=config.scale_rule == "half_range")
     return part.reshape(units, chunks, n_cand).sum(1)

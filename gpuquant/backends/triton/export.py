@@ -67,10 +67,11 @@ def _on_device(ops, a, dtype: str, like):
     return ops.contiguous(ops.astype(a, dtype))
 
 
-def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size: int):
+def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size: int,
+                    half_range: bool = False):
     """Quantize a 2-D weight with given per-group float32 scales and int32 zero points
     (shaped (rows, groups): NumPy, or on x's device) and pack it into int32 words, in
-    one kernel."""
+    one kernel (``half_range``: codes of x / scale)."""
     ops = ops_for(x)
     rows, cols = (int(s) for s in x.shape)
     if cols % group_size:
@@ -88,7 +89,8 @@ def quantize_pack32(x, scale, zero_point, bits: int, symmetric: bool, group_size
                 x2, out, scale, zp, rows, cols, n_words,
                 ops.row_stride(x2), n_words, group_size, groups, word_tiles,
                 QMIN=qmin, QMAX=qmax, OFFSET=(1 << (bits - 1)) if symmetric else 0,
-                BITS=bits, PER=32 // bits, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W)
+                BITS=bits, PER=32 // bits, BLOCK_R=_BLOCK_R, BLOCK_W=_BLOCK_W,
+                HALF_RANGE=half_range)
     return out
 
 

@@ -147,7 +147,8 @@ class FusedQuantize(_Runner):
             PACK=config.bits == 4, HIGH_FIRST=config.nibble_order == "high_first",
             CHECK=not config.ignore_nonfinite, FLAT=self.flat,
             EVEN=self.flat and units % block_u == 0 and seg == block_l, PAIRS=self.pairs,
-            KIND=_KIND.get(dtype, 0), BLOCK_U=block_u, BLOCK_L=block_l)
+            KIND=_KIND.get(dtype, 0), BLOCK_U=block_u, BLOCK_L=block_l,
+            HALF_RANGE=config.scale_rule == "half_range")
         self.board = board_for(x).tensor
         self._fallback = None
 
@@ -254,7 +255,8 @@ class StagedQuantize(_Runner):
         self.finalize = ((triton.cdiv(n_units, block_n),),
                          (n_units, self.reduce.n_parts, self.reduce.inner),
                          dict(QMIN=config.qmin, QMAX=config.qmax, SYMMETRIC=config.symmetric,
-                              BLOCK_P=max(2, 4096 // block_n), BLOCK_N=block_n))
+                              BLOCK_P=max(2, 4096 // block_n), BLOCK_N=block_n,
+                              HALF_RANGE=config.scale_rule == "half_range"))
         self.quantize = GivenQuantize(layout, config, x, have_inv=True)
 
     def __call__(self, x, out=None):
@@ -289,7 +291,8 @@ class GivenQuantize(_Runner):
         self.constexprs = dict(MODE=layout.mode.code, QMIN=config.qmin, QMAX=config.qmax,
                                HAVE_INV=have_inv, PACK=config.bits == 4,
                                HIGH_FIRST=config.nibble_order == "high_first",
-                               BLOCK_R=block_r, BLOCK_C=block_c)
+                               BLOCK_R=block_r, BLOCK_C=block_c,
+                               HALF_RANGE=config.scale_rule == "half_range")
 
     def launch(self, x2, codes, params, zero_point) -> None:
         launch(_q.quantize_tile_kernel, self.grid, x2, codes, params, zero_point, *self.ints,
