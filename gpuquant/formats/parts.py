@@ -35,7 +35,7 @@ from . import codes_shape, dequantize_float, quantize_float, unit_shape
 from .reference import fp8_codes, fp8_scale
 
 __all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
-           "float_suffixes", "static_fp8_qparams", "static_scales"]
+           "dequantize_arrays", "float_suffixes", "static_fp8_qparams", "static_scales"]
 
 
 def float_suffixes(config) -> tuple[str, ...]:
@@ -184,20 +184,26 @@ def _given_fp8(x, info, config, backend, qparams):
 
 def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):
     """The values of a float-format QuantizedTensor in ``dtype`` (default: the original)."""
-    info = qt._info
-    out_dtype = output_dtype(dtype, qt.dtype, info.framework)
+    out_dtype = output_dtype(dtype, qt.dtype, qt._info.framework)
+    return dequantize_arrays(qt.data, qt.scale, qt.global_scale, qt.config, qt.shape, qt._info,
+                             out_dtype, backend, out)
+
+
+def dequantize_arrays(data, scale, global_scale, config, shape, info: TensorInfo, out_dtype: str,
+                      backend: str | None = None, out: Any = None):
+    """The values of checked float-format parts of a tensor of ``shape`` in ``out_dtype`` (a
+    checked name), in ``info``'s framework; ``out``: a buffer to copy them into."""
     if _backend_name(info, backend) == "triton":
         import torch
 
         y = _triton_float().dequantize_float(
-            _to_torch(qt.data), _to_torch(qt.scale), _to_torch(qt.global_scale), qt.config,
-            qt.shape, dtype=getattr(torch, out_dtype))
+            _to_torch(data), _to_torch(scale), _to_torch(global_scale), config, shape,
+            dtype=getattr(torch, out_dtype))
         y = _to_caller(y, info)
     else:
         host = [None if a is None else to_numpy(*prepare(a, name, require_float=False))
-                for a, name in ((qt.data, "data"), (qt.scale, "scale"),
-                                (qt.global_scale, "global_scale"))]
-        y32 = dequantize_float(host[0], host[1], host[2], qt.config, qt.shape)
+                for a, name in ((data, "data"), (scale, "scale"), (global_scale, "global_scale"))]
+        y32 = dequantize_float(host[0], host[1], host[2], config, shape)
         compute = "float32" if out_dtype == "bfloat16" else out_dtype
         y = from_numpy(y32.astype(compute, copy=False), info, out_dtype)
     if out is None:
