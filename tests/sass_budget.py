@@ -49,7 +49,7 @@ BUDGETS = {
     "q_fp8_token": 1.29, "dq_fp8_token": 0.97, "q_fp8_g128": 1.37, "dq_fp8_g128": 0.95,
     "q_fp8_block": 1.39, "dq_fp8_block": 1.44, "q_mxfp8": 1.33, "dq_mxfp8": 1.08,
     "q_mxfp4": 1.54, "dq_mxfp4": 0.64, "q_nvfp4": 1.86, "dq_nvfp4": 0.64,
-    "q_nf4": 2.78, "dq_nf4": 2.36,
+    "q_nf4": 2.78, "dq_nf4": 1.26,
 }
 MIN_WARPS_PER_SM = 32  # the model's knee is 16; twice that leaves room for latency hiding
 # calls allowed fewer resident warps, with the reason: NF4's quantize holds 66-73 registers

@@ -253,13 +253,14 @@ def nf4_encode(v):
 
 @triton.jit
 def nf4_decode(c):
-    """The NF4 codebook value of index c (int32 0..15)."""
-    lo = tl.where(c == 0, NF4_C0, tl.where(c == 1, NF4_C1, tl.where(c == 2, NF4_C2, NF4_C3)))
-    lo = tl.where(c >= 4, tl.where(c == 4, NF4_C4, tl.where(c == 5, NF4_C5,
-                                                             tl.where(c == 6, NF4_C6, NF4_C7))), lo)
-    hi = tl.where(c == 8, NF4_C8, tl.where(c == 9, NF4_C9, tl.where(c == 10, NF4_C10, NF4_C11)))
-    hi = tl.where(c >= 12, tl.where(c == 12, NF4_C12, tl.where(c == 13, NF4_C13,
-                                                                tl.where(c == 14, NF4_C14, NF4_C15))), hi)
+    """The NF4 codebook value of index c (int32 0..15): a tree of selects on its bits."""
+    b0 = (c & 1) != 0
+    b1 = (c & 2) != 0
+    lo = tl.where(c >= 4, tl.where(b1, tl.where(b0, NF4_C7, NF4_C6), tl.where(b0, NF4_C5, NF4_C4)),
+                  tl.where(b1, tl.where(b0, NF4_C3, NF4_C2), tl.where(b0, NF4_C1, NF4_C0)))
+    hi = tl.where(c >= 12,
+                  tl.where(b1, tl.where(b0, NF4_C15, NF4_C14), tl.where(b0, NF4_C13, NF4_C12)),
+                  tl.where(b1, tl.where(b0, NF4_C11, NF4_C10), tl.where(b0, NF4_C9, NF4_C8)))
     return tl.where(c >= 8, hi, lo)
 
 
