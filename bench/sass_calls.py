@@ -2,10 +2,12 @@
 
 Modelled on ../shared/sass/record.py (same command line, same launches.json), with more
 calls: what record.py records (int4 g128 symmetric quantize and its dequantize, int8
-per-channel and per-token quantize) plus asymmetric int4 g128, the int8 dequantizes and
-the min/max passes of the calibrations (per group, per channel on axis 0 and on the last
-axis). x is 8192x8192 float16 (SIDE); nothing runs: gpuquant's launch recorder takes the
-launches of CPU tensors under TRITON_INTERPRET=1, the plan a CUDA tensor of the shape gets.
+per-channel and per-token quantize) plus asymmetric int4 g128, the int8 dequantizes, the
+min/max passes of the calibrations (per group, per channel on axis 0 and on the last
+axis), and the float formats' quantize and dequantize (q_/dq_ + FLOAT_CALLS: FP8 per
+tensor, channel, token, 1x128 group and 128x128 block, MXFP8, MXFP4, NVFP4, NF4). x is
+8192x8192 float16 (SIDE); nothing runs: gpuquant's launch recorder takes the launches of CPU
+tensors under TRITON_INTERPRET=1, the plan a CUDA tensor of the shape gets.
 
     python bench/sass_calls.py [--repo .] [--out DIR] [--calls name,...]
     python bench/sass_model.py [--triton-venv v36] ...   (these calls through predict.py)
@@ -46,7 +48,7 @@ def calls(gq, torch, side: int = SIDE) -> dict:
         def run():
             with recording():  # the quantized tensor (its launch is not kept)
                 qt = gq.quantize(x, cfg, backend="triton")
-            qt.dequantize()
+            qt.dequantize(backend="triton" if cfg.is_float else None)
         return run
 
     def minmax(cfg):
@@ -76,7 +78,29 @@ def calls(gq, torch, side: int = SIDE) -> dict:
                        minmax(int8_ch), x),
         "mm_channel_last": (f"TritonBackend().minmax(x, int8 per-channel axis=-1 layout), {shape}",
                             "minmax", minmax(ch_last), x),
+        **float_calls(gq, x, shape, quantize, dequantize),
     }
+
+
+FLOAT_CALLS = {  # name -> the QuantConfig preset of a float-format call (and its arguments)
+    "fp8_tensor": ("fp8_per_tensor", ()), "fp8_channel": ("fp8_per_channel", ()),
+    "fp8_token": ("fp8_per_token", ()), "fp8_g128": ("fp8_per_group", (128,)),
+    "fp8_block": ("fp8_block", ((128, 128),)), "mxfp8": ("mxfp8", ()), "mxfp4": ("mxfp4", ()),
+    "nvfp4": ("nvfp4", ()), "nf4": ("nf4", ()),
+}
+
+
+def float_calls(gq, x, shape: str, quantize, dequantize) -> dict:
+    """The float formats' calls: q_NAME (gq.quantize) and dq_NAME (its dequantize), with the
+    presets' defaults (e4m3 elements, MX floor rule, NVFP4 of compressed-tensors, NF4 64)."""
+    table = {}
+    for name, (preset, args) in FLOAT_CALLS.items():
+        cfg = getattr(gq.QuantConfig, preset)(*args)
+        what = f"QuantConfig.{preset}({', '.join(map(repr, args))})"
+        table[f"q_{name}"] = (f"gq.quantize(x, {what}), {shape}", "quantize", quantize(cfg), x)
+        table[f"dq_{name}"] = (f"qt.dequantize() of the {what} result -> float16", "dequantize",
+                               dequantize(cfg), x)
+    return table
 
 
 def trips(launch) -> int:

@@ -27,7 +27,13 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH_OP = {"q_int4_g128_sym": "quant-int4-g128-sym", "q_int4_g128_asym": "quant-int4-g128-asym",
             "q_int8_channel": "quant-int8-channel", "dq_int4_g128_sym": "dequant-int4-g128",
             "dq_int8_channel": "dequant-int8-channel", "mm_group128": "minmax-group",
-            "mm_channel": "minmax-channel"}
+            "mm_channel": "minmax-channel",
+            # the float formats (bench/float_ops.py, the same presets); the one-launch calls
+            # only (q_fp8_tensor and q_nvfp4 also launch amax_kernel)
+            **{f"{q}_{name.replace('-', '_')}": f"{op}-{name}"
+               for name in ("fp8-channel", "fp8-block", "mxfp8", "mxfp4", "nf4")
+               for q, op in (("q", "quant"), ("dq", "dequant"))},
+            "dq_fp8_tensor": "dequant-fp8-tensor", "dq_nvfp4": "dequant-nvfp4"}
 
 
 def measured(csv_path: str | None, side: int) -> dict[str, float]:

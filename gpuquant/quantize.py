@@ -25,7 +25,8 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
         backend: None picks by where ``x`` lives; "numpy" or "triton" force one.
         out: preallocated ``(codes, scale, zero_point)`` to write into (only codes
             with ``qparams``): contiguous, of the result's shapes, dtypes and device,
-            e.g. static buffers of a captured CUDA graph.
+            e.g. static buffers of a captured CUDA graph. Not for the float formats
+            (their operator ``gpuquant::quantize_float_out`` takes buffers).
 
     Returns:
         A :class:`QuantizedTensor` whose arrays are in ``x``'s framework and device.
@@ -34,8 +35,9 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
     raised by the next gpuquant call, or by ``qt.check_finite()``.
 
     Inside ``torch.compile`` a torch tensor goes through the ``torch.ops.gpuquant``
-    operators (gpuquant.torch_ops): min/max calibration and given qparams trace
-    into the graph, other calibrations run eagerly (a graph break).
+    operators (gpuquant.torch_ops; the float formats': gpuquant.formats.ops): min/max
+    calibration and given integer qparams trace into the graph, other calibrations and
+    given FP8 scales run eagerly (a graph break).
     """
     if config is not None and getattr(config, "is_float", False):
         return _quantize_float(x, config, qparams, backend, out)
@@ -55,11 +57,21 @@ def quantize(x: Any, config: QuantConfig | None = None, qparams: Any = None,
 
 
 def _quantize_float(x, config, qparams, backend, out) -> QuantizedTensor:
-    """The float formats (gpuquant.formats.parts): scales from the data, or given FP8 scales."""
+    """The float formats (gpuquant.formats.parts): scales from the data, or given FP8 scales;
+    while torch.compile traces, the ``gpuquant::quantize_float`` operators (formats/ops.py)."""
     from .errors import UnsupportedSchemeError
+
+    if compiling():
+        from .formats.ops import quantize_parts as traced
+        from .torch_ops import eager
+
+        parts = traced(x, config, qparams, backend, out)
+        if parts is None:
+            return eager(quantize, x, config, qparams, backend, out)
+        return QuantizedTensor._from_float(*parts, config)
     from .formats.parts import quantize_parts
 
-    if out is not None:
+    if out is not None:  # the operators take buffers (formats/ops.py): quantize_float_out
         raise UnsupportedSchemeError(f"out= is not supported for {config.describe()}")
     if qparams is None and config.calibration != "minmax":
         raise UnsupportedSchemeError(

@@ -170,9 +170,13 @@ class QuantizedTensor:
         ``out``: a preallocated contiguous output of the original shape and that
         dtype (a CUDA graph's static buffer, say). A NaN found by an earlier GPU
         call is raised here. Inside ``torch.compile`` this is the
-        ``gpuquant::dequantize`` operator.
+        ``gpuquant::dequantize`` operator (``gpuquant::dequantize_float`` for the float formats).
         """
         if self.config.is_float:
+            if compiling():
+                from .formats.ops import dequantize as traced_float
+
+                return traced_float(self, dtype, backend, out)
             from .formats.parts import dequantize_parts
 
             return dequantize_parts(self, dtype, backend, out)

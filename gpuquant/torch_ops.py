@@ -30,6 +30,9 @@ per input class, launches kernels with constexpr specialisations and a
 host-mapped non-finite board that is no operator input, and the CPU kernel is
 NumPy; none of that is a traceable Triton call.
 
+The float formats' operators (``quantize_float``, ``dequantize_float`` and their ``_out``)
+are declared the same way in gpuquant.formats.ops.
+
 gq.quantize, QuantizedTensor.dequantize and DynamicQuantizer call
 :func:`quantize` and :func:`dequantize` below only while torch.compile traces
 them (``torch.compiler.is_compiling()``); eager calls take the launch plans
@@ -51,7 +54,7 @@ from .core.plan import DEFAULT_CONFIG, MAX_PLANS, plan_for
 from .errors import InvalidDtypeError, QuantizationError
 
 __all__ = ["GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
-           "eager"]
+           "eager", "torch_info"]
 
 GRANULARITIES = ("tensor", "channel", "group", "token")  # the operators' granularity codes
 BACKENDS = {"cpu": "numpy", "cuda": "triton"}  # the kernel of each device type
@@ -314,11 +317,14 @@ def quantize_parts(x, config, qparams, backend, out):
         else:
             ops.quantize_minmax_out(x, *args, ignore, *out)
             codes, scale, zero_point = out
-    dtype = str(x.dtype)[6:]
-    device = "cpu" if x.device.type == "cpu" else str(x.device)
-    shape = tuple(x.shape)
-    info = TensorInfo("torch", dtype, shape, device)
-    return codes, scale, zero_point, shape, dtype, config, info, Layout.of(shape, config)
+    info = torch_info(x.device, str(x.dtype)[6:], tuple(x.shape))
+    return codes, scale, zero_point, info.shape, info.dtype, config, info, Layout.of(info.shape,
+                                                                                     config)
+
+
+def torch_info(device, dtype: str, shape: tuple) -> TensorInfo:
+    """The TensorInfo of a torch tensor of ``dtype`` (a name) and ``shape`` on ``device``."""
+    return TensorInfo("torch", dtype, shape, "cpu" if device.type == "cpu" else str(device))
 
 
 def dequantize(qt, dtype, backend, out):

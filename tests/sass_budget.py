@@ -3,7 +3,7 @@
     python tests/sass_budget.py [--calls name,...]      (without TRITON_INTERPRET)
 
 1. records the launches of the standard calls (bench/sass_calls.py, in a subprocess under
-   TRITON_INTERPRET=1: x 8192x8192 float16, nothing runs);
+   TRITON_INTERPRET=1: x 8192x8192 float16, nothing runs; integer and float formats);
 2. compiles each launched specialisation for sm_90 with this Python's Triton, as
    tests/compile_kernels.py does, and disassembles it with Triton's own nvdisasm/cuobjdump;
 3. checks each against BUDGETS and the rules below; prints one JSON line
@@ -42,8 +42,19 @@ BUDGETS = {
     "dq_int4_g128_sym": 0.62, "dq_int4_g128_asym": 0.62,
     "dq_int8_channel": 0.75, "dq_int8_token": 0.75,
     "mm_group128": 0.35, "mm_channel": 0.35, "mm_channel_last": 0.35,
+    # the float formats (issue 21): what their sm_90 code does (the larger of Triton 3.9 and
+    # 3.6 on 2026-12-03) + 10 %, a ratchet, not a target: the model puts most of them at
+    # 0.5-0.8 of copy, the 4-bit quantizes and NF4 below (docs/KERNELS.md)
+    "q_fp8_tensor": 1.21, "dq_fp8_tensor": 1.04, "q_fp8_channel": 1.29, "dq_fp8_channel": 0.97,
+    "q_fp8_token": 1.29, "dq_fp8_token": 0.97, "q_fp8_g128": 1.37, "dq_fp8_g128": 0.95,
+    "q_fp8_block": 1.39, "dq_fp8_block": 1.44, "q_mxfp8": 1.33, "dq_mxfp8": 1.08,
+    "q_mxfp4": 1.54, "dq_mxfp4": 0.64, "q_nvfp4": 1.86, "dq_nvfp4": 0.64,
+    "q_nf4": 2.78, "dq_nf4": 1.26,
 }
 MIN_WARPS_PER_SM = 32  # the model's knee is 16; twice that leaves room for latency hiding
+# calls allowed fewer resident warps, with the reason: NF4's quantize holds 66-73 registers
+# at 16 values a thread (8 warps); at 8 a thread its packed codes would store 32 bits a thread
+WARPS_ALLOWED = {"q_nf4": 24}
 WIDE_BITS = 64  # data moves in vectors of at least 8 bytes a thread
 
 ALU = {"IADD3", "LOP3", "SHF", "ISETP", "SEL", "PRMT", "LEA", "VIADD", "VIMNMX", "VIADDMNMX",
@@ -227,9 +238,10 @@ def problems_of(f: dict) -> list[str]:
                    f">= {WIDE_BITS} bits, of {f['data_bytes_per_prog']} data bytes")
     if f["spilled"] or f["local_memory"]:
         out.append(f"{name}: spills ({f['spilled']} bytes of local memory)")
-    if f["warps_per_sm"] < MIN_WARPS_PER_SM:
+    least = WARPS_ALLOWED.get(f["call"], MIN_WARPS_PER_SM)
+    if f["warps_per_sm"] < least:
         out.append(f"{name}: {f['regs']} registers x {f['num_warps']} warps: "
-                   f"{f['warps_per_sm']} warps/SM < {MIN_WARPS_PER_SM}")
+                   f"{f['warps_per_sm']} warps/SM < {least}")
     return out
 
 

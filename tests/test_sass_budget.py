@@ -2,7 +2,9 @@
 
 tests/sass_budget.py records the launches of the standard calls (x 8192x8192 float16:
 int4 g128 quantize symmetric and asymmetric, int8 per-channel and per-token quantize, their
-dequantizes, the min/max passes per group, per channel on axis 0 and on the last axis),
+dequantizes, the min/max passes per group, per channel on axis 0 and on the last axis; the
+float formats' quantize and dequantize: FP8 per tensor, channel, token, 1x128 group and
+128x128 block, MXFP8, MXFP4, NVFP4, NF4),
 compiles each specialisation with Triton's bundled ptxas and checks, per kernel: the busiest
 pipe's cycles an element within its budget, no 64-bit integer division, the data moved in
 vectors of >= 64 bits, no spills, and registers that let >= 32 warps share an SM. The limits
@@ -47,6 +49,10 @@ def test_budget_rules_catch_what_they_look_for():
     for change in (dict(pipe_cycles_per_elem=0.9), dict(div64=True), dict(wide_bytes_per_prog=2048),
                    dict(spilled=8), dict(warps_per_sm=24), dict(call="unknown")):
         assert len(problems_of(dict(ok, **change))) == 1, change
+    nf4 = dict(ok, call="q_nf4", pipe_cycles_per_elem=2.5)  # its own limits
+    assert problems_of(dict(nf4, warps_per_sm=24)) == []
+    assert len(problems_of(dict(nf4, warps_per_sm=16))) == 1
+    assert len(problems_of(dict(ok, call="dq_nvfp4", pipe_cycles_per_elem=0.7))) == 1
     assert DIV64.search("CALL.REL.NOINC `($__internal_0_$__cuda_sm20_div_s64) ;")
     assert DIV64.search("div.s64 %rd1, %rd2, %rd3;") and not DIV64.search("div.rn.f32 %r1;")
     assert warps_per_sm(64, 1, 0) == 32 and warps_per_sm(65, 1, 0) == 28

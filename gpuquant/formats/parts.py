@@ -38,7 +38,7 @@ from . import codes_shape, dequantize_float, quantize_float, unit_shape
 from .reference import fp8_codes, fp8_scale, nested_shape
 
 __all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
-           "float_suffixes", "static_fp8_qparams", "static_scales", "EXTRA_PARTS", "extra_names",
+           "dequantize_arrays", "float_suffixes", "static_fp8_qparams", "static_scales", "EXTRA_PARTS", "extra_names",
            "extras_of"]
 
 EXTRA_PARTS = ("global_scale", "nested_absmax", "nested_offset")
@@ -225,21 +225,28 @@ def _given_fp8(x, info, config, backend, qparams):
 
 def dequantize_parts(qt, dtype: Any = None, backend: str | None = None, out: Any = None):
     """The values of a float-format QuantizedTensor in ``dtype`` (default: the original)."""
-    info = qt._info
-    out_dtype = output_dtype(dtype, qt.dtype, info.framework)
-    extras = extras_of(qt)
+    out_dtype = output_dtype(dtype, qt.dtype, qt._info.framework)
+    return dequantize_arrays(qt.data, qt.scale, extras_of(qt), qt.config, qt.shape, qt._info,
+                             out_dtype, backend, out)
+
+
+def dequantize_arrays(data, scale, extras: dict, config, shape, info: TensorInfo, out_dtype: str,
+                      backend: str | None = None, out: Any = None):
+    """The values of checked float-format parts of a tensor of ``shape`` in ``out_dtype`` (a
+    checked name), in ``info``'s framework; ``extras``: name -> array of its extra parts
+    (extra_names); ``out``: a buffer to copy them into."""
     if _backend_name(info, backend) == "triton":
         import torch
 
-        extra = _extra_arg(qt.config, {k: _to_torch(v) for k, v in extras.items()})
-        y = _triton_float().dequantize_float(_to_torch(qt.data), _to_torch(qt.scale), extra,
-                                             qt.config, qt.shape, dtype=getattr(torch, out_dtype))
+        extra = _extra_arg(config, {k: _to_torch(v) for k, v in extras.items()})
+        y = _triton_float().dequantize_float(_to_torch(data), _to_torch(scale), extra, config,
+                                             shape, dtype=getattr(torch, out_dtype))
         y = _to_caller(y, info)
     else:
         host = {name: to_numpy(*prepare(a, name, require_float=False)) for name, a in
-                (("data", qt.data), ("scale", qt.scale), *extras.items())}
-        y32 = dequantize_float(host["data"], host["scale"], _extra_arg(qt.config, host),
-                               qt.config, qt.shape)
+                (("data", data), ("scale", scale), *extras.items())}
+        y32 = dequantize_float(host["data"], host["scale"], _extra_arg(config, host), config,
+                               shape)
         compute = "float32" if out_dtype == "bfloat16" else out_dtype
         y = from_numpy(y32.astype(compute, copy=False), info, out_dtype)
     if out is None:

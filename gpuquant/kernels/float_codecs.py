@@ -17,7 +17,7 @@ import numpy as np
 import triton
 import triton.language as tl
 
-from .common import rint
+from .common import RINT_BITS, RINT_MAGIC
 
 FMT_E4M3 = tl.constexpr(0)
 FMT_E5M2 = tl.constexpr(1)
@@ -118,16 +118,17 @@ def e8m0_encode(amax, FMT: tl.constexpr, RULE: tl.constexpr):
 def mx_scaled(x, e, RULE: tl.constexpr):
     """x brought to the element range by the E8M0 byte e, as torchao does it: FLOOR/EVEN
     divide by max(2^(e-127), 2^-126) (255 gives +inf), RCEIL multiplies by 2^(127-e)
-    (1 for e = 0, NaN for 255)."""
+    (1 for e = 0, NaN for 255). e is a unit's (broadcast): its divisor is inverted once."""
     if RULE == RULE_RCEIL:
         m = (tl.maximum(254 - e, 0) << 23).to(tl.float32, bitcast=True)
         m = tl.where(e == 254, tl.full(e.shape, 0x00400000, tl.int32).to(tl.float32, bitcast=True), m)
         m = tl.where(e == 0, 1.0, m)
         m = tl.where(e == 255, float("nan"), m)
         return x * m
-    else:
+    else:  # x / d = x * (1 / d) bit for bit: d is a power of two (or +inf) whose reciprocal
+        # is exact (2^-127 .. 2^126, or 0), so both round the same exact value, once a unit
         d = tl.maximum((e << 23).to(tl.float32, bitcast=True), MIN_NORMAL)
-        return tl.math.div_rn(x, d)
+        return x * tl.math.div_rn(tl.zeros_like(d) + 1.0, d)
 
 
 @triton.jit
@@ -157,16 +158,23 @@ def fp8_encode(v, FMT: tl.constexpr):
     u = v.to(tl.int32, bitcast=True)
     sign = (u >> 24) & 0x80
     a = u & 0x7FFFFFFF
-    af = a.to(tl.float32, bitcast=True)
+    code = tl.where(a > 0x7F800000, NAN_CODE, magnitude_code(tl.minimum(a, 0x7F800000), M, BIAS,
+                                                              SUB_MUL))
+    return code | sign
+
+
+@triton.jit
+def magnitude_code(a, M: tl.constexpr, BIAS: tl.constexpr, SUB_MUL: tl.constexpr):
+    """The minifloat code (int32) of the float32 magnitude bits ``a`` (int32, finite, at most the
+    format's max), rounded to nearest even: subnormals (below 2^(1 - BIAS)) as rint(a *
+    SUB_MUL) read from the bits of a sum with RINT_MAGIC (no conversion instruction); normals by
+    an integer carry on the bits."""
     SHIFT: tl.constexpr = 23 - M
     small = a < ((128 - BIAS) << 23)
-    nan = a > 0x7F800000
-    a = tl.minimum(a, 0x7F800000)
     normal = ((a + ((1 << (SHIFT - 1)) - 1) + ((a >> SHIFT) & 1)) >> SHIFT) - ((127 - BIAS) << M)
-    subnormal = rint(tl.where(small, af, 0.0) * SUB_MUL).to(tl.int32)
-    code = tl.where(small, subnormal, normal)
-    code = tl.where(nan, NAN_CODE, code)
-    return code | sign
+    af = tl.where(small, a, 0).to(tl.float32, bitcast=True)
+    subnormal = (af * SUB_MUL + RINT_MAGIC).to(tl.int32, bitcast=True) - RINT_BITS
+    return tl.where(small, subnormal, normal)
 
 
 @triton.jit
@@ -207,49 +215,52 @@ def e2m1_encode(v, SIGNS: tl.constexpr):
         sign = tl.where(v < 0.0, 8, 0)
     else:
         sign = (u >> 28) & 8
-    a = (u & 0x7FFFFFFF).to(tl.float32, bitcast=True)
-    q = ((a > 0.25).to(tl.int32) + (a >= 0.75).to(tl.int32) + (a > 1.25).to(tl.int32)
-         + (a >= 1.75).to(tl.int32) + (a > 2.5).to(tl.int32) + (a >= 3.5).to(tl.int32)
-         + (a > 5.0).to(tl.int32))
+    a = u & 0x7FFFFFFF
+    q = magnitude_code(tl.minimum(a, 0x40C00000), 1, 1, 2.0)  # E2M1: M 1, bias 1, step 0.5
     if SIGNS == 0:
-        q = tl.where(a != a, 3, q)
+        q = tl.where(a > 0x7F800000, 3, q)
     elif SIGNS == 1:
-        q = tl.where(a != a, 0, q)
+        q = tl.where(a > 0x7F800000, 0, q)
     else:
-        q = tl.where(a != a, 7, q)
+        q = tl.where(a > 0x7F800000, 7, q)
     return q | sign
 
 
 @triton.jit
 def e2m1_decode(c):
-    """float32 value of an E2M1 code (int32 0..15)."""
-    e = (c >> 1) & 3
-    half = (c & 1).to(tl.float32) * 0.5
-    v = tl.where(e == 0, half, (1.0 + half) * tl.where(e == 3, 4.0, tl.where(e == 2, 2.0, 1.0)))
-    return tl.where((c & 8) != 0, -v, v)
+    """float32 value of an E2M1 code (int32 0..15), built on the bits: magnitude m = c & 7
+    is 2^(m // 2 - 1) * (1 + (m & 1) / 2) for m >= 2, whose bits are (m + 252) << 22, and
+    0 or 0.5 (0x3F000000) for m = 0, 1; the sign is bit 3."""
+    m = c & 7
+    bits = tl.where(m > 1, (m + 252) << 22, m * 0x3F000000)
+    return (bits | ((c & 8) << 28)).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def nf4_encode(v):
     """bitsandbytes' NF4 index of v in [-1, 1]: how many midpoints lie below v (a value on a
-    midpoint takes the lower code, as torch.bucketize); NaN gives 15."""
-    q = ((v > NF4_M0).to(tl.int32) + (v > NF4_M1).to(tl.int32) + (v > NF4_M2).to(tl.int32)
-         + (v > NF4_M3).to(tl.int32) + (v > NF4_M4).to(tl.int32) + (v > NF4_M5).to(tl.int32)
-         + (v > NF4_M6).to(tl.int32) + (v > NF4_M7).to(tl.int32) + (v > NF4_M8).to(tl.int32)
-         + (v > NF4_M9).to(tl.int32) + (v > NF4_M10).to(tl.int32) + (v > NF4_M11).to(tl.int32)
-         + (v > NF4_M12).to(tl.int32) + (v > NF4_M13).to(tl.int32) + (v > NF4_M14).to(tl.int32))
+    midpoint takes the lower code, as torch.bucketize), found by a binary search over the
+    sorted midpoints (4 comparisons); NaN gives 15."""
+    b3 = v > NF4_M7
+    b2 = v > tl.where(b3, NF4_M11, NF4_M3)
+    b1 = v > tl.where(b3, tl.where(b2, NF4_M13, NF4_M9), tl.where(b2, NF4_M5, NF4_M1))
+    t0 = tl.where(b3, tl.where(b2, tl.where(b1, NF4_M14, NF4_M12), tl.where(b1, NF4_M10, NF4_M8)),
+                  tl.where(b2, tl.where(b1, NF4_M6, NF4_M4), tl.where(b1, NF4_M2, NF4_M0)))
+    q = (b3.to(tl.int32) * 8 + b2.to(tl.int32) * 4 + b1.to(tl.int32) * 2
+         + (v > t0).to(tl.int32))
     return tl.where(v != v, 15, q)
 
 
 @triton.jit
 def nf4_decode(c):
-    """The NF4 codebook value of index c (int32 0..15)."""
-    lo = tl.where(c == 0, NF4_C0, tl.where(c == 1, NF4_C1, tl.where(c == 2, NF4_C2, NF4_C3)))
-    lo = tl.where(c >= 4, tl.where(c == 4, NF4_C4, tl.where(c == 5, NF4_C5,
-                                                             tl.where(c == 6, NF4_C6, NF4_C7))), lo)
-    hi = tl.where(c == 8, NF4_C8, tl.where(c == 9, NF4_C9, tl.where(c == 10, NF4_C10, NF4_C11)))
-    hi = tl.where(c >= 12, tl.where(c == 12, NF4_C12, tl.where(c == 13, NF4_C13,
-                                                                tl.where(c == 14, NF4_C14, NF4_C15))), hi)
+    """The NF4 codebook value of index c (int32 0..15): a tree of selects on its bits."""
+    b0 = (c & 1) != 0
+    b1 = (c & 2) != 0
+    lo = tl.where(c >= 4, tl.where(b1, tl.where(b0, NF4_C7, NF4_C6), tl.where(b0, NF4_C5, NF4_C4)),
+                  tl.where(b1, tl.where(b0, NF4_C3, NF4_C2), tl.where(b0, NF4_C1, NF4_C0)))
+    hi = tl.where(c >= 12,
+                  tl.where(b1, tl.where(b0, NF4_C15, NF4_C14), tl.where(b0, NF4_C13, NF4_C12)),
+                  tl.where(b1, tl.where(b0, NF4_C11, NF4_C10), tl.where(b0, NF4_C9, NF4_C8)))
     return tl.where(c >= 8, hi, lo)
 
 

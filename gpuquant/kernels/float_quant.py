@@ -24,6 +24,7 @@ import triton
 import triton.language as tl
 
 from .common import bf16_bits, nibble_at, pack_pairs, tile_coords
+from .dequantize import nibbles
 from .float_codecs import (
     FMT_NF4,
     abs_bits,
@@ -103,10 +104,14 @@ def unit_params(amax, short, g_amax, FMT: tl.constexpr, SCALE: tl.constexpr, RUL
 
 
 @triton.jit
-def encode(x, div, mul, e, FMT: tl.constexpr, SCALE: tl.constexpr, RULE: tl.constexpr):
-    """Codes (int32) of a tile x with per-unit params broadcast to it."""
+def encode(x, div, mul, e, FMT: tl.constexpr, SCALE: tl.constexpr, RULE: tl.constexpr,
+           FULL: tl.constexpr):
+    """Codes (int32) of a tile x with per-unit params broadcast to it. FULL: no unit is
+    short, so NF4 multiplies (its div is 1 where mul is; x * 1 = x / 1)."""
     if SCALE == SCALE_E8M0:
         v = mx_scaled(x, e, RULE)
+    elif SCALE == SCALE_NF4 and FULL:
+        v = x * mul
     elif SCALE == SCALE_NF4:
         v = tl.where(mul != 1.0, x * mul, tl.math.div_rn(x, div))
     else:
@@ -119,7 +124,7 @@ def float_units_kernel(
     x_ptr, q_ptr, scale_ptr, g_amax_ptr, gs_ptr,
     n_units, units_per_row, seg_len, row_len, stride_q_row,
     FMT: tl.constexpr, SCALE: tl.constexpr, RULE: tl.constexpr, MODELOPT: tl.constexpr,
-    PACK: tl.constexpr, HIGH_FIRST: tl.constexpr, TENSOR: tl.constexpr,
+    PACK: tl.constexpr, HIGH_FIRST: tl.constexpr, TENSOR: tl.constexpr, FLAT: tl.constexpr,
     BLOCK_U: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     """Quantize units that fit a tile row (seg_len <= BLOCK_L): one read of x.
@@ -129,17 +134,24 @@ def float_units_kernel(
     there for its global scale, which program 0 stores at gs_ptr. PACK: two 4-bit
     codes a byte along the row (HIGH_FIRST: the even element in the high nibble),
     a ragged row's last byte padded with the nibble of 0.0 (E2M1: 0, NF4: 7, as bitsandbytes); seg_len is
-    then even.
+    then even. FLAT (seg_len = BLOCK_L divides row_len): unit u is the run [u * BLOCK_L, +
+    BLOCK_L) of x (and of the codes, halved when packed): no division, constant strides.
     """
     u = tl.program_id(0).to(tl.int64) * BLOCK_U + tl.arange(0, BLOCK_U)
     unit_ok = u < n_units
-    row = u // units_per_row
-    start = (u % units_per_row) * seg_len
-    length = tl.minimum(seg_len, row_len - start)
+    if FLAT:
+        at = u * BLOCK_L
+        length = tl.zeros_like(u) + BLOCK_L
+        q_at = u * (BLOCK_L // 2) if PACK else at
+    else:
+        row = u // units_per_row
+        start = (u % units_per_row) * seg_len
+        length = tl.minimum(seg_len, row_len - start)
+        at = row * row_len + start
+        q_at = row * stride_q_row + (start // 2 if PACK else start)
     col = tl.arange(0, BLOCK_L)
     mask = unit_ok[:, None] & (col[None, :] < length[:, None])
-    x = tl.load(x_ptr + (row * row_len + start)[:, None] + col[None, :], mask=mask,
-                other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + at[:, None] + col[None, :], mask=mask, other=0.0).to(tl.float32)
     if TENSOR:
         g_amax = tl.load(g_amax_ptr).to(tl.float32, bitcast=True)
         amax = tl.zeros((BLOCK_U,), tl.float32) + g_amax
@@ -150,16 +162,15 @@ def float_units_kernel(
             g_amax = 0.0  # unused
         amax = tl.max(abs_bits(x), axis=1).to(tl.float32, bitcast=True)
     stored, div, mul, gs = unit_params(amax, length < seg_len, g_amax, FMT, SCALE, RULE, MODELOPT)
-    q = encode(x, div[:, None], mul[:, None], stored[:, None], FMT, SCALE, RULE)
+    q = encode(x, div[:, None], mul[:, None], stored[:, None], FMT, SCALE, RULE, FLAT)
     if PACK:
         q = tl.where(mask, q, 7 if FMT == FMT_NF4 else 0)  # bitsandbytes pads with the code of 0.0
         half = tl.arange(0, BLOCK_L // 2)
         keep = unit_ok[:, None] & (half[None, :] < ((length + 1) // 2)[:, None])
-        q_at = (row * stride_q_row + start // 2)[:, None] + half[None, :]
-        tl.store(q_ptr + q_at, pack_pairs(q, BLOCK_U, BLOCK_L, HIGH_FIRST), mask=keep)
+        tl.store(q_ptr + q_at[:, None] + half[None, :], pack_pairs(q, BLOCK_U, BLOCK_L, HIGH_FIRST),
+                 mask=keep)
     else:
-        tl.store(q_ptr + (row * stride_q_row + start)[:, None] + col[None, :], q.to(tl.uint8),
-                 mask=mask)
+        tl.store(q_ptr + q_at[:, None] + col[None, :], q.to(tl.uint8), mask=mask)
     if TENSOR:
         tl.store(scale_ptr + u, stored, mask=u == 0)
     else:
@@ -187,7 +198,7 @@ def float_rows_kernel(
     for c0 in range(0, row_len, BLOCK_L):
         col = c0 + tl.arange(0, BLOCK_L)
         x = tl.load(x_ptr + base + col, mask=col < row_len, other=0.0).to(tl.float32)
-        q = encode(x, div, mul, stored, FMT, SCALE, 0)
+        q = encode(x, div, mul, stored, FMT, SCALE, 0, False)
         tl.store(q_ptr + base + col, q.to(tl.uint8), mask=col < row_len)
     tl.store(scale_ptr + row + tl.arange(0, 1), stored)
 
@@ -236,21 +247,43 @@ def float_dequant_kernel(
     q_ptr, y_ptr, scale_ptr, gs_ptr,
     n_rows, n_cols, stride_q_row, row_div, units_per_row, seg_len, col_tiles,
     FMT: tl.constexpr, SCALE: tl.constexpr, MODELOPT: tl.constexpr, PACKED: tl.constexpr,
-    HIGH_FIRST: tl.constexpr, BF16: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    HIGH_FIRST: tl.constexpr, BF16: tl.constexpr, UNITS: tl.constexpr, EVEN_C: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    """y = value(code) * scale of its unit, unit (row // row_div) * units_per_row + col //
-    seg_len (a tensor: row_div = rows; a 2-D block: row_div = bn). One read of the codes
-    (a packed byte is loaded for both its columns), the scales from cache; one write."""
+    """y = value(code) * scale of its unit, one read of the codes, one write of y.
+
+    UNITS 1: a row is a unit (the caller views flat units as rows): one scale a row, decoded
+    once, and packed bytes loaded once for both their nibbles (n_cols even). UNITS 2: one
+    scale for all (per tensor). UNITS 3: 2-D blocks of the constant shape (BN, BK), unit
+    (row // BN) * units_per_row + col // BK. UNITS 0: unit (row // row_div) * units_per_row +
+    col // seg_len (ragged rows), a packed byte loaded for each column."""
+    if EVEN_C:  # n_cols == BLOCK_C: constant strides (wide loads and stores)
+        n_cols = BLOCK_C
+        stride_q_row = BLOCK_C // 2 if PACKED else BLOCK_C
     tile_c, row, col, row_ok, col_ok = tile_coords(col_tiles, n_rows, n_cols, BLOCK_R, BLOCK_C)
     mask = row_ok[:, None] & col_ok[None, :]
-    if PACKED:
+    if PACKED and UNITS == 1:
+        half = tile_c * (BLOCK_C // 2) + tl.arange(0, BLOCK_C // 2)
+        b = tl.load(q_ptr + row[:, None] * stride_q_row + half[None, :],
+                    mask=row_ok[:, None] & (half < n_cols // 2)[None, :], other=0)
+        first, second = nibbles(b.to(tl.int32), False, HIGH_FIRST)
+        c = tl.reshape(tl.join(first, second), (BLOCK_R, BLOCK_C))
+    elif PACKED:
         b = tl.load(q_ptr + row[:, None] * stride_q_row + (col // 2)[None, :], mask=mask, other=0)
         c = nibble_at(b, col[None, :], False, HIGH_FIRST)
     else:
         c = tl.load(q_ptr + row[:, None] * stride_q_row + col[None, :], mask=mask,
                     other=0).to(tl.int32)
-    unit = (row // row_div)[:, None] * units_per_row + (col // seg_len)[None, :]
-    s = tl.load(scale_ptr + unit, mask=mask, other=0)
+    if UNITS == 1:
+        s = tl.load(scale_ptr + row, mask=row_ok, other=0)[:, None]
+    elif UNITS == 2:
+        s = tl.load(scale_ptr)
+    elif UNITS == 3:
+        unit = (row // BN)[:, None] * units_per_row + (col // BK)[None, :]
+        s = tl.load(scale_ptr + unit, mask=mask, other=0)
+    else:
+        unit = (row // row_div)[:, None] * units_per_row + (col // seg_len)[None, :]
+        s = tl.load(scale_ptr + unit, mask=mask, other=0)
     gs = 1.0
     if SCALE == SCALE_NVFP4:
         gs = tl.load(gs_ptr)

@@ -166,7 +166,8 @@ def _units_launch(plan: FloatPlan, x, codes, scale, g_amax, gs, tensor: bool) ->
            x, codes, scale, g_amax, gs, n_units, plan.units_per_row, plan.seg_len, plan.row_len, stride_q,
            num_warps=max(1, min(8, block_u * block_l // 256)),
            FMT=plan.fmt, SCALE=plan.scale, RULE=plan.rule, MODELOPT=plan.modelopt, PACK=plan.pack,
-           HIGH_FIRST=plan.high_first, TENSOR=tensor, BLOCK_U=block_u, BLOCK_L=block_l)
+           HIGH_FIRST=plan.high_first, TENSOR=tensor,
+           FLAT=plan.row_len % block_l == 0 and plan.seg_len == block_l, BLOCK_U=block_u, BLOCK_L=block_l)
 
 
 def _amax(x, n: int):
@@ -207,8 +208,8 @@ def quantize_float(x, cfg):
         bn, bk = plan.block
         nb = plan.scale_shape
         launch(_fq.float_blocks_kernel, (nb[0] * nb[1],), x, codes, scale, plan.rows, plan.row_len, bn, bk,
-               nb[1], num_warps=8 if bn * bk >= 8192 else 4, FMT=plan.fmt, BLOCK_N=_pow2(bn),
-               BLOCK_K=_pow2(bk))
+               nb[1], num_warps=16 if bn * bk >= 16384 else 8 if bn * bk >= 8192 else 4, FMT=plan.fmt,
+               BLOCK_N=_pow2(bn), BLOCK_K=_pow2(bk))
     if getattr(cfg, "double_quant", False):
         from .nested import nest
 
@@ -267,17 +268,25 @@ def dequantize_float(codes, scale, global_scale, cfg, shape, dtype=None):
     y = torch.empty(shape, dtype=dtype, device=codes.device)
     bf16 = dtype == torch.bfloat16
     out = y.view(torch.int16) if bf16 else y
-    rows, cols = plan.rows, plan.row_len
-    tensor = plan.kind == "tensor"  # one scale: unit 0 everywhere
-    row_div = plan.block[0] if plan.kind == "blocks" else (rows if tensor else 1)
+    rows, cols, units = plan.rows, plan.row_len, 0
+    bn, bk = plan.block
+    if plan.kind == "blocks":  # units of a constant shape: constexpr divisions
+        units, row_div, upr, seg = 3, bn, plan.units_per_row, bk
+    elif plan.kind == "tensor":  # one scale
+        units, row_div, upr, seg = 2, 1, 1, cols
+    elif plan.kind != "blocks" and cols % plan.seg_len == 0:  # flat units, viewed as rows
+        units, rows, cols = 1, rows * plan.units_per_row, plan.seg_len
+        row_div, upr, seg = 1, 1, cols
+    else:
+        row_div, upr, seg = 1, plan.units_per_row, plan.seg_len
     stride_q = -(-cols // 2) if plan.pack else cols
     block_c = min(_pow2(cols), 1024)
     block_r = min(_pow2(rows), max(1, 4096 // block_c)) if rows > 1 else 1
     col_tiles = triton.cdiv(cols, block_c)
     gs = global_scale.reshape(1) if global_scale is not None else scale
     launch(_fq.float_dequant_kernel, (triton.cdiv(rows, block_r) * col_tiles,),
-           codes.contiguous(), out, scale.contiguous(), gs, rows, cols, stride_q, row_div,
-           1 if tensor else plan.units_per_row, cols if tensor else plan.seg_len,
-           col_tiles, num_warps=4, FMT=plan.fmt, SCALE=plan.scale, MODELOPT=plan.modelopt, PACKED=plan.pack,
-           HIGH_FIRST=plan.high_first, BF16=bf16, BLOCK_R=block_r, BLOCK_C=block_c)
+           codes.contiguous(), out, scale.contiguous(), gs, rows, cols, stride_q, row_div, upr, seg,
+           col_tiles, num_warps=8 if plan.pack else 4, FMT=plan.fmt, SCALE=plan.scale, MODELOPT=plan.modelopt,
+           PACKED=plan.pack, HIGH_FIRST=plan.high_first, BF16=bf16, UNITS=units,
+           EVEN_C=units == 1 and cols == block_c, BN=bn, BK=bk, BLOCK_R=block_r, BLOCK_C=block_c)
     return y
