@@ -38,8 +38,8 @@ from . import codes_shape, dequantize_float, quantize_float, unit_shape
 from .reference import fp8_codes, fp8_scale, nested_shape
 
 __all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
-           "dequantize_arrays", "float_suffixes", "static_fp8_qparams", "static_scales", "EXTRA_PARTS", "extra_names",
-           "extras_of"]
+           "dequantize_arrays", "float_suffixes", "static_fp8_qparams", "static_scales",
+           "EXTRA_PARTS", "extra_names", "extras_of"]
 
 EXTRA_PARTS = ("global_scale", "nested_absmax", "nested_offset")
 
