@@ -230,3 +230,10 @@ def test_fp8_activations_on_cuda():
         assert torch.all((got - ref).abs() <= bound)
     else:
         assert torch.equal(got, F.linear(xd, wd).to(torch.bfloat16).float())
+
+
+def test_export_model_refuses_float_configs():
+    from gpuquant.model.export import pack_options_of
+
+    with pytest.raises(gq.UnsupportedSchemeError, match="gpuquant export --scheme"):
+        pack_options_of(C.fp8_per_channel(), [])  # FP8 is 8 bits, but not pack-quantized int8

@@ -26,7 +26,7 @@ from ..errors import UnsupportedSchemeError
 from ..quantize import quantize
 
 __all__ = ["ACTIVATIONS", "check", "int_mm_applies", "forward_w8a8", "fp8_weight",
-           "scaled_mm_applies", "forward_fp8"]
+           "scaled_mm_applies", "forward_fp8", "cuda_capability"]
 
 ACTIVATIONS = (None, "int8", "fp8")
 _TOKEN_INT8 = QuantConfig(scheme="int8", granularity="token", symmetric=True)
@@ -90,11 +90,19 @@ def scaled_mm_applies(module, x: torch.Tensor) -> bool:
         return bool(module.cpu_scaled_mm)
     if device.type != "cuda" or x.dtype != torch.bfloat16:
         return False
+    # read where the module was placed (QuantizedLinear._apply), not while torch.compile traces
+    return (module._cuda_capability >= (8, 9) and module.in_features % 16 == 0
+            and module.out_features % 16 == 0)
+
+
+def cuda_capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA device, (0, 0) for another device."""
+    if device.type != "cuda":
+        return (0, 0)
     key = str(device)
     if key not in _capability:
-        _capability[key] = torch.cuda.get_device_capability(device)
-    return (_capability[key] >= (8, 9) and module.in_features % 16 == 0
-            and module.out_features % 16 == 0)
+        _capability[key] = tuple(torch.cuda.get_device_capability(device))
+    return _capability[key]
 
 
 def forward_fp8(module, x: torch.Tensor) -> torch.Tensor:

@@ -100,6 +100,7 @@ class QuantizedLinear(nn.Module):
         else:
             self._args, self._layout = torch_ops.config_args(config), Layout.of(shape, config)
         self._torch_dtype = getattr(torch, dtype)
+        self._cuda_capability = act.cuda_capability(self.qdata.device)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, config: QuantConfig,
@@ -175,6 +176,7 @@ class QuantizedLinear(nn.Module):
         for name, t in kept.items():
             if getattr(self, name).dtype != torch.float32:
                 setattr(self, name, t.to(getattr(self, name).device))
+        self._cuda_capability = act.cuda_capability(self.qdata.device)
         return out
 
     # ---------------------------------------------------------- state dict
