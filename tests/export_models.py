@@ -59,3 +59,16 @@ def read_tensors(folder) -> dict[str, np.ndarray]:
 
 def dtype_tags(folder) -> dict[str, str]:
     return _each_tensor(folder, lambda f, k: f.dtype_tag(k))
+
+
+def dequantized_linears(folder, **kwargs) -> dict:
+    """{module name: nn.Linear} of the compressed-tensors ``folder`` as transformers loads it
+    with ``CompressedTensorsConfig(dequantize=True)`` (AutoModel, on the CPU)."""
+    import torch
+    import transformers
+    from transformers import AutoModel, CompressedTensorsConfig
+
+    transformers.logging.set_verbosity_error()
+    model = AutoModel.from_pretrained(folder, quantization_config=CompressedTensorsConfig(
+        dequantize=True), **kwargs).eval()
+    return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -98,8 +98,7 @@ def _dequantized(arrays, granularity, shape):
 @pytest.mark.parametrize("granularity,targets", [("channel", None), ("tensor", None),
                                                  ("block", r"model\.layers\.\d+\.mlp\.down_proj")])
 def test_llama_fp8_folder_loads_exact(tmp_path, granularity, targets):
-    from export_models import read_tensors, save_llama
-    from transformers import AutoModel, CompressedTensorsConfig
+    from export_models import dequantized_linears, read_tensors, save_llama
 
     import gpuquant as gq
     from gpuquant.export.ctensors_float import FloatOptions
@@ -113,9 +112,7 @@ def test_llama_fp8_folder_loads_exact(tmp_path, granularity, targets):
         qc = json.load(f)["quantization_config"]
     assert qc["format"] == "float-quantized"
     assert qc["config_groups"]["group_0"]["weights"]["strategy"] == granularity
-    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
-        dequantize=True)).eval()
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = dequantized_linears(out)
     checked = 0
     for key, w in original.items():
         if key + "_scale" not in tensors:
@@ -173,8 +170,7 @@ def test_nvfp4_bytes_equal_compressed_tensors():
 def test_llama_mxfp4_folder_loads(tmp_path):
     from compressed_tensors.compressors.mxfp4.base import MXFP4PackedCompressor
     from compressed_tensors.quantization import QuantizationScheme
-    from export_models import read_tensors, save_llama
-    from transformers import AutoModel, CompressedTensorsConfig
+    from export_models import dequantized_linears, read_tensors, save_llama
 
     from gpuquant.cli import main
     from gpuquant.export.ctensors_fp4 import mxfp4_quantization_config, pack_mxfp4_weight
@@ -186,9 +182,7 @@ def test_llama_mxfp4_folder_loads(tmp_path):
     tensors, original = load_file(os.path.join(out, "model.safetensors")), read_tensors(src)
     group = mxfp4_quantization_config([], ["Linear"])["config_groups"]["group_0"]
     scheme = QuantizationScheme(targets=group["targets"], weights=group["weights"])
-    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
-        dequantize=True)).eval()
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = dequantized_linears(out)
     checked = 0
     for key, w in original.items():
         if key + "_packed" not in tensors:
@@ -207,8 +201,7 @@ def test_llama_mxfp4_folder_loads(tmp_path):
 def test_llama_nvfp4_folder_loads_exact(tmp_path):
     from compressed_tensors.compressors.nvfp4.base import NVFP4PackedCompressor
     from compressed_tensors.quantization import QuantizationScheme
-    from export_models import read_tensors, save_llama
-    from transformers import AutoModel, CompressedTensorsConfig
+    from export_models import dequantized_linears, read_tensors, save_llama
 
     import gpuquant as gq
     from gpuquant.config import QuantConfig
@@ -224,9 +217,7 @@ def test_llama_nvfp4_folder_loads_exact(tmp_path):
     assert stats["quantized"] == 7
     tensors, original = _read_torch(out, "model.layers.0.mlp.down_proj.weight_scale"), \
         read_tensors(src)
-    model = AutoModel.from_pretrained(out, quantization_config=CompressedTensorsConfig(
-        dequantize=True)).eval()
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = dequantized_linears(out)
     for key, w in original.items():
         if key + "_packed" not in tensors:
             continue

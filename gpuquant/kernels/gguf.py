@@ -32,6 +32,22 @@ def _store_scale(out_ptr, base, d, ok, flags_ptr, bad):
 
 
 @triton.jit
+def _halves(x_ptr, n_blocks, BLOCK_B: tl.constexpr):
+    """This program's blocks of 32 as their halves: (block index, in range, j = 0..15,
+    x[j], x[j + 16] as float32, the count of non-finite values, the blocks' amax)."""
+    b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    ok = b < n_blocks
+    j = tl.arange(0, 16)
+    ptr = x_ptr + b[:, None] * 32 + j[None, :]
+    lo = tl.load(ptr, mask=ok[:, None], other=0.0).to(tl.float32)
+    hi = tl.load(ptr + 16, mask=ok[:, None], other=0.0).to(tl.float32)
+    nonfinite = (~is_finite(lo)).to(tl.int32) + (~is_finite(hi)).to(tl.int32)
+    bad = tl.sum(tl.sum(nonfinite, axis=1) * ok.to(tl.int32), axis=0)
+    amax = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
+    return b, ok, j, lo, hi, bad, amax
+
+
+@triton.jit
 def q8_0_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
     """d = amax / 127; q = trunc(|x| * (1 / d) + (0.5 - 2^-25)) with x's sign.
 
@@ -56,15 +72,7 @@ def q8_0_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
 def q4_0_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
     """m = the first value of largest |x|; d = m / -8; q = min(trunc(x * (1 / d) + 8.5), 15);
     byte j = q[j] | q[j + 16] << 4. Reads 128 bytes a block (float32), writes 18."""
-    b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    ok = b < n_blocks
-    j = tl.arange(0, 16)
-    ptr = x_ptr + b[:, None] * 32 + j[None, :]
-    lo = tl.load(ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-    hi = tl.load(ptr + 16, mask=ok[:, None], other=0.0).to(tl.float32)
-    nonfinite = (~is_finite(lo)).to(tl.int32) + (~is_finite(hi)).to(tl.int32)
-    bad = tl.sum(tl.sum(nonfinite, axis=1) * ok.to(tl.int32), axis=0)
-    amax = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
+    b, ok, j, lo, hi, bad, amax = _halves(x_ptr, n_blocks, BLOCK_B)
     first = tl.minimum(tl.min(tl.where(tl.abs(lo) == amax[:, None], j[None, :], 32), axis=1),
                        tl.min(tl.where(tl.abs(hi) == amax[:, None], j[None, :] + 16, 32), axis=1))
     # the sign bit of that first value (-0.0 included): its int32 bits are negative
@@ -112,15 +120,7 @@ def mxfp4_kernel(x_ptr, out_ptr, flags_ptr, n_blocks, BLOCK_B: tl.constexpr):
     (the GPU's float32 lg2 is approximate), whose floor is NumPy's at every float32 (checked
     on x86 for all subnormals and the top 2^16 mantissas of every exponent).
     """
-    b = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    ok = b < n_blocks
-    j = tl.arange(0, 16)
-    ptr = x_ptr + b[:, None] * 32 + j[None, :]
-    lo = tl.load(ptr, mask=ok[:, None], other=0.0).to(tl.float32)
-    hi = tl.load(ptr + 16, mask=ok[:, None], other=0.0).to(tl.float32)
-    nonfinite = (~is_finite(lo)).to(tl.int32) + (~is_finite(hi)).to(tl.int32)
-    bad = tl.sum(tl.sum(nonfinite, axis=1) * ok.to(tl.int32), axis=0)
-    amax = tl.maximum(tl.max(tl.abs(lo), axis=1), tl.max(tl.abs(hi), axis=1))
+    b, ok, j, lo, hi, bad, amax = _halves(x_ptr, n_blocks, BLOCK_B)
     positive = amax > 0
     lg = tl.floor(tl.log2(tl.where(positive, amax, 1.0).to(tl.float64)).to(tl.float32))
     e = tl.where(positive, lg.to(tl.int32) + 125, 0) & 0xFF
