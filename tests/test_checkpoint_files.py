@@ -180,14 +180,21 @@ def test_files_of_the_safetensors_package_still_load(tmp_path):
 def test_save_is_linear_in_the_tensor_count(tmp_path):
     small = {f"t{i}": np.ones(2, np.float32) for i in range(4000)}
     big = {f"t{i}": np.ones(2, np.float32) for i in range(40000)}
-    t0 = time.perf_counter()
-    gq.save(tmp_path / "s.safetensors", small)
-    t1 = time.perf_counter()
+    # CPU time of this process (not wall time: the machine is shared and other jobs stretch
+    # the wall clock); best of 3 each. 40k tensors took 15 s before (a quadratic name check,
+    # 100x the 4k time); linear is 10x: 10x the tensors may take at most 40x the time
+    def cost(arrays, name):
+        times = []
+        for _ in range(3):
+            t0 = time.process_time()
+            gq.save(tmp_path / name, arrays)
+            times.append(time.process_time() - t0)
+            (tmp_path / name).unlink()
+        return min(times)
+
+    t_small, t_big = cost(small, "s.safetensors"), cost(big, "b.safetensors")
+    assert t_big < max(40 * t_small, 0.5), (t_small, t_big)
     gq.save(tmp_path / "b.safetensors", big)
-    t2 = time.perf_counter()
-    # 40k tensors took 15 s before (a quadratic name check); the bound is loose because this
-    # machine is shared: 10x the tensors may take at most 30x the time, and under 5 s
-    assert t2 - t1 < max(30 * (t1 - t0), 2.0) and t2 - t1 < 5, (t1 - t0, t2 - t1)
     assert len(gq.load(tmp_path / "b.safetensors")) == 40000
 
 
