@@ -55,7 +55,7 @@ class DynamicQuantizer:
             if ignore_nonfinite:
                 raise UnsupportedSchemeError(
                     "ignore_nonfinite=True is not supported with vLLM's dynamic FP8 (fp8_e4m3 "
-                    "per token or group): a NaN gives its row a NaN scale, as vLLM's")
+                    "per token or group): a row holding NaN gets the floor scale and NaN codes")
             self.config = (QuantConfig.fp8_per_group(self.config.group_size)
                            if gran == "group" else QuantConfig.fp8_per_token())
             self.floors = "vllm"
