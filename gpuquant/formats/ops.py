@@ -7,6 +7,7 @@ Importing this module (which needs torch) registers, in ``torch.ops.gpuquant``:
 ``quantize_float``           scales from the data + codes: (codes, scale, global_scale)
 ``dequantize_float``         codes -> floats of ``dtype``
 ``*_out``                    the same, writing caller buffers (``Tensor(a!)``)
+``dynamic_fp8``              vLLM's dynamic FP8 e4m3 activations: (codes, scale)
 ===========================  =================================================
 
 A float config goes in as nine ints (:func:`config_args`; :func:`config_of` turns them
@@ -36,11 +37,12 @@ from ..core.nonfinite import raise_ready
 from ..core.out_buffers import copy_into
 from ..errors import InvalidDtypeError, QuantizationError
 from ..torch_ops import BACKENDS, DEVICES, eager, torch_info
-from .parts import check_part_arrays, dequantize_arrays, expected_parts
+from .parts import check_part_arrays, dequantize_arrays, dynamic_fp8_parts, expected_parts
 from .parts import quantize_parts as _parts
 from .schemes import FLOAT_ELEMENTS, GLOBAL_SCALE_CONVENTIONS, SCALE_FORMATS, SCALE_RULES
 
-__all__ = ["GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize"]
+__all__ = ["GRANULARITIES", "config_args", "config_of", "quantize_parts", "dequantize",
+           "dynamic_config"]
 
 GRANULARITIES = ("tensor", "channel", "group", "token", "block")  # the operators' codes
 Tensor = torch.Tensor
@@ -167,6 +169,29 @@ def dequantize_float_out(codes: Tensor, scale: Tensor, global_scale: OptTensor,
     _dequantize(codes, scale, global_scale, shape, dtype, config_of(
         element, granularity, axis, group_size, scale_format, block_n, block_k, scale_rule,
         convention), out)
+
+
+def dynamic_config(group_size: int) -> QuantConfig:
+    """The config of vLLM's dynamic FP8 e4m3 activations: per token (``group_size`` 0) or per
+    1 x ``group_size`` group along the last axis."""
+    return (QuantConfig.fp8_per_group(group_size) if group_size
+            else QuantConfig.fp8_per_token())
+
+
+@_op("dynamic_fp8")
+def dynamic_fp8(x: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
+    """vLLM's dynamic FP8 e4m3 (reference.fp8_dynamic): (uint8 codes of x's shape, float32
+    scale per row of the last axis (``group_size`` 0) or per 1 x ``group_size`` group)."""
+    raise_ready()
+    codes, scale, _ = dynamic_fp8_parts(x, dynamic_config(group_size), BACKENDS[x.device.type])
+    return codes, scale
+
+
+@dynamic_fp8.register_fake
+def _(x, group_size):
+    parts = _check_x(x, dynamic_config(group_size))
+    return (x.new_empty(parts["data"][1], dtype=torch.uint8),
+            x.new_empty(parts["scale"][1], dtype=torch.float32))
 
 
 # --------------------------------------------------------------------- fakes

@@ -35,11 +35,11 @@ from ..errors import (
     UnsupportedSchemeError,
 )
 from . import codes_shape, dequantize_float, quantize_float, unit_shape
-from .reference import fp8_codes, fp8_scale, nested_shape
+from .reference import fp8_codes, fp8_dynamic, fp8_scale, nested_shape
 
 __all__ = ["expected_parts", "check_part_arrays", "check_float_parts", "quantize_parts", "dequantize_parts",
            "dequantize_arrays", "float_suffixes", "static_fp8_qparams", "static_scales",
-           "EXTRA_PARTS", "extra_names", "extras_of"]
+           "EXTRA_PARTS", "extra_names", "extras_of", "dynamic_fp8_parts"]
 
 EXTRA_PARTS = ("global_scale", "nested_absmax", "nested_offset")
 
@@ -202,6 +202,23 @@ def quantize_parts(x: Any, config, backend: str | None = None, qparams: Any = No
     codes, scale, *rest = (from_numpy(a if a.flags.c_contiguous else a.copy(), info)
                            for a in arrays)
     return codes, scale, dict(zip(extra_names(config), rest)), info
+
+
+def dynamic_fp8_parts(x: Any, config, backend: str | None = None):
+    """(codes, scale, info) of vLLM's dynamic FP8 e4m3 activations (reference.fp8_dynamic) of
+    ``x`` under ``config`` (fp8_e4m3, per token or per group): the Triton kernel
+    (quantize_fp8_dynamic) for torch CUDA / CuPy inputs, the NumPy reference on the CPU."""
+    x, info = prepare(x)
+    if len(info.shape) == 0:
+        raise InvalidShapeError("x is 0-d; dynamic FP8 activations take a tensor of rank >= 1 "
+                                "(scales per row of the last axis)")
+    gran = str(config.granularity)
+    if _backend_name(info, backend) == "triton":
+        codes, scale = _triton_float().quantize_fp8_dynamic(_to_torch(x), gran,
+                                                            config.group_size or 0)
+        return _to_caller(codes, info), _to_caller(scale, info), info
+    codes, scale = fp8_dynamic(np.asarray(to_numpy(x, info), dtype=np.float32), config)
+    return from_numpy(codes, info), from_numpy(scale, info), info
 
 
 def _given_fp8(x, info, config, backend, qparams):

@@ -28,7 +28,7 @@ from . import codecs
 
 __all__ = ["quantize_float", "dequantize_float", "unit_shape", "codes_shape", "fp8_scale",
            "fp8_codes", "nested_shape", "nested_mean", "nest_absmax", "unnest_absmax",
-           "NESTED_BLOCK", "MEAN_ROW"]
+           "fp8_dynamic", "NESTED_BLOCK", "MEAN_ROW", "VLLM_TOKEN_FLOOR", "VLLM_GROUP_EPS"]
 
 F32 = np.float32
 F32_ZERO = np.float32(0.0)
@@ -39,6 +39,8 @@ _NVFP4_ZERO_SCALE = np.float32(0.125)  # compressed-tensors' eps for an e4m3 sca
 _NF4_MIN_ABSMAX = np.float32(1e-38)    # bitsandbytes' clamp (a float32 subnormal)
 NESTED_BLOCK = 256  # bitsandbytes' block of the double-quantized absmax (compress_statistics)
 MEAN_ROW = 1024     # the rows of the offset's float64 sum (nested_mean)
+VLLM_TOKEN_FLOOR = np.float32(1.0) / np.float32(448 * 512)  # vLLM's per-token scale floor
+VLLM_GROUP_EPS = np.float32(1e-10)  # vLLM's per-token-group amax floor
 
 
 def _element(cfg) -> codecs.MiniFloat:
@@ -175,6 +177,30 @@ def fp8_codes(x32: np.ndarray, scale: np.ndarray, cfg) -> np.ndarray:
                                 f"{cfg.describe()} needs {unit_shape(x.shape, cfg)}")
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         return _encode(x2 / _expand(scale, x2.shape, cfg), _element(cfg)).reshape(x.shape)
+
+
+def fp8_dynamic(x32: np.ndarray, cfg) -> tuple[np.ndarray, np.ndarray]:
+    """vLLM's dynamic FP8 e4m3 activations: (codes, scale) of x under ``cfg`` (fp8_e4m3 per
+    token, or per group of ``group_size`` along the last axis). Per token (vLLM's
+    dynamic_per_token_scaled_fp8_quant) ``s = max(amax / 448, 1 / (448 * 512))``; per group
+    (per_token_group_quant_fp8) ``s = max(amax, 1e-10) / 448``; codes
+    ``RNE(clamp(x / s, -448, 448))`` with a true division, as fp8_codes. Bits equal
+    quantize_float's wherever amax / 448 >= the token floor (amax >= 1 / 512) or amax >= 1e-10
+    (group); below, quantize_float's s is amax / 448 (0: float32 eps). A unit holding a NaN
+    gets the floor (its finite values saturate to +-448, the NaN codes NaN; vLLM's CUDA
+    kernel leaves NaN out of amax instead); an Inf gives an Inf scale, as quantize_float."""
+    x = np.asarray(x32, np.float32)
+    if x.size == 0:
+        raise EmptyTensorError(f"x is empty (shape {x.shape}); quantization needs values")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        amax = _unit_amax(np.abs(x.reshape(_shape2(x.shape, cfg))), cfg)
+        # fmax: a NaN amax gives the floor, as the kernel's max.f32 (the NaN itself codes NaN)
+        if str(cfg.granularity) == "token":
+            scale = np.fmax(amax / np.float32(448.0), VLLM_TOKEN_FLOOR)
+        else:
+            scale = np.fmax(amax, VLLM_GROUP_EPS) / np.float32(448.0)
+    scale = np.asarray(scale, np.float32)
+    return fp8_codes(x, scale, cfg), scale
 
 
 def _mx_scaled(x2: np.ndarray, e: np.ndarray, rule: str) -> np.ndarray:

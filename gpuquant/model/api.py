@@ -9,7 +9,7 @@ from typing import Any
 
 from ..config import QuantConfig
 from ..core.frameworks import host_copy
-from ..errors import QuantizationError
+from ..errors import QuantizationError, UnsupportedSchemeError
 from ..export.targets import is_ignored
 from ..metrics import sqnr
 from .methods import GPTQ, HQQ, as_method
@@ -132,7 +132,10 @@ def quantize_model(model, config: QuantConfig, *, method: Any = "rtn", calibrati
             instead of every Linear.
         device: where the weights are quantized (GPTQ: also its Hessians); None: where
             each weight is. The modules stay on the layers' devices.
-        activations: None, or "int8" for W8A8 (per-token int8 activations).
+        activations: None, "int8" for W8A8 (per-token int8 activations), or "fp8" (FP8
+            e4m3 weights per tensor or channel: vLLM's dynamic per-token FP8 activations).
+
+    Float configs (FP8, MXFP8, MXFP4, NVFP4, NF4) take method="rtn" only.
 
     Returns:
         A QuantizationReport: per layer the scheme, the weight SQNR and the time.
@@ -140,6 +143,13 @@ def quantize_model(model, config: QuantConfig, *, method: Any = "rtn", calibrati
     if not isinstance(config, QuantConfig):
         raise QuantizationError(f"config must be a gq.QuantConfig, got {type(config).__name__}")
     method = as_method(method)
+    if config.is_float and isinstance(method, (GPTQ, HQQ)):
+        raise UnsupportedSchemeError(
+            f"method={method.name!r} solves integer codes; {config.describe()} is a float "
+            "format: use method='rtn'")
+    from ..nn.activations import check
+
+    check(activations, config)
     if not isinstance(method, GPTQ) and calibration is not None:
         raise QuantizationError(f"calibration= is for method='gptq'; method={method.name!r} "
                                 "uses no data")

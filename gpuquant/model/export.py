@@ -33,6 +33,11 @@ _WEIGHT_FILES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.
 def pack_options_of(config, ignore, activations: str | None = None) -> PackOptions:
     """The PackOptions of ``gpuquant export`` that a QuantConfig corresponds to."""
     gran = config.granularity.value
+    if config.is_float:
+        raise UnsupportedSchemeError(
+            f"{config.describe()}: export_model writes integer pack-quantized weights; export "
+            "the float formats from the original checkpoint with `gpuquant export --scheme "
+            "fp8|nvfp4|mxfp4` (docs/EXPORT.md)")
     if config.bits not in (4, 8) or gran not in ("group", "channel") or (
             gran == "channel" and config.axis not in (0, -2)):
         raise UnsupportedSchemeError(
