@@ -271,6 +271,9 @@ class NumpyOps:
     def astype(self, a, dtype: str):
         return np.asarray(a).astype(dtype)
 
+    def view_as(self, a, dtype: str):
+        return a.view(np.dtype(dtype))
+
     def to_host(self, a) -> np.ndarray:
         return np.asarray(a)
 
