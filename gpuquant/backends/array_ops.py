@@ -95,9 +95,6 @@ class TorchOps:
     def floor(self, a):
         return a.floor()
 
-    def log(self, a):
-        return a.log()
-
     def bincount(self, idx, length: int):
         return self.torch.bincount(idx, minlength=length)
 
@@ -229,9 +226,6 @@ class CupyOps:
     def floor(self, a):
         return self.cupy.floor(a)
 
-    def log(self, a):
-        return self.cupy.log(a)
-
     def bincount(self, idx, length: int):
         return self.cupy.bincount(idx, minlength=length)
 
@@ -280,8 +274,8 @@ class NumpyOps:
     def amin(self, a, axis=None):
         return a.min(axis=axis)
 
-    floor, log, isfinite, where = (staticmethod(np.floor), staticmethod(np.log),
-                                   staticmethod(np.isfinite), staticmethod(np.where))
+    floor, isfinite, where = (staticmethod(np.floor), staticmethod(np.isfinite),
+                              staticmethod(np.where))
 
     def bincount(self, idx, length: int):
         return np.bincount(idx, minlength=length)
