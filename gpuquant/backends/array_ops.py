@@ -95,9 +95,6 @@ class TorchOps:
     def floor(self, a):
         return a.floor()
 
-    def log(self, a):
-        return a.log()
-
     def bincount(self, idx, length: int):
         return self.torch.bincount(idx, minlength=length)
 
@@ -229,9 +226,6 @@ class CupyOps:
     def floor(self, a):
         return self.cupy.floor(a)
 
-    def log(self, a):
-        return self.cupy.log(a)
-
     def bincount(self, idx, length: int):
         return self.cupy.bincount(idx, minlength=length)
 
@@ -271,14 +265,17 @@ class NumpyOps:
     def astype(self, a, dtype: str):
         return np.asarray(a).astype(dtype)
 
+    def view_as(self, a, dtype: str):
+        return a.view(np.dtype(dtype))
+
     def to_host(self, a) -> np.ndarray:
         return np.asarray(a)
 
     def amin(self, a, axis=None):
         return a.min(axis=axis)
 
-    floor, log, isfinite, where = (staticmethod(np.floor), staticmethod(np.log),
-                                   staticmethod(np.isfinite), staticmethod(np.where))
+    floor, isfinite, where = (staticmethod(np.floor), staticmethod(np.isfinite),
+                              staticmethod(np.where))
 
     def bincount(self, idx, length: int):
         return np.bincount(idx, minlength=length)
