@@ -31,6 +31,7 @@ declare -a steps=()
 if [ "$dry" = 1 ]; then
   export TRITON_INTERPRET=1
   big=64x256 cal=32x256,64x256 dev=(--device cpu) tune=(--dry-run) host=(--seconds 0.2)
+  CAP_HOST=90  # the interpreter's first calls of every measured op, on a shared CPU
 else
   unset TRITON_INTERPRET
   big=8192x8192 cal=4096x4096,16384x16384 dev=(--device cuda)
@@ -85,7 +86,8 @@ python3 -c "import gpuquant.kernels, gpuquant; print('gpuquant from', gpuquant._
 
 # the kernel tests (on CUDA here; under the interpreter in a dry run), then every other
 # gpu-marked test of the suite
-gpu_files=$(grep -l "mark.gpu" tests/test_*.py | grep -v -e test_gpu.py -e test_triton_kernels.py)
+gpu_files=$(grep -l "mark.gpu" tests/test_*.py | grep -v -e test_gpu.py -e test_triton_kernels.py \
+  | tr '\n' ' ')
 step "GPU tests" "$CAP_TESTS" bash -c "set -o pipefail; python3 -m pytest -q -p no:cacheprovider \
   -m 'gpu or not slow' tests/test_gpu.py tests/test_triton_kernels.py 2>&1 \
   | tee '$out/pytest.log' | tail -25"
@@ -109,9 +111,10 @@ step "benchmark (float16 $big; percentile-channel and mse-channel too)" "$CAP_BE
   --out "$out" --repeats 5
 
 # the static SASS figures of the standard calls (x 8192x8192 float16) next to the benchmark's
-# times: rows for ../shared/sass/measurements.json, to recalibrate the model (docs/KERNELS.md)
+# times: rows for ../shared/sass/measurements.json, to recalibrate the model (docs/KERNELS.md);
+# compiled for sm_90 (never interpreted, in a dry run too)
 step "static SASS figures next to the measured times" "$CAP_SASS" \
-  python3 -m bench.sass_rows --out "$out/sass_rows.json" --bench-csv "$out/bench.csv" \
+  env -u TRITON_INTERPRET python3 -m bench.sass_rows --out "$out/sass_rows.json" --bench-csv "$out/bench.csv" \
   --gpu "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)"
 
 step "host time of a repeated call" "$CAP_HOST" \
