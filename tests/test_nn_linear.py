@@ -6,6 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from linear_cases import fresh_dynamo, linear  # noqa: E402, F401 (fresh_dynamo: an autouse fixture)
 from torch._dynamo import testing  # noqa: E402
 
 import gpuquant as gq  # noqa: E402
@@ -14,18 +15,6 @@ from gpuquant.nn import QuantizedLinear  # noqa: E402
 CONFIGS = [gq.QuantConfig.int4_per_group(32), gq.QuantConfig.int4_per_group(32, symmetric=False),
            gq.QuantConfig.int8_per_channel(), gq.QuantConfig(scheme="int8", symmetric=False),
            gq.QuantConfig.int4_per_group(16).replace(nibble_order="low_first", calibration="mse")]
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-def linear(bias=True, k=64, n=48, seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    return torch.nn.Linear(k, n, bias=bias).to(dtype)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=[c.describe() for c in CONFIGS])

@@ -8,6 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import torch.nn.functional as F  # noqa: E402
+from linear_cases import fresh_dynamo, linear  # noqa: E402, F401 (fresh_dynamo: an autouse fixture)
 from torch._dynamo import testing  # noqa: E402
 
 import gpuquant as gq  # noqa: E402
@@ -18,18 +19,6 @@ FLOATS = [C.fp8_per_tensor(), C.fp8_per_channel(), C.fp8_per_group(16), C.fp8_bl
           C.fp8_per_channel("fp8_e5m2"), C.mxfp8(), C.mxfp4("rceil"), C.nvfp4(),
           C.nvfp4("modelopt"), C.nf4(), C.nf4(double_quant=True)]
 EXTRAS = {"e4m3": ("global_scale",), "dq": ("nested_absmax", "nested_offset")}
-
-
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-
-
-def linear(bias=True, k=64, n=48, seed=0, dtype=torch.float32):
-    torch.manual_seed(seed)
-    return torch.nn.Linear(k, n, bias=bias).to(dtype)
 
 
 def buffers_of(cfg):
