@@ -27,6 +27,16 @@ def rng():
     return np.random.default_rng(1234)
 
 
+def one_line_error(capsys, argv, *words) -> str:
+    """Run the CLI on ``argv``: exit 2 and one stderr line holding every one of ``words``."""
+    from gpuquant.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err and "\n" not in err and all(w in err for w in words), (argv, err)
+    return err
+
+
 def codes_of(qt):
     """Unpacked integer codes of a QuantizedTensor, as int64 NumPy in the original shape."""
     import gpuquant as gq

@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from gpuquant.cli import main
 from gpuquant.config import QuantConfig
@@ -172,7 +173,5 @@ def test_refusals(tmp_path, capsys):
                         (["--format", "deepseek", "--granularity", "channel"], "128x128"),
                         (["--format", "deepseek", "--scale-dtype", "bfloat16"], "float32"),
                         (["--format", "deepseek", "--group-size", "32"], "--group-size")):
-        assert main(["export", src, "-o", str(tmp_path / "bad"), *argv]) == 2
-        err = capsys.readouterr().err
-        assert words in err and err.count("\n") == 1, (argv, err)
+        one_line_error(capsys, ["export", src, "-o", str(tmp_path / "bad"), *argv], words)
         assert not (tmp_path / "bad").exists()

@@ -6,7 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import CUDA, INTERPRET
+from conftest import CUDA, INTERPRET, one_line_error
 from gguf_cases import edge_blocks
 
 import gpuquant as gq
@@ -294,12 +294,6 @@ def test_device_path_writes_the_same_file(tmp_path, rng, monkeypatch):
     assert used == ["triton"] * 3
     gq.export.gguf(src, str(tmp_path / "cpu.gguf"), "mxfp4", device="cpu")
     assert (tmp_path / "gpu.gguf").read_bytes() == (tmp_path / "cpu.gguf").read_bytes()
-
-
-def one_line_error(capsys, argv, *words):
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and all(w in err for w in words), err
 
 
 def test_cli_refusals_leave_nothing(tmp_path, rng, capsys):

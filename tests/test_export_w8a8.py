@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from conftest import one_line_error
 
 from gpuquant.errors import UnsupportedSchemeError
 from gpuquant.export.ctensors import PackOptions, int_weight, quantization_config, quantize_weight
@@ -122,8 +123,6 @@ def test_llama_folder_loads_exact(tmp_path, argv, options, dtype):
 def test_activations_refusals(tmp_path, capsys):
     from export_models import save_llama
 
-    from gpuquant.cli import main
-
     with pytest.raises(UnsupportedSchemeError, match="activations='int4'"):
         PackOptions(activations="int4")
     with pytest.raises(UnsupportedSchemeError, match="symmetric"):
@@ -133,9 +132,7 @@ def test_activations_refusals(tmp_path, capsys):
     for argv, words in ((["--activations", "int8", "--asymmetric"], "symmetric"),
                         (["--scheme", "fp8", "--activations", "fp8"], "leave out --activations"),
                         (["--format", "deepseek", "--method", "hqq"], "compressed-tensors")):
-        assert main(["export", src, "-o", str(tmp_path / "bad"), *argv]) == 2
-        err = capsys.readouterr().err
-        assert words in err and err.count("\n") == 1, (argv, err)
+        one_line_error(capsys, ["export", src, "-o", str(tmp_path / "bad"), *argv], words)
         assert not (tmp_path / "bad").exists()
 
 
